@@ -1,0 +1,1 @@
+//! Hector plugin SDK (in progress).

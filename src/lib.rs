@@ -1,0 +1,7 @@
+//! hector-operator: runs Hector plugins remotely on Kubernetes.
+
+pub mod cli;
+pub mod config;
+pub mod crd;
+pub mod discover;
+pub mod manifest;

@@ -1,0 +1,1 @@
+//! Live-cluster tests (in progress).
