@@ -1,1 +1,5 @@
 //! Command implementations behind the `hectorctl` binary.
+
+pub mod call;
+pub mod discover;
+pub mod manifest;
