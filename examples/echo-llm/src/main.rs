@@ -1,1 +1,157 @@
-fn main() {}
+//! `echo-llm`: an LLM provider that answers with the last user message behind a configurable
+//! prefix, streaming it word by word. It needs no model, so it proves the plumbing end to end.
+//!
+//! Listens on `HECTOR_PLUGIN_ADDR` (default `0.0.0.0:50051`). Config keys: `prefix`
+//! (default `"echo: "`), `model` (default `echo-1`), `max_tokens` (default 2048).
+
+use std::sync::RwLock;
+
+use hector_plugin_sdk::proto::{
+    GenerateRequest, GenerateResponse, ManifestResponse, ModelInfo, StreamChunk,
+    stream_chunk::ChunkType,
+};
+use hector_plugin_sdk::{ChunkStream, Config, LlmPlugin, Plugin, ServeOptions, serve_llm};
+use tonic::Status;
+
+#[derive(Clone, Debug)]
+struct Settings {
+    prefix: String,
+    model: String,
+    max_tokens: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            prefix: "echo: ".into(),
+            model: "echo-1".into(),
+            max_tokens: 2048,
+        }
+    }
+}
+
+#[derive(Default)]
+struct EchoLlm {
+    settings: RwLock<Settings>,
+}
+
+impl EchoLlm {
+    fn settings(&self) -> Settings {
+        self.settings.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The text the model "says": the prefix and the last user message.
+    fn answer(&self, request: &GenerateRequest) -> (String, i32) {
+        let last = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.as_str())
+            .unwrap_or_default();
+        let words = last.split_whitespace().count();
+        (
+            format!("{}{}", self.settings().prefix, last),
+            i32::try_from(words).unwrap_or(i32::MAX),
+        )
+    }
+}
+
+impl Plugin for EchoLlm {
+    fn manifest(&self) -> ManifestResponse {
+        ManifestResponse {
+            name: "echo-llm".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            author: "hector-operator".into(),
+            description: "Echoes the last user message; for testing remote plugins".into(),
+            r#type: "llm_provider".into(),
+            protocol: "grpc".into(),
+            hector_version: ">=0.1.0".into(),
+            capabilities: [("streaming".to_string(), "true".to_string())].into(),
+        }
+    }
+
+    async fn initialize(&self, config: Config) -> Result<(), String> {
+        let mut s = Settings::default();
+        if let Some(p) = config.get("prefix") {
+            s.prefix = p.clone();
+        }
+        if let Some(m) = config.get("model") {
+            s.model = m.clone();
+        }
+        if let Some(t) = config.get("max_tokens") {
+            s.max_tokens = t
+                .parse()
+                .map_err(|_| format!("config key max_tokens: {t:?} is not an integer"))?;
+        }
+        let mut guard = self
+            .settings
+            .write()
+            .map_err(|_| "settings lock poisoned".to_string())?;
+        *guard = s;
+        Ok(())
+    }
+}
+
+impl LlmPlugin for EchoLlm {
+    async fn generate(&self, request: GenerateRequest) -> Result<GenerateResponse, Status> {
+        let (text, tokens_used) = self.answer(&request);
+        Ok(GenerateResponse {
+            text,
+            tool_calls: vec![],
+            tokens_used,
+        })
+    }
+
+    async fn generate_stream(&self, request: GenerateRequest) -> Result<ChunkStream, Status> {
+        let (text, tokens_used) = self.answer(&request);
+        // Split so that the chunks concatenate back to exactly the unary answer.
+        let mut chunks: Vec<Result<StreamChunk, Status>> = text
+            .split_inclusive(' ')
+            .map(|word| {
+                Ok(StreamChunk {
+                    r#type: ChunkType::Text as i32,
+                    text: word.to_string(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        chunks.push(Ok(StreamChunk {
+            r#type: ChunkType::Done as i32,
+            tokens_used,
+            ..Default::default()
+        }));
+        Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+
+    async fn model_info(&self) -> Result<ModelInfo, Status> {
+        let s = self.settings();
+        Ok(ModelInfo {
+            model_name: s.model,
+            max_tokens: s.max_tokens,
+            temperature: 0.0,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let options = match std::env::var(hector_plugin_sdk::PLUGIN_ADDR_ENV) {
+        Ok(_) => ServeOptions::from_env(),
+        Err(_) => Ok(ServeOptions::new(([0, 0, 0, 0], 50051).into())),
+    };
+    let result = match options {
+        Ok(options) => serve_llm(EchoLlm::default(), options).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!("echo-llm: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,166 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use hector_plugin_sdk::PluginType;
+
+/// How the plugin executable expects to be started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Launch {
+    /// A plugin built with Hector's Go SDK (HashiCorp go-plugin handshake, Unix socket or TCP).
+    GoPlugin,
+    /// A network-native plugin that listens on `HECTOR_PLUGIN_ADDR`.
+    Network,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Runs a Hector plugin and serves it on the network with standard gRPC health.
+///
+/// Also: `hector-plugin-launcher install DIR` copies this binary into DIR (for init containers).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+#[command(
+    after_help = "Example:\n  hector-plugin-launcher --type llm_provider --config-dir /etc/hector/config -- /plugin/my-llm"
+)]
+pub struct Args {
+    /// Address to serve on.
+    #[arg(long, default_value = "0.0.0.0:50051", env = "HECTOR_LAUNCHER_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Plugin type: llm_provider, database_provider, embedder_provider, tool_provider, reasoning_strategy.
+    #[arg(long = "type", value_parser = parse_type)]
+    pub plugin_type: PluginType,
+
+    /// How to start the plugin.
+    #[arg(long, value_enum, default_value_t = Launch::GoPlugin)]
+    pub launch: Launch,
+
+    /// Directory whose files are config keys (file name) and values (content); repeatable,
+    /// later directories win.
+    #[arg(long = "config-dir")]
+    pub config_dirs: Vec<PathBuf>,
+
+    /// How often the plugin's Health RPC is mirrored into grpc.health.v1 (seconds).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
+    pub health_interval: f64,
+
+    /// How long to wait for the plugin to start serving (seconds).
+    #[arg(long, default_value_t = 60.0, value_parser = parse_seconds)]
+    pub start_timeout: f64,
+
+    /// How long the plugin gets to exit after Shutdown before it is killed (seconds).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
+    pub shutdown_grace: f64,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HECTOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// The plugin executable and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+fn parse_type(s: &str) -> Result<PluginType, String> {
+    s.parse()
+        .map_err(|e: hector_plugin_sdk::plugin_type::UnknownPluginType| e.to_string())
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+impl Args {
+    /// Seconds as a duration.
+    pub fn duration(seconds: f64) -> Duration {
+        Duration::from_secs_f64(seconds)
+    }
+
+    /// Prefix for the plugin's relayed output: `[name]`, from the executable's file name.
+    pub fn output_prefix(&self) -> String {
+        let name = self
+            .command
+            .first()
+            .and_then(|c| std::path::Path::new(c).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        format!("[{name}]")
+    }
+
+    /// Starts logging to stderr in the chosen format; `RUST_LOG` filters.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Json => builder.json().init(),
+            LogFormat::Text => builder.init(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_command_line() {
+        let a = Args::try_parse_from([
+            "l",
+            "--listen",
+            "127.0.0.1:9000",
+            "--type",
+            "embedder_provider",
+            "--launch",
+            "network",
+            "--config-dir",
+            "/a",
+            "--config-dir",
+            "/b",
+            "--",
+            "/bin/p",
+            "--flag",
+        ])
+        .expect("valid command line");
+        assert_eq!(a.listen.port(), 9000);
+        assert_eq!(a.plugin_type, PluginType::EmbedderProvider);
+        assert_eq!(a.launch, Launch::Network);
+        assert_eq!(a.config_dirs.len(), 2);
+        assert_eq!(a.command, vec!["/bin/p", "--flag"]);
+        assert_eq!(a.output_prefix(), "[p]");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(Args::try_parse_from(["l", "--type", "llm", "--", "/p"]).is_err());
+        assert!(Args::try_parse_from(["l", "--type", "llm_provider"]).is_err());
+        assert!(
+            Args::try_parse_from([
+                "l",
+                "--type",
+                "llm_provider",
+                "--health-interval",
+                "0",
+                "--",
+                "/p"
+            ])
+            .is_err()
+        );
+    }
+}

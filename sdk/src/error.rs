@@ -1,0 +1,51 @@
+//! Errors of the SDK.
+
+use std::net::SocketAddr;
+
+/// Everything that can go wrong while serving or reaching a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed while running.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// An address could not be understood.
+    #[error("invalid address {address:?}: {reason}")]
+    Address {
+        /// The address as given.
+        address: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// `HECTOR_PLUGIN_ADDR` was missing or malformed.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// The variable's name.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A plugin RPC answered with a gRPC error.
+    #[error("{method} failed: {status}")]
+    Rpc {
+        /// The RPC that failed.
+        method: &'static str,
+        /// The gRPC status it returned.
+        status: tonic::Status,
+    },
+    /// A plugin RPC answered but reported failure in its body.
+    #[error("{method} was refused by the plugin: {message}")]
+    Refused {
+        /// The RPC that was refused.
+        method: &'static str,
+        /// The plugin's error text.
+        message: String,
+    },
+}

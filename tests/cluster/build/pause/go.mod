@@ -1,0 +1,3 @@
+module hector.dev/cluster/pause
+
+go 1.24.0
