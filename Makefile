@@ -33,9 +33,11 @@ cluster-down: ## Stop the local cluster and clean up after it
 	$(CLUSTER) down
 
 unit: deps ## Unit and protocol tests (no cluster needed)
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 test: deps check cluster-up images ## The whole suite: lints, unit, protocol and live-cluster tests
+	$(CARGO) build --workspace --bins
 	KUBECONFIG="$$($(CLUSTER) kubeconfig)" $(CARGO) test --workspace --features hector-operator/e2e
 
 bench: deps ## Benchmarks (prints figures)

@@ -86,12 +86,10 @@ pub async fn stop(child: &mut Child, grace: Duration) -> std::io::Result<ExitSta
     if let Ok(Some(status)) = child.try_wait() {
         return Ok(status);
     }
-    if let Some(pid) = child.id() {
-        if let Ok(pid) = libc::pid_t::try_from(pid) {
-            // SAFETY: kill(2) on our own child's pid touches no memory of this process.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
+    if let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+        // SAFETY: kill(2) on our own child's pid touches no memory of this process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
         }
     }
     match tokio::time::timeout(grace, child.wait()).await {

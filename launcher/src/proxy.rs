@@ -39,15 +39,32 @@ impl Service<Request<axum::body::Body>> for Forward {
             let request = request.map(tonic::body::Body::new);
             match channel.oneshot(request).await {
                 Ok(response) => Ok(response),
-                Err(e) => Ok(unavailable(&hector_plugin_sdk::client::error_chain(&e))),
+                Err(e) if timed_out(&e) => Ok(trailers_only(tonic::Status::deadline_exceeded(
+                    "deadline exceeded before the plugin answered",
+                ))),
+                Err(e) => Ok(trailers_only(tonic::Status::unavailable(format!(
+                    "plugin unreachable: {}",
+                    hector_plugin_sdk::client::error_chain(&e)
+                )))),
             }
         })
     }
 }
 
-/// A trailers-only gRPC answer: status UNAVAILABLE with the reason.
-fn unavailable(reason: &str) -> Response<tonic::body::Body> {
-    let status = tonic::Status::unavailable(format!("plugin unreachable: {reason}"));
+/// Whether the channel gave up because the request's `grpc-timeout` passed.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// A trailers-only gRPC answer carrying `status`.
+fn trailers_only(status: tonic::Status) -> Response<tonic::body::Body> {
     let mut response = Response::new(tonic::body::Body::empty());
     let headers = response.headers_mut();
     headers.insert(

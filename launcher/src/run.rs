@@ -132,16 +132,15 @@ pub async fn run(args: Args) -> i32 {
     let router = tonic::service::Routes::new(health_service)
         .into_axum_router()
         .fallback_service(proxy::Forward::new(channel.clone()));
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
+    // Served by axum directly rather than tonic's server, which would enforce `grpc-timeout`
+    // itself and answer CANCELLED; forwarded, the plugin enforces it and answers as it does.
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     tracing::info!(listen = %args.listen, service = args.plugin_type.service_name(), "launcher serving");
 
     let code = tokio::select! {
@@ -184,13 +183,11 @@ async fn graceful_shutdown(
         .await;
     }
     // Give the plugin a moment to exit on its own before signalling it.
-    if tokio::time::timeout(Duration::from_secs(2), child.wait())
+    let exited = tokio::time::timeout(Duration::from_secs(2), child.wait())
         .await
-        .is_err()
-    {
-        if let Err(e) = child::stop(child, Args::duration(args.shutdown_grace)).await {
-            tracing::warn!(error = %e, "stopping the plugin failed");
-        }
+        .is_ok();
+    if !exited && let Err(e) = child::stop(child, Args::duration(args.shutdown_grace)).await {
+        tracing::warn!(error = %e, "stopping the plugin failed");
     }
     0
 }
