@@ -123,10 +123,10 @@ impl Launched {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("launcher exited early with {status}: {}", self.output());
             }
-            if let Ok(ch) = hector_plugin_sdk::connect(&self.addr, Duration::from_secs(1)).await {
-                if health(&ch, "").await == Some(ServingStatus::Serving) {
-                    return ch;
-                }
+            if let Ok(ch) = hector_plugin_sdk::connect(&self.addr, Duration::from_secs(1)).await
+                && health(&ch, "").await == Some(ServingStatus::Serving)
+            {
+                return ch;
             }
             assert!(Instant::now() < deadline, "launcher never became healthy");
             tokio::time::sleep(Duration::from_millis(100)).await;
