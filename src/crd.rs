@@ -1,1 +1,427 @@
-//! (in progress)
+//! The `HectorPlugin` custom resource (`hector.dev/v1alpha1`): a Hector plugin run remotely.
+//!
+//! Doc comments on fields become the schema descriptions `kubectl explain` shows, so they are
+//! written for the person applying the resource.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a HectorPlugin: which plugin to run and how, or where an already running
+/// plugin is reached.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hector.dev",
+    version = "v1alpha1",
+    kind = "HectorPlugin",
+    plural = "hectorplugins",
+    singular = "hectorplugin",
+    shortname = "hp",
+    category = "hector",
+    namespaced,
+    status = "HectorPluginStatus",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.manifest.type","description":"Plugin type"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Lifecycle phase"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address","description":"Where agents reach the plugin"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    validation = Rule::new("has(self.image) != has(self.endpoint)").message("exactly one of spec.image (run the plugin in Pods) or spec.endpoint (use a plugin running elsewhere) must be set"),
+    validation = Rule::new("!has(self.image) || (has(self.command) && size(self.command) > 0)").message("spec.command (the plugin executable inside the image) is required with spec.image"),
+    validation = Rule::new("!has(self.endpoint) || !has(self.secretConfig) || size(self.secretConfig) == 0").message("spec.secretConfig cannot be delivered to a plugin given by spec.endpoint; configure it where it runs"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HectorPluginSpec {
+    /// The plugin's manifest: its identity and declared configuration, as in its
+    /// `.plugin.yaml` (generate with `hectorctl manifest convert`).
+    pub manifest: PluginManifest,
+
+    /// Container image holding the plugin executable. Set this or `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// When the kubelet pulls the image (default: Kubernetes' default for the tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// The plugin executable inside the image and any leading arguments, e.g.
+    /// `["/plugin/my-llm"]`. Required with `image`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+
+    /// Extra arguments passed to the plugin executable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+
+    /// How the plugin executable expects to be started: `goPlugin` for binaries built with
+    /// Hector's Go SDK (HashiCorp go-plugin handshake, unmodified), `network` for plugins
+    /// that listen on the address given in `HECTOR_PLUGIN_ADDR`.
+    #[serde(default)]
+    pub launch: LaunchMode,
+
+    /// The port the plugin is served on in its Pods and Service.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Number of plugin Pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+
+    /// Plugin configuration: key to scalar value (strings, numbers and booleans are passed to
+    /// the plugin's Initialize as strings). Overrides the manifest's defaults. Never put
+    /// secrets here; use secretConfig.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "scalar_map_schema")]
+    pub config: BTreeMap<String, serde_json::Value>,
+
+    /// Configuration keys whose values come from Secrets. They are mounted into the plugin
+    /// Pod and passed to Initialize; they never appear in logs, events, status or the
+    /// endpoints ConfigMap. Overrides `config` and the manifest's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    pub secret_config: Vec<SecretConfig>,
+
+    /// Environment variables for the plugin container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+
+    /// CPU and memory requests and limits for the plugin container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the plugin Pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the plugin Pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Service account the plugin Pods run as (default: the namespace's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// How the operator and the kubelet check the plugin's health.
+    #[serde(default)]
+    pub health: HealthSettings,
+
+    /// `host:port` of a plugin already running elsewhere; the operator then runs no Pods and
+    /// only probes and publishes it. Set this or `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"))]
+    pub endpoint: Option<String>,
+}
+
+fn default_port() -> i32 {
+    50051
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// A map whose values may be any scalar; the API server keeps them as given.
+fn scalar_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "x-kubernetes-preserve-unknown-fields": true
+        }
+    })
+}
+
+/// The plugin's identity and declared configuration, from its `.plugin.yaml`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginManifest {
+    /// The plugin's name as it reports it through GetManifest.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The plugin's semantic version (MAJOR.MINOR.PATCH).
+    #[schemars(regex(pattern = r"^v?\d+\.\d+\.\d+([-+].*)?$"))]
+    pub version: String,
+    /// The kind of plugin, which decides the gRPC service it serves.
+    #[serde(rename = "type")]
+    pub plugin_type: PluginTypeName,
+    /// Wire protocol; only `grpc`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The Hector versions the plugin works with, e.g. `>=0.1.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hector_version: Option<String>,
+    /// Author of the plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// One-line description of the plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The configuration keys the plugin declares.
+    #[serde(default)]
+    pub config_schema: ConfigSchemaSpec,
+    /// Feature flags such as streaming or function_calling.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capabilities: BTreeMap<String, bool>,
+}
+
+/// Declared configuration keys.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.required) || !has(self.optional) || self.required.all(k, !(k in self.optional))").message("a key cannot be both required and optional"))]
+pub struct ConfigSchemaSpec {
+    /// Keys that must be set (by a default, `spec.config` or `spec.secretConfig`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    pub required: Vec<String>,
+    /// Keys that may be set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    pub optional: Vec<String>,
+    /// Default values of declared keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub defaults: BTreeMap<String, String>,
+}
+
+/// Plugin types, as named in manifests.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PluginTypeName {
+    /// Text generation (`hector.plugin.LLMProvider`).
+    #[serde(rename = "llm_provider")]
+    LlmProvider,
+    /// Vector storage and search (`hector.plugin.DatabaseProvider`).
+    #[serde(rename = "database_provider")]
+    DatabaseProvider,
+    /// Text to vectors (`hector.plugin.EmbedderProvider`).
+    #[serde(rename = "embedder_provider")]
+    EmbedderProvider,
+    /// Tools for agents (`hector.plugin.ToolProvider`).
+    #[serde(rename = "tool_provider")]
+    ToolProvider,
+    /// Agent reasoning (`hector.plugin.ReasoningStrategy`).
+    #[serde(rename = "reasoning_strategy")]
+    ReasoningStrategy,
+}
+
+impl From<PluginTypeName> for hector_plugin_sdk::PluginType {
+    fn from(t: PluginTypeName) -> Self {
+        use hector_plugin_sdk::PluginType as P;
+        match t {
+            PluginTypeName::LlmProvider => P::LlmProvider,
+            PluginTypeName::DatabaseProvider => P::DatabaseProvider,
+            PluginTypeName::EmbedderProvider => P::EmbedderProvider,
+            PluginTypeName::ToolProvider => P::ToolProvider,
+            PluginTypeName::ReasoningStrategy => P::ReasoningStrategy,
+        }
+    }
+}
+
+impl From<hector_plugin_sdk::PluginType> for PluginTypeName {
+    fn from(t: hector_plugin_sdk::PluginType) -> Self {
+        use hector_plugin_sdk::PluginType as P;
+        match t {
+            P::LlmProvider => PluginTypeName::LlmProvider,
+            P::DatabaseProvider => PluginTypeName::DatabaseProvider,
+            P::EmbedderProvider => PluginTypeName::EmbedderProvider,
+            P::ToolProvider => PluginTypeName::ToolProvider,
+            P::ReasoningStrategy => PluginTypeName::ReasoningStrategy,
+        }
+    }
+}
+
+/// Wire protocol.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Protocol {
+    /// gRPC, the only protocol of Hector plugins.
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+}
+
+/// How the plugin executable is started inside its Pod.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum LaunchMode {
+    /// A binary built with Hector's Go SDK: started with the go-plugin handshake.
+    #[default]
+    #[serde(rename = "goPlugin")]
+    GoPlugin,
+    /// A network-native plugin listening on `HECTOR_PLUGIN_ADDR`.
+    #[serde(rename = "network")]
+    Network,
+}
+
+impl LaunchMode {
+    /// The launcher's `--launch` value.
+    pub fn launcher_flag(self) -> &'static str {
+        match self {
+            LaunchMode::GoPlugin => "go-plugin",
+            LaunchMode::Network => "network",
+        }
+    }
+}
+
+/// Image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the image is not on the node.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// One configuration key taken from a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretConfig {
+    /// The configuration key the plugin receives.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+    /// The Secret and key holding the value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the plugin's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Health checking.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSettings {
+    /// Seconds between health checks.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: i32,
+    /// Seconds before one health check times out.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+    /// Consecutive failed checks before the plugin counts as unhealthy and is unpublished.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            period_seconds: default_period(),
+            timeout_seconds: default_timeout(),
+            failure_threshold: default_failure_threshold(),
+        }
+    }
+}
+
+fn default_period() -> i32 {
+    10
+}
+
+fn default_timeout() -> i32 {
+    2
+}
+
+fn default_failure_threshold() -> i32 {
+    3
+}
+
+/// Observed state of a HectorPlugin.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HectorPluginStatus {
+    /// Summary: Pending, Progressing, Ready, Degraded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions: ConfigValid, Deployed, Healthy, Published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Stable address agents use: the Service's DNS name and port, or the endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Healthy `ip:port` endpoints behind the address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// What the running plugin reports about itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginInfo>,
+    /// Human-readable detail of the current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Lifecycle phase.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted; nothing running yet.
+    Pending,
+    /// Pods are starting or the plugin is being verified.
+    Progressing,
+    /// Healthy and published.
+    Ready,
+    /// Running but unhealthy; unpublished.
+    Degraded,
+    /// Cannot work as specified (e.g. invalid configuration).
+    Failed,
+}
+
+/// Identity and model facts reported by the plugin.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginInfo {
+    /// Name from GetManifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Version from GetManifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Model served (LLM and embedder plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_name: Option<String>,
+    /// Token limit of the model (LLM plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i32>,
+    /// Vector dimension (embedder plugins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<i32>,
+}
+
+/// The CRD as YAML, exactly as `crds/hectorplugin.yaml` holds it.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    use kube::CustomResourceExt;
+    let body = serde_norway::to_string(&HectorPlugin::crd())?;
+    Ok(format!(
+        "# Generated by `hector-operator crd` from src/crd.rs; do not edit.\n{body}"
+    ))
+}

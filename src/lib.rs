@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod crd;
 pub mod discover;
 pub mod manifest;

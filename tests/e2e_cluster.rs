@@ -1,1 +1,519 @@
-//! Live-cluster tests (in progress).
+//! Live-cluster tests. They need `KUBECONFIG` pointing at a cluster whose nodes have the
+//! project's images loaded (`make test` starts the local cluster and loads them; against
+//! kind: `kind create cluster`, `LOAD_IMAGE="kind load image-archive" make images`).
+//!
+//! Each test works in its own namespace, labelled so `cluster down` can find leftovers.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use hector_operator::crd::HectorPlugin;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const IMAGE_TAG: &str = "dev";
+
+async fn client() -> Client {
+    Client::try_default()
+        .await
+        .expect("KUBECONFIG must point at a running cluster (make cluster-up)")
+}
+
+/// Polls `check` until it yields `Some`, failing with `what` after `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A namespace for one test, deleted when dropped.
+struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!(
+            "{prefix}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() % 1_000_000)
+                .unwrap_or_default()
+        );
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    "hector.dev/test-namespace".to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        // The service account controller must have made `default` before Pods are admitted.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        eventually(
+            "default service account",
+            Duration::from_secs(30),
+            || async { sa.get_opt("default").await.ok().flatten() },
+        )
+        .await;
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // The test's runtime may be shutting down (or unwinding a panic): delete from a
+        // thread with its own runtime and its own client (a client is bound to the runtime
+        // it was made on); the namespace controller finishes the job.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Runtime::new() else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn apply<K>(api: &Api<K>, value: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = value["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    api.patch(
+        &name,
+        &PatchParams::apply("hector-e2e").force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+}
+
+#[tokio::test]
+async fn node_is_ready() {
+    let nodes: Api<Node> = Api::all(client().await);
+    let list = nodes.list(&Default::default()).await.expect("list nodes");
+    assert!(!list.items.is_empty(), "the cluster has a node");
+    for node in list.items {
+        let ready = node
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        assert!(
+            ready,
+            "node {} is Ready",
+            node.metadata.name.unwrap_or_default()
+        );
+    }
+}
+
+/// A Pod from a locally built image, with a gRPC readiness probe, behind a Service that is
+/// reached from the host by ClusterIP and from another Pod by DNS name.
+#[tokio::test]
+async fn local_image_pod_service_and_dns() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "e2e-net").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+
+    apply(
+        &pods,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "echo", "labels": {"app": "echo"}},
+            "spec": {
+                // As the operator will run plugins: the launcher, copied in by an init
+                // container, hosts the plugin and answers the kubelet's gRPC probe.
+                "initContainers": [{
+                    "name": "launcher",
+                    "image": format!("hector.dev/hector-operator:{IMAGE_TAG}"),
+                    "imagePullPolicy": "Never",
+                    "command": ["/usr/local/bin/hector-plugin-launcher", "install", "/hector/bin"],
+                    "volumeMounts": [{"name": "bin", "mountPath": "/hector/bin"}],
+                }],
+                "containers": [{
+                    "name": "echo",
+                    "image": format!("hector.dev/echo-llm:{IMAGE_TAG}"),
+                    "imagePullPolicy": "Never",
+                    "command": ["/hector/bin/hector-plugin-launcher", "--type", "llm_provider",
+                                "--launch", "network", "--", "/plugin/echo-llm"],
+                    "ports": [{"containerPort": 50051, "name": "grpc"}],
+                    "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 1},
+                    "volumeMounts": [{"name": "bin", "mountPath": "/hector/bin"}],
+                }],
+                "volumes": [{"name": "bin", "emptyDir": {}}],
+            }
+        }),
+    )
+    .await;
+    let svc = apply(
+        &services,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo"},
+            "spec": {"selector": {"app": "echo"}, "ports": [{"port": 50051, "name": "grpc", "appProtocol": "grpc"}]}
+        }),
+    )
+    .await;
+
+    // The gRPC readiness probe turns the Pod Ready.
+    eventually(
+        "echo Pod Ready via its gRPC probe",
+        Duration::from_secs(90),
+        || async { pods.get("echo").await.ok().filter(pod_ready) },
+    )
+    .await;
+
+    // From the host, through kube-proxy's ClusterIP rules.
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or("service has a ClusterIP")?;
+    let text = eventually(
+        "Generate through the ClusterIP",
+        Duration::from_secs(30),
+        || {
+            let ip = ip.clone();
+            async move {
+                let ch = hector_plugin_sdk::connect(&format!("{ip}:50051"), Duration::from_secs(2))
+                    .await
+                    .ok()?;
+                let mut llm =
+                    hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient::new(ch);
+                let req = hector_plugin_sdk::proto::GenerateRequest {
+                    messages: vec![hector_plugin_sdk::proto::Message {
+                        role: "user".into(),
+                        content: "via cluster ip".into(),
+                        ..Default::default()
+                    }],
+                    tools: vec![],
+                };
+                Some(llm.generate(req).await.ok()?.into_inner().text)
+            }
+        },
+    )
+    .await;
+    assert_eq!(text, "echo: via cluster ip");
+
+    // From another Pod, by the Service's DNS name.
+    let dns = format!("echo.{}.svc.cluster.local:50051", ns.name);
+    apply(
+        &pods,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "caller"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "caller",
+                    "image": format!("hector.dev/hector-operator:{IMAGE_TAG}"),
+                    "imagePullPolicy": "Never",
+                    "command": ["/usr/local/bin/hectorctl", "call", "--address", dns, "generate", "from", "a", "pod"],
+                }]
+            }
+        }),
+    )
+    .await;
+    let phase = eventually("caller Pod to finish", Duration::from_secs(90), || async {
+        let p = pods.get("caller").await.ok()?;
+        let phase = p.status?.phase?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    let logs = pods.logs("caller", &Default::default()).await?;
+    assert_eq!(phase, "Succeeded", "caller logs: {logs}");
+    assert!(logs.contains("echo: from a pod"), "caller logs: {logs}");
+    Ok(())
+}
+
+/// Deleting an owner garbage-collects what it owns.
+#[tokio::test]
+async fn owner_reference_garbage_collection() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "e2e-gc").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let owner = apply(
+        &cms,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}, "data": {"a": "b"}}),
+    )
+    .await;
+    let uid = owner.uid().ok_or("owner has a uid")?;
+    apply(
+        &cms,
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "dependent", "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+            ]},
+            "data": {"c": "d"}
+        }),
+    )
+    .await;
+    cms.delete("owner", &DeleteParams::background()).await?;
+    eventually(
+        "the dependent to be collected",
+        Duration::from_secs(60),
+        || async {
+            match cms.get_opt("dependent").await {
+                Ok(None) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Installs the CRD from `crds/` and waits until it is served.
+async fn install_crd(client: &Client) {
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/hectorplugin.yaml"
+    ))
+    .expect("read crds/hectorplugin.yaml");
+    let crd: CustomResourceDefinition = serde_norway::from_str(&yaml).expect("parse CRD");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "hectorplugins.hector.dev",
+        &PatchParams::apply("hector-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("the API server accepts the CRD");
+    eventually("CRD Established", Duration::from_secs(30), || async {
+        let c = crds.get("hectorplugins.hector.dev").await.ok()?;
+        c.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+fn plugin(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "hector.dev/v1alpha1",
+        "kind": "HectorPlugin",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+fn manifest() -> serde_json::Value {
+    json!({"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"})
+}
+
+#[tokio::test]
+async fn crd_accepts_valid_and_rejects_invalid_resources() -> TestResult {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "e2e-crd").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::api::ApiResource::erase::<HectorPlugin>(&()),
+    );
+
+    // A valid resource is accepted and the API server fills in the defaults.
+    let created = apply(
+        &api,
+        plugin(
+            "good",
+            json!({"manifest": manifest(), "image": "hector.dev/echo-llm:dev", "command": ["/plugin/echo-llm"],
+                   "config": {"prefix": "> ", "max_tokens": 100, "verbose": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(created.spec.port, 50051);
+    assert_eq!(created.spec.replicas, 1);
+    assert_eq!(created.spec.health.period_seconds, 10);
+    assert_eq!(created.spec.config["max_tokens"], json!(100));
+    let remote = apply(
+        &api,
+        plugin(
+            "remote",
+            json!({"manifest": manifest(), "endpoint": "llm.example.internal:50051"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        remote.spec.endpoint.as_deref(),
+        Some("llm.example.internal:50051")
+    );
+
+    let cases = [
+        (
+            "both image and endpoint",
+            json!({"manifest": manifest(), "image": "x", "command": ["/p"], "endpoint": "h:1"}),
+            "exactly one of spec.image",
+        ),
+        (
+            "neither image nor endpoint",
+            json!({"manifest": manifest()}),
+            "exactly one of spec.image",
+        ),
+        (
+            "image without command",
+            json!({"manifest": manifest(), "image": "x"}),
+            "spec.command (the plugin executable inside the image) is required",
+        ),
+        (
+            "port out of range",
+            json!({"manifest": manifest(), "image": "x", "command": ["/p"], "port": 70000}),
+            "spec.port",
+        ),
+        (
+            "unknown plugin type",
+            json!({"manifest": {"name": "x", "version": "1.0.0", "type": "llm"}, "image": "x", "command": ["/p"]}),
+            "spec.manifest.type",
+        ),
+        (
+            "not a semantic version",
+            json!({"manifest": {"name": "x", "version": "latest", "type": "llm_provider"}, "image": "x", "command": ["/p"]}),
+            "spec.manifest.version",
+        ),
+        (
+            "key both required and optional",
+            json!({"manifest": {"name": "x", "version": "1.0.0", "type": "llm_provider",
+                    "configSchema": {"required": ["a"], "optional": ["a"]}}, "image": "x", "command": ["/p"]}),
+            "a key cannot be both required and optional",
+        ),
+        (
+            "missing manifest",
+            json!({"image": "x", "command": ["/p"]}),
+            "spec.manifest: Required value",
+        ),
+        (
+            "bad launch mode",
+            json!({"manifest": manifest(), "image": "x", "command": ["/p"], "launch": "fork"}),
+            "spec.launch",
+        ),
+        (
+            "secret config with endpoint",
+            json!({"manifest": manifest(), "endpoint": "h:1",
+                   "secretConfig": [{"key": "api_key", "secretKeyRef": {"name": "s", "key": "k"}}]}),
+            "spec.secretConfig cannot be delivered",
+        ),
+    ];
+    for (i, (what, spec, expected)) in cases.into_iter().enumerate() {
+        let obj: kube::api::DynamicObject =
+            serde_json::from_value(plugin(&format!("bad-{i}"), spec))?;
+        match raw.create(&PostParams::default(), &obj).await {
+            Ok(_) => panic!("{what}: accepted, expected rejection"),
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{what}: {}", status.message);
+                assert!(
+                    status.message.contains(expected),
+                    "{what}: message {:?} lacks {expected:?}",
+                    status.message
+                );
+            }
+            Err(e) => panic!("{what}: unexpected error {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_descriptions() {
+    let client = client().await;
+    install_crd(&client).await;
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| {
+        let out = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cluster/cluster"
+        ))
+        .arg("kubectl-path")
+        .output()
+        .expect("tests/cluster/cluster kubectl-path");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    });
+    // The OpenAPI document picks up a new CRD a moment after it is established.
+    let text = eventually(
+        "kubectl explain to know HectorPlugin",
+        Duration::from_secs(60),
+        || {
+            let kubectl = kubectl.clone();
+            async move {
+                let out = tokio::process::Command::new(&kubectl)
+                    .args(["explain", "hectorplugin.spec"])
+                    .output()
+                    .await
+                    .ok()?;
+                out.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+        },
+    )
+    .await;
+    for expected in [
+        "KIND:       HectorPlugin",
+        "Desired state of a HectorPlugin",
+        "Container image holding the plugin executable",
+        "How the plugin executable expects to be started",
+        "secretConfig",
+    ] {
+        assert!(
+            text.contains(expected),
+            "kubectl explain lacks {expected:?}:\n{text}"
+        );
+    }
+    let hp = tokio::process::Command::new(&kubectl)
+        .args(["explain", "hp.spec.health.failureThreshold"])
+        .output()
+        .await
+        .expect("kubectl explain via short name");
+    assert!(
+        String::from_utf8_lossy(&hp.stdout).contains("Consecutive failed checks"),
+        "short name and nested descriptions"
+    );
+}
