@@ -38,10 +38,11 @@ unit: deps ## Unit and protocol tests (no cluster needed)
 
 test: deps check cluster-up images ## The whole suite: lints, unit, protocol and live-cluster tests
 	$(CARGO) build --workspace --bins
-	KUBECONFIG="$$($(CLUSTER) kubeconfig)" $(CARGO) test --workspace --features hector-operator/e2e
+	KUBECONFIG="$$($(CLUSTER) kubeconfig)" $(CARGO) test --workspace --no-fail-fast --features hector-operator/e2e
 
-bench: deps ## Benchmarks (prints figures)
-	$(CARGO) bench --workspace
+bench: ## Benchmarks: launcher overhead, direct vs proxied (prints figures)
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p hector-plugin-launcher --bench overhead
 
 demo: deps cluster-up images ## Local cluster + example plugin, ending with a remote call
 	tests/demo/run

@@ -39,7 +39,8 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 /// Parses `KEY=SECRET/SECRETKEY`.
 pub fn parse_secret(s: &str) -> Result<SecretConfig, String> {
-    let (key, reference) = parse_key_value(s)?;
+    let (key, reference) =
+        parse_key_value(s).map_err(|_| format!("{s:?} is not KEY=SECRET/KEY"))?;
     match reference.split_once('/') {
         Some((name, secret_key)) if !name.is_empty() && !secret_key.is_empty() => {
             Ok(SecretConfig {

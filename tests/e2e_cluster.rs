@@ -389,6 +389,34 @@ async fn crd_accepts_valid_and_rejects_invalid_resources() -> TestResult {
         Some("llm.example.internal:50051")
     );
 
+    // What `hectorctl manifest convert` prints is accepted as is.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hectorctl"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "manifest",
+            "convert",
+            "examples/manifests/echo-llm.plugin.yaml",
+            "--image",
+            "hector.dev/echo-llm:dev",
+            "--launch",
+            "network",
+            "--config",
+            "prefix=>> ",
+            "--secret",
+            "api_key=llm/key",
+            "-n",
+            &ns.name,
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let converted: kube::api::DynamicObject = serde_norway::from_slice(&out.stdout)?;
+    let stored = raw.create(&PostParams::default(), &converted).await?;
+    assert_eq!(stored.metadata.name.as_deref(), Some("echo-llm"));
+
     let cases = [
         (
             "both image and endpoint",
