@@ -125,7 +125,7 @@ fn main() {
     let words = env_usize("BENCH_WORDS", 500);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
-    let direct_addr = free_addr();
+    let direct_addr = std::env::var("BENCH_DIRECT_ADDR").unwrap_or_else(|_| free_addr());
     let _direct = Server(
         Command::new(echo_llm())
             .env("HECTOR_PLUGIN_ADDR", &direct_addr)

@@ -63,6 +63,12 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     pub shutdown_grace: f64,
 
+    /// How calls reach the plugin: `connection` routes each connection by its first
+    /// request and splices plugin connections byte for byte (fastest); `request` re-frames
+    /// every request.
+    #[arg(long, value_enum, default_value_t = crate::listener::ForwardMode::Connection)]
+    pub forward: crate::listener::ForwardMode,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HECTOR_LOG_FORMAT")]
     pub log_format: LogFormat,

@@ -8,8 +8,10 @@ mod child;
 mod config_dir;
 mod goplugin;
 mod handshake;
+mod listener;
 mod proxy;
 mod run;
+mod sniff;
 
 use clap::Parser;
 
@@ -30,7 +32,10 @@ fn main() {
     }
     let args = args::Args::parse();
     args.init_logging();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hector-plugin-launcher: cannot start runtime: {e}");

@@ -1,31 +1,85 @@
 //! Transparent forwarding of every gRPC call the launcher does not answer itself.
-//! Requests and responses pass through as HTTP/2 streams: bodies, metadata, trailers
-//! (and so status codes) and `grpc-timeout` deadlines are not re-encoded.
+//! Requests and responses pass through as HTTP/2 streams on one connection to the plugin:
+//! bodies, metadata, trailers (and so status codes) and `grpc-timeout` deadlines are not
+//! re-encoded. A bare hyper connection is used rather than a tonic channel: it has no
+//! buffering task between the caller and the socket, which keeps the added latency low.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
-use tonic::transport::Channel;
-use tower::{Service, ServiceExt};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
-/// A tower service that forwards each request to the plugin's channel.
+/// Why the plugin connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket could not be opened.
+    #[error("cannot connect to {address}: {source}")]
+    Io {
+        /// Where.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake with {address} failed: {source}")]
+    Handshake {
+        /// Where.
+        address: String,
+        /// Why.
+        source: hyper::Error,
+    },
+}
+
+/// A tower service that forwards each request to the plugin.
 #[derive(Clone, Debug)]
 pub struct Forward {
-    channel: Channel,
+    sender: SendRequest<axum::body::Body>,
 }
 
 impl Forward {
-    /// Forwards to `channel`.
-    pub fn new(channel: Channel) -> Self {
-        Self { channel }
+    /// Opens one HTTP/2 connection to `address` (`HOST:PORT` or `unix:/path`).
+    pub async fn connect(address: &str) -> Result<Self, ConnectError> {
+        let io_err = |source| ConnectError::Io {
+            address: address.to_string(),
+            source,
+        };
+        let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        let handshake_err = |source| ConnectError::Handshake {
+            address: address.to_string(),
+            source,
+        };
+        let sender = if let Some(path) = address.strip_prefix("unix:") {
+            let stream = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
+                .await
+                .map_err(io_err)?;
+            let (sender, conn) = builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(handshake_err)?;
+            tokio::spawn(conn);
+            sender
+        } else {
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(io_err)?;
+            stream.set_nodelay(true).map_err(io_err)?;
+            let (sender, conn) = builder
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(handshake_err)?;
+            tokio::spawn(conn);
+            sender
+        };
+        Ok(Self { sender })
     }
 }
 
-impl Service<Request<axum::body::Body>> for Forward {
-    type Response = Response<tonic::body::Body>;
+impl tower::Service<Request<axum::body::Body>> for Forward {
+    type Response = Response<axum::body::Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -33,39 +87,45 @@ impl Service<Request<axum::body::Body>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<axum::body::Body>) -> Self::Future {
-        let channel = self.channel.clone();
+    fn call(&mut self, mut request: Request<axum::body::Body>) -> Self::Future {
+        let mut sender = self.sender.clone();
         Box::pin(async move {
-            let request = request.map(tonic::body::Body::new);
-            match channel.oneshot(request).await {
-                Ok(response) => Ok(response),
-                Err(e) if timed_out(&e) => Ok(trailers_only(tonic::Status::deadline_exceeded(
-                    "deadline exceeded before the plugin answered",
-                ))),
-                Err(e) => Ok(trailers_only(tonic::Status::unavailable(format!(
-                    "plugin unreachable: {}",
-                    hector_plugin_sdk::client::error_chain(&e)
-                )))),
+            // The plugin is the authority now; keep only the path.
+            let path = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            match Uri::builder()
+                .scheme("http")
+                .authority("plugin")
+                .path_and_query(path)
+                .build()
+            {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(e) => return Ok(trailers_only(tonic::Status::internal(e.to_string()))),
+            }
+            if let Err(e) = sender.ready().await {
+                return Ok(trailers_only(unreachable(&e)));
+            }
+            match sender.send_request(request).await {
+                Ok(response) => Ok(response.map(axum::body::Body::new)),
+                Err(e) => Ok(trailers_only(unreachable(&e))),
             }
         })
     }
 }
 
-/// Whether the channel gave up because the request's `grpc-timeout` passed.
-fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if err.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        current = err.source();
-    }
-    false
+fn unreachable(e: &hyper::Error) -> tonic::Status {
+    tonic::Status::unavailable(format!(
+        "plugin unreachable: {}",
+        hector_plugin_sdk::client::error_chain(e)
+    ))
 }
 
 /// A trailers-only gRPC answer carrying `status`.
-fn trailers_only(status: tonic::Status) -> Response<tonic::body::Body> {
-    let mut response = Response::new(tonic::body::Body::empty());
+fn trailers_only(status: tonic::Status) -> Response<axum::body::Body> {
+    let mut response = Response::new(axum::body::Body::empty());
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,

@@ -128,18 +128,26 @@ pub async fn run(args: Args) -> i32 {
             return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
         }
     };
+    let forward = match proxy::Forward::connect(&address).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the forwarding connection");
+            return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::service::Routes::new(health_service)
         .into_axum_router()
-        .fallback_service(proxy::Forward::new(channel.clone()));
-    // Served by axum directly rather than tonic's server, which would enforce `grpc-timeout`
-    // itself and answer CANCELLED; forwarded, the plugin enforces it and answers as it does.
+        .fallback_service(forward);
+    // Not tonic's server: it would enforce `grpc-timeout` itself and answer CANCELLED;
+    // forwarded, the plugin enforces it and answers as it does.
+    let mode = args.forward;
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
+        crate::listener::serve(listener, router, address, mode, async {
+            let _ = stop_rx.await;
+        })
+        .await;
+        Ok::<(), std::io::Error>(())
     });
     tracing::info!(listen = %args.listen, service = args.plugin_type.service_name(), "launcher serving");
 

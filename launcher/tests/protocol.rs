@@ -91,6 +91,16 @@ struct Launched {
 
 impl Launched {
     fn start(plugin_type: &str, launch: &str, config: &[(&str, &str)], command: &[&str]) -> Self {
+        Self::start_with(plugin_type, launch, config, command, &[])
+    }
+
+    fn start_with(
+        plugin_type: &str,
+        launch: &str,
+        config: &[(&str, &str)],
+        command: &[&str],
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_dir = dir.path().join("config");
         std::fs::create_dir(&config_dir).expect("config dir");
@@ -102,6 +112,7 @@ impl Launched {
         let child = Command::new(env!("CARGO_BIN_EXE_hector-plugin-launcher"))
             .args(["--listen", &addr, "--type", plugin_type, "--launch", launch])
             .args(["--health-interval", "0.2", "--start-timeout", "60"])
+            .args(extra)
             .arg("--config-dir")
             .arg(&config_dir)
             .arg("--")
@@ -131,6 +142,13 @@ impl Launched {
             assert!(Instant::now() < deadline, "launcher never became healthy");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A fresh connection whose first call is a plugin call, so the launcher splices it.
+    async fn plugin_channel(&self) -> Channel {
+        hector_plugin_sdk::connect(&self.addr, Duration::from_secs(5))
+            .await
+            .expect("connect to the launcher")
     }
 
     fn signal_term(&self) {
@@ -234,11 +252,13 @@ async fn streamed_text(client: &mut LlmProviderClient<Channel>, text: &str) -> (
 #[tokio::test]
 async fn rust_echo_llm_through_launcher() -> TestResult {
     let bin = sibling_bin("echo-llm");
-    let mut l = Launched::start(
+    // Request-by-request forwarding; the other tests use the default connection splicing.
+    let mut l = Launched::start_with(
         "llm_provider",
         "network",
         &[("prefix", "rust says: "), ("model", "echo-test")],
         &[bin.to_str().ok_or("path")?],
+        &["--forward", "request"],
     );
     let ch = l.channel().await;
     assert_eq!(
@@ -284,7 +304,7 @@ async fn go_plugin_through_launcher() -> TestResult {
         &[bin.to_str().ok_or("path")?],
     );
     let ch = l.channel().await;
-    let mut client = LlmProviderClient::new(ch.clone());
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
 
     // Config arrived through Initialize: the prefix is the configured one.
     let answer = client.generate(user("hi there")).await?.into_inner();
@@ -357,7 +377,8 @@ async fn go_plugin_crash_makes_launcher_exit_non_zero() -> TestResult {
         &[("prefix", "> "), ("crash_on", "boom")],
         &[bin.to_str().ok_or("path")?],
     );
-    let mut client = LlmProviderClient::new(l.channel().await);
+    let _ = l.channel().await;
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
     assert!(client.generate(user("boom")).await.is_err());
     let status = l.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(
@@ -401,7 +422,7 @@ async fn python_embedder_through_launcher() -> TestResult {
         &[py.to_str().ok_or("path")?, script.to_str().ok_or("path")?],
     );
     let ch = l.channel().await;
-    let mut client = EmbedderProviderClient::new(ch.clone());
+    let mut client = EmbedderProviderClient::new(l.plugin_channel().await);
     let info = client.get_embedder_info(Empty {}).await?.into_inner();
     assert_eq!((info.model_name.as_str(), info.dimension), ("py-hash", 16));
     let v = client
