@@ -104,29 +104,25 @@ trait Duplex: std::io::Read + std::io::Write + Send + Sized + 'static {
     fn close_write(&self);
 }
 
-impl Duplex for std::net::TcpStream {
-    fn duplicate(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn blocking(&self) -> std::io::Result<()> {
-        self.set_nonblocking(false)
-    }
-    fn close_write(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
+/// TCP and Unix sockets offer the same calls under the same names.
+macro_rules! duplex {
+    ($socket:ty) => {
+        impl Duplex for $socket {
+            fn duplicate(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn blocking(&self) -> std::io::Result<()> {
+                self.set_nonblocking(false)
+            }
+            fn close_write(&self) {
+                let _ = self.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    };
 }
 
-impl Duplex for std::os::unix::net::UnixStream {
-    fn duplicate(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn blocking(&self) -> std::io::Result<()> {
-        self.set_nonblocking(false)
-    }
-    fn close_write(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-}
+duplex!(std::net::TcpStream);
+duplex!(std::os::unix::net::UnixStream);
 
 /// Copies both directions until both ends are done. Blocking threads rather than the async
 /// runtime: a blocked read returns the data in one system call, where readiness polling

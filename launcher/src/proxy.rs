@@ -52,27 +52,29 @@ impl Forward {
             address: address.to_string(),
             source,
         };
+        // One spawned task drives the connection; senders are cheap clones of its handle.
+        async fn start<IO>(
+            builder: &hyper::client::conn::http2::Builder<TokioExecutor>,
+            io: IO,
+        ) -> Result<SendRequest<axum::body::Body>, hyper::Error>
+        where
+            IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            let (sender, conn) = builder.handshake(TokioIo::new(io)).await?;
+            tokio::spawn(conn);
+            Ok(sender)
+        }
         let sender = if let Some(path) = address.strip_prefix("unix:") {
             let stream = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
                 .await
                 .map_err(io_err)?;
-            let (sender, conn) = builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(handshake_err)?;
-            tokio::spawn(conn);
-            sender
+            start(&builder, stream).await.map_err(handshake_err)?
         } else {
             let stream = tokio::net::TcpStream::connect(address)
                 .await
                 .map_err(io_err)?;
             stream.set_nodelay(true).map_err(io_err)?;
-            let (sender, conn) = builder
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(handshake_err)?;
-            tokio::spawn(conn);
-            sender
+            start(&builder, stream).await.map_err(handshake_err)?
         };
         Ok(Self { sender })
     }
