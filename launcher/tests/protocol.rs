@@ -518,3 +518,45 @@ fn config_values_never_reach_the_log() {
         );
     });
 }
+
+#[tokio::test]
+async fn sdk_plugin_stops_cleanly_on_sigterm() -> TestResult {
+    // The SDK's own signal handling, without the launcher in front.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(sibling_bin("echo-llm"))
+        .env("HECTOR_PLUGIN_ADDR", &addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        if let Ok(ch) = hector_plugin_sdk::connect(&addr, Duration::from_secs(1)).await
+            && health(&ch, "hector.plugin.LLMProvider").await == Some(ServingStatus::Serving)
+        {
+            break ch;
+        }
+        assert!(Instant::now() < deadline, "echo-llm never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Before Initialize, plugin calls are refused with FAILED_PRECONDITION.
+    let err = LlmProviderClient::new(channel)
+        .generate(user("early"))
+        .await
+        .expect_err("not initialized");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: kill(2) on our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "echo-llm ignored SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    Ok(())
+}

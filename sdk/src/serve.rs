@@ -397,7 +397,7 @@ where
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 tokio::select! {
                     _ = termination_signal() => tracing::info!("termination signal received"),
