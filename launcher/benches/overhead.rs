@@ -2,8 +2,9 @@
 //! calling `echo-llm` directly versus through `hector-plugin-launcher`, on loopback.
 //!
 //! Run with `make bench` (builds the release binaries first). Environment knobs:
-//! `BENCH_CALLS` (unary calls, default 5000), `BENCH_STREAMS` (streams, default 200),
-//! `BENCH_WORDS` (words per streamed answer, default 500).
+//! `BENCH_CALLS` (unary calls, default 5000), `BENCH_STREAMS` (streams, default 2000),
+//! `BENCH_WORDS` (words per streamed answer, default 500), `BENCH_LAUNCHER_ARGS` (extra
+//! launcher flags, e.g. `--forward request`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -121,7 +122,7 @@ async fn round(
 
 fn main() {
     let calls = env_usize("BENCH_CALLS", 5000);
-    let streams = env_usize("BENCH_STREAMS", 200);
+    let streams = env_usize("BENCH_STREAMS", 2000);
     let words = env_usize("BENCH_WORDS", 500);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
