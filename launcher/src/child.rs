@@ -41,6 +41,19 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // If the launcher itself is killed (OOM, SIGKILL), take the plugin down with it instead of
+    // leaving an orphan holding its socket. The launcher runs a single-threaded runtime, so
+    // the thread that spawns the child lives as long as the launcher.
+    // SAFETY: only async-signal-safe prctl(2) runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
     let mut child = cmd.spawn()?;
     let (tx, rx) = oneshot::channel();
     if let Some(stdout) = child.stdout.take() {

@@ -425,6 +425,16 @@ async fn python_embedder_through_launcher() -> TestResult {
     let mut client = EmbedderProviderClient::new(l.plugin_channel().await);
     let info = client.get_embedder_info(Empty {}).await?.into_inner();
     assert_eq!((info.model_name.as_str(), info.dimension), ("py-hash", 16));
+    let manifest = hector_plugin_sdk::LifecycleClient::new(
+        l.plugin_channel().await,
+        hector_plugin_sdk::PluginType::EmbedderProvider,
+    )
+    .manifest()
+    .await?;
+    assert_eq!(
+        (manifest.name.as_str(), manifest.r#type.as_str()),
+        ("py-hash-embedder", "embedder_provider")
+    );
     let v = client
         .embed(EmbedRequest {
             text: "hello".into(),
@@ -559,4 +569,43 @@ async fn sdk_plugin_stops_cleanly_on_sigterm() -> TestResult {
     };
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     Ok(())
+}
+
+#[tokio::test]
+async fn killing_the_launcher_takes_the_plugin_down() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start(
+        "llm_provider",
+        "network",
+        &[],
+        &[bin.to_str().ok_or("path")?],
+    );
+    let _ = l.channel().await;
+    l.child.kill()?; // SIGKILL: no chance to stop the plugin itself
+    l.child.wait()?;
+    let out = l.output();
+    let pid: i32 = out
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| format!("no plugin pid in the launcher log: {out}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Gone, or a zombie waiting for its new parent to reap it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let alive = state
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X");
+        if !alive {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plugin {pid} outlived its launcher"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -4,6 +4,9 @@
 // configured prefix; extra config keys let tests steer its health, shutdown and crashes.
 package main
 
+// Generates ./pluginpb from proto/hector/plugin (gitignored; build.sh runs it too).
+//go:generate go run ./cmd/protogen
+
 import (
 	"context"
 	"fmt"

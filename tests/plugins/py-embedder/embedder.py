@@ -93,7 +93,7 @@ class Embedder:
     def GetManifest(self, request, context):
         return self.pb.ManifestResponse(
             name="py-hash-embedder", version="1.0.0", author="hector-operator tests",
-            description="Deterministic hash embedder in Python", type="embedder",
+            description="Deterministic hash embedder in Python", type="embedder_provider",
             protocol="grpc", hector_version=">=0.1.0", capabilities={"batch": "false"})
 
     def GetStatus(self, request, context):

@@ -1,6 +1,9 @@
 // Command protogen generates Go code from the project's protos without a system protoc:
 // protocompile parses them, and protoc-gen-go / protoc-gen-go-grpc run as plugins fed a
 // CodeGeneratorRequest, exactly as protoc would feed them.
+//
+// Run it from the module directory (go generate and build.sh do): paths default to
+// locations relative to tests/plugins/go-llm.
 package main
 
 import (
@@ -11,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 
 	"github.com/bufbuild/protocompile"
 	"google.golang.org/protobuf/proto"
@@ -20,11 +25,17 @@ import (
 	"google.golang.org/protobuf/types/pluginpb"
 )
 
+// The code generators, as declared by the tool directives of go.mod.
+var generators = []struct{ name, pkg string }{
+	{"protoc-gen-go", "google.golang.org/protobuf/cmd/protoc-gen-go"},
+	{"protoc-gen-go-grpc", "google.golang.org/grpc/cmd/protoc-gen-go-grpc"},
+}
+
 func main() {
-	protoRoot := flag.String("proto", "../../../proto", "directory holding hector/plugin/*.proto")
+	protoRoot := flag.String("proto", "../../../proto", "import root holding hector/plugin/*.proto")
 	out := flag.String("out", "pluginpb", "output directory")
 	goPkg := flag.String("package", "hector.dev/testplugins/go-llm/pluginpb", "Go import path of the output")
-	plugins := flag.String("plugins", "", "directory holding protoc-gen-go and protoc-gen-go-grpc")
+	plugins := flag.String("plugins", "", "directory holding prebuilt protoc-gen-go and protoc-gen-go-grpc (default: build them)")
 	flag.Parse()
 	if err := run(*protoRoot, *out, *goPkg, *plugins); err != nil {
 		fmt.Fprintln(os.Stderr, "protogen:", err)
@@ -33,12 +44,34 @@ func main() {
 }
 
 func run(protoRoot, out, goPkg, pluginDir string) error {
-	files := []string{"hector/plugin/common.proto", "hector/plugin/llm.proto", "hector/plugin/embedder.proto", "hector/plugin/database.proto"}
-	compiler := protocompile.Compiler{Resolver: &protocompile.SourceResolver{ImportPaths: []string{protoRoot}}}
+	// Every proto of the package, so the plugin sees the same messages as the Rust side.
+	matches, err := filepath.Glob(filepath.Join(protoRoot, "hector/plugin/*.proto"))
+	if err != nil {
+		return err
+	}
+	if len(matches) == 0 {
+		return fmt.Errorf("no protos under %s/hector/plugin", protoRoot)
+	}
+	var files []string
+	for _, m := range matches {
+		rel, err := filepath.Rel(protoRoot, m)
+		if err != nil {
+			return err
+		}
+		files = append(files, filepath.ToSlash(rel))
+	}
+	sort.Strings(files)
+
+	compiler := protocompile.Compiler{
+		Resolver: &protocompile.SourceResolver{ImportPaths: []string{protoRoot}},
+		// Keep comments, as protoc does, so they reach the generated code.
+		SourceInfoMode: protocompile.SourceInfoStandard,
+	}
 	compiled, err := compiler.Compile(context.Background(), files...)
 	if err != nil {
 		return err
 	}
+	// protoc sends every file of the request, dependencies before dependents.
 	var all []*descriptorpb.FileDescriptorProto
 	seen := map[string]bool{}
 	var add func(fd protoreflect.FileDescriptor)
@@ -56,39 +89,85 @@ func run(protoRoot, out, goPkg, pluginDir string) error {
 	for _, f := range compiled {
 		add(f)
 	}
-	params := "paths=source_relative"
-	for _, f := range files {
-		params += fmt.Sprintf(",M%s=%s;pluginpb", f, goPkg)
+
+	if pluginDir == "" {
+		tmp, err := os.MkdirTemp("", "protogen")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		if err := buildGenerators(tmp); err != nil {
+			return err
+		}
+		pluginDir = tmp
 	}
-	for _, gen := range []string{"protoc-gen-go", "protoc-gen-go-grpc"} {
-		req := &pluginpb.CodeGeneratorRequest{FileToGenerate: files, Parameter: proto.String(params), ProtoFile: all}
-		in, err := proto.Marshal(req)
-		if err != nil {
+
+	// The protos' go_package names an upstream module; M options map them into this one.
+	params := []string{"paths=source_relative"}
+	for _, f := range files {
+		params = append(params, fmt.Sprintf("M%s=%s;pluginpb", f, goPkg))
+	}
+	req := &pluginpb.CodeGeneratorRequest{
+		FileToGenerate: files,
+		Parameter:      proto.String(strings.Join(params, ",")),
+		ProtoFile:      all,
+	}
+	in, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(out); err != nil { // drop output of protos since removed
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	for _, gen := range generators {
+		if err := generate(filepath.Join(pluginDir, gen.name), in, out); err != nil {
+			return fmt.Errorf("%s: %w", gen.name, err)
+		}
+	}
+	return nil
+}
+
+// buildGenerators compiles the generator tools of go.mod into dir.
+func buildGenerators(dir string) error {
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	for _, gen := range generators {
+		args = append(args, gen.pkg)
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("building code generators: %w", err)
+	}
+	return nil
+}
+
+// generate runs one protoc plugin binary on the encoded request and writes its files.
+func generate(bin string, req []byte, out string) error {
+	cmd := exec.Command(bin)
+	cmd.Stdin = bytes.NewReader(req)
+	cmd.Stderr = os.Stderr
+	raw, err := cmd.Output()
+	if err != nil {
+		return err
+	}
+	var resp pluginpb.CodeGeneratorResponse
+	if err := proto.Unmarshal(raw, &resp); err != nil {
+		return err
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("%s", resp.GetError())
+	}
+	for _, f := range resp.File {
+		if f.GetInsertionPoint() != "" {
+			return fmt.Errorf("unexpected insertion point in %s", f.GetName())
+		}
+		// source_relative keeps the hector/plugin/ prefix; the package is one flat directory.
+		path := filepath.Join(out, filepath.Base(f.GetName()))
+		if err := os.WriteFile(path, []byte(f.GetContent()), 0o644); err != nil {
 			return err
-		}
-		cmd := exec.Command(filepath.Join(pluginDir, gen))
-		cmd.Stdin = bytes.NewReader(in)
-		cmd.Stderr = os.Stderr
-		raw, err := cmd.Output()
-		if err != nil {
-			return fmt.Errorf("%s: %w", gen, err)
-		}
-		var resp pluginpb.CodeGeneratorResponse
-		if err := proto.Unmarshal(raw, &resp); err != nil {
-			return err
-		}
-		if resp.Error != nil {
-			return fmt.Errorf("%s: %s", gen, resp.GetError())
-		}
-		for _, f := range resp.File {
-			// source_relative paths keep hector/plugin/; flatten into one package directory.
-			path := filepath.Join(out, filepath.Base(f.GetName()))
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(path, []byte(f.GetContent()), 0o644); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
