@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hector/plugin/embedder.proto",
         "hector/plugin/tool.proto",
         "hector/plugin/reasoning.proto",
+        "go-plugin/plugin.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

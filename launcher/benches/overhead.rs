@@ -4,7 +4,11 @@
 //! Run with `make bench` (builds the release binaries first). Environment knobs:
 //! `BENCH_CALLS` (unary calls, default 5000), `BENCH_STREAMS` (streams, default 2000),
 //! `BENCH_WORDS` (words per streamed answer, default 500), `BENCH_LAUNCHER_ARGS` (extra
-//! launcher flags, e.g. `--forward request`).
+//! launcher flags, e.g. `--forward request`), `BENCH_PIN=0` (do not pin client and servers to
+//! separate CPUs), `BENCH_EXTRA=NAME=HOST:PORT` (one more row: an initialized LLM plugin
+//! reached some other way, such as through a plain TCP relay, for comparison),
+//! `BENCH_DIRECT_ADDR` (where the directly called plugin listens, so such a relay can point
+//! at it; it is initialized by the benchmark).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -120,43 +124,102 @@ async fn round(
     into.stream_time += t.elapsed();
 }
 
+/// Restricts the calling thread (and what it spawns later) to `cpus`.
+fn pin_to(cpus: &[usize]) -> bool {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it and nothing else.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The CPUs this process may use.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as in `pin_to`; sched_getaffinity writes only into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// A server process: the plugin alone, or the launcher hosting it.
+fn spawn(mut cmd: Command, name: &str) -> Server {
+    Server(
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}")),
+    )
+}
+
+fn launcher(listen: &str, launch: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hector-plugin-launcher"));
+    cmd.args([
+        "--listen",
+        listen,
+        "--type",
+        "llm_provider",
+        "--launch",
+        launch,
+    ]);
+    if let Ok(extra) = std::env::var("BENCH_LAUNCHER_ARGS") {
+        cmd.args(extra.split_whitespace());
+    }
+    cmd.arg("--").arg(echo_llm());
+    cmd
+}
+
 fn main() {
     let calls = env_usize("BENCH_CALLS", 5000);
     let streams = env_usize("BENCH_STREAMS", 2000);
     let words = env_usize("BENCH_WORDS", 500);
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    // The load generator gets the first CPU and the server side (the plugin alone, or the
+    // launcher with its plugin) the others, so both sides of each comparison have the same
+    // CPUs and the client's own scheduling does not pollute the figures. BENCH_PIN=0 turns
+    // this off.
+    let cpus = allowed_cpus();
+    let pin = std::env::var("BENCH_PIN").map_or(true, |v| v != "0") && cpus.len() >= 2;
+    let (client_cpus, server_cpus) = if pin {
+        (vec![cpus[0]], cpus[1..].to_vec())
+    } else {
+        (cpus.clone(), cpus.clone())
+    };
+    if pin {
+        assert!(pin_to(&server_cpus), "cannot pin the servers");
+    }
+
+    let extra = std::env::var("BENCH_EXTRA")
+        .ok()
+        .map(|v| match v.split_once('=') {
+            Some((name, addr)) => (name.to_string(), addr.to_string()),
+            None => ("extra".to_string(), v),
+        });
 
     let direct_addr = std::env::var("BENCH_DIRECT_ADDR").unwrap_or_else(|_| free_addr());
-    let _direct = Server(
-        Command::new(echo_llm())
-            .env("HECTOR_PLUGIN_ADDR", &direct_addr)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start echo-llm"),
-    );
-    let proxied_addr = free_addr();
-    let _launcher = Server(
-        Command::new(env!("CARGO_BIN_EXE_hector-plugin-launcher"))
-            .args([
-                "--listen",
-                &proxied_addr,
-                "--type",
-                "llm_provider",
-                "--launch",
-                "network",
-                "--",
-            ])
-            .arg(echo_llm())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start launcher"),
-    );
+    let mut direct = Command::new(echo_llm());
+    direct.env("HECTOR_PLUGIN_ADDR", &direct_addr);
+    let _direct = spawn(direct, "echo-llm");
+    let goplugin_addr = free_addr();
+    let _goplugin = spawn(launcher(&goplugin_addr, "go-plugin"), "launcher");
+    let network_addr = free_addr();
+    let _network = spawn(launcher(&network_addr, "network"), "launcher");
 
-    let (direct, proxied) = rt.block_on(async {
+    if pin {
+        assert!(pin_to(&client_cpus), "cannot pin the client");
+    }
+    // Built after pinning, so its worker threads inherit the client's CPUs.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut results = rt.block_on(async {
         let d = connect(&direct_addr).await;
         // The direct server is not initialized by anyone else.
         hector_plugin_sdk::LifecycleClient::new(
@@ -166,58 +229,66 @@ fn main() {
         .initialize(Default::default())
         .await
         .expect("Initialize");
-        let p = connect(&proxied_addr).await;
-        let mut dc = LlmProviderClient::new(d);
-        let mut pc = LlmProviderClient::new(p);
-        for _ in 0..200 {
-            dc.generate(request("warm up")).await.expect("warm-up");
-            pc.generate(request("warm up")).await.expect("warm-up");
+        let mut clients = vec![
+            LlmProviderClient::new(d),
+            LlmProviderClient::new(connect(&goplugin_addr).await),
+            LlmProviderClient::new(connect(&network_addr).await),
+        ];
+        if let Some((_, addr)) = &extra {
+            clients.push(LlmProviderClient::new(connect(addr).await));
         }
-        // Alternate in rounds so both paths see the same machine conditions.
+        for c in clients.iter_mut() {
+            for _ in 0..200 {
+                c.generate(request("warm up")).await.expect("warm-up");
+            }
+        }
+        // Alternate in rounds so every path sees the same machine conditions.
         let text = vec!["word"; words].join(" ");
-        let (mut direct, mut proxied) = (Samples::default(), Samples::default());
+        let mut samples: Vec<Samples> = clients.iter().map(|_| Samples::default()).collect();
         let rounds = 10;
         for _ in 0..rounds {
-            round(
-                &mut dc,
-                calls / rounds,
-                streams / rounds,
-                &text,
-                &mut direct,
-            )
-            .await;
-            round(
-                &mut pc,
-                calls / rounds,
-                streams / rounds,
-                &text,
-                &mut proxied,
-            )
-            .await;
+            for (c, s) in clients.iter_mut().zip(samples.iter_mut()) {
+                round(c, calls / rounds, streams / rounds, &text, s).await;
+            }
         }
-        (direct, proxied)
+        samples
     });
-    let (mut direct, mut proxied) = (direct, proxied);
 
     println!(
         "launcher overhead on loopback ({calls} unary calls, {streams} streams of {} chunks)",
         words + 1
     );
-    println!(
-        "{:<12} {:>12} {:>12} {:>18}",
-        "path", "p50", "p99", "stream chunks/s"
-    );
-    let mut rows = Vec::new();
-    for (name, f) in [("direct", &mut direct), ("launcher", &mut proxied)] {
-        let (p50, p99) = (f.percentile(0.50), f.percentile(0.99));
+    if pin {
         println!(
-            "{name:<12} {p50:>12.1?} {p99:>12.1?} {:>18.0}",
-            f.chunks_per_sec()
+            "client on CPU {client_cpus:?}, servers on CPUs {server_cpus:?} (BENCH_PIN=0 to float)"
         );
-        rows.push((p50, f.chunks_per_sec()));
+    } else {
+        println!("client and servers share CPUs {cpus:?}");
     }
-    let p50_overhead = (rows[1].0.as_secs_f64() / rows[0].0.as_secs_f64() - 1.0) * 100.0;
-    let throughput_kept = rows[1].1 / rows[0].1 * 100.0;
-    println!("p50 added by the launcher: {p50_overhead:+.1}% (target <= 10%)");
-    println!("streaming throughput kept: {throughput_kept:.1}% (target >= 90%)");
+    println!(
+        "{:<22} {:>10} {:>10} {:>16} {:>10} {:>10}",
+        "path", "p50", "p99", "stream chunks/s", "p50 added", "kept"
+    );
+    let mut names = vec![
+        "direct (TCP)".to_string(),
+        "launcher go-plugin".to_string(),
+        "launcher network".to_string(),
+    ];
+    names.extend(extra.map(|(name, _)| name));
+    let base_p50 = results[0].percentile(0.50).as_secs_f64();
+    let base_rate = results[0].chunks_per_sec();
+    for (name, f) in names.iter().zip(results.iter_mut()) {
+        let (p50, p99) = (f.percentile(0.50), f.percentile(0.99));
+        let added = (p50.as_secs_f64() / base_p50 - 1.0) * 100.0;
+        let kept = f.chunks_per_sec() / base_rate * 100.0;
+        println!(
+            "{name:<22} {:>10.1?} {:>10.1?} {:>16.0} {:>9.1}% {:>9.1}%",
+            p50,
+            p99,
+            f.chunks_per_sec(),
+            added,
+            kept
+        );
+    }
+    println!("target: the launcher adds <= 10% to p50 and keeps >= 90% of the streaming rate");
 }

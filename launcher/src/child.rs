@@ -7,12 +7,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
+use hector_plugin_sdk::goplugin;
+
 use crate::handshake::{self, PluginAddress};
 
 /// The environment that makes a go-plugin binary built with Hector's SDK serve.
 pub const GO_PLUGIN_ENV: [(&str, &str); 2] = [
-    ("HECTOR_PLUGIN", "hector_plugin_v1"),
-    ("PLUGIN_PROTOCOL_VERSIONS", "1"),
+    (goplugin::MAGIC_COOKIE_KEY, goplugin::MAGIC_COOKIE_VALUE),
+    (goplugin::PROTOCOL_VERSIONS_ENV, "1"),
 ];
 
 /// A started plugin process.

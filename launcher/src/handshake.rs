@@ -1,10 +1,7 @@
 //! The go-plugin handshake line a plugin prints on stdout when it is ready:
 //! `CORE_VERSION|APP_VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER_CERT[|MUX]]`.
 
-/// The go-plugin core protocol version this launcher speaks.
-pub const CORE_PROTOCOL_VERSION: u32 = 1;
-/// Hector's application protocol version.
-pub const APP_PROTOCOL_VERSION: u32 = 1;
+pub use hector_plugin_sdk::goplugin::{APP_PROTOCOL_VERSION, CORE_PROTOCOL_VERSION};
 
 /// Where the plugin listens, as announced by its handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]

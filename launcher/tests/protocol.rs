@@ -52,6 +52,22 @@ fn go_plugin() -> PathBuf {
     .clone()
 }
 
+/// The Go go-plugin host (Hector's way of starting plugins), built once per test run.
+fn go_host() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("hector-go-host-{}", std::process::id()));
+        let status = Command::new(repo_root().join("tests/plugins/go-llm/build.sh"))
+            .arg(&out)
+            .arg("./cmd/host")
+            .status()
+            .expect("run tests/plugins/go-llm/build.sh (is Go installed?)");
+        assert!(status.success(), "building the Go host failed: {status}");
+        out
+    })
+    .clone()
+}
+
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("HECTOR_PYTHON") {
         return p.into();
@@ -91,7 +107,7 @@ struct Launched {
 
 impl Launched {
     fn start(plugin_type: &str, launch: &str, config: &[(&str, &str)], command: &[&str]) -> Self {
-        Self::start_with(plugin_type, launch, config, command, &[])
+        Self::start_with(plugin_type, launch, config, command, &[], &[])
     }
 
     fn start_with(
@@ -100,6 +116,7 @@ impl Launched {
         config: &[(&str, &str)],
         command: &[&str],
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_dir = dir.path().join("config");
@@ -117,6 +134,7 @@ impl Launched {
             .arg(&config_dir)
             .arg("--")
             .args(command)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -259,6 +277,7 @@ async fn rust_echo_llm_through_launcher() -> TestResult {
         &[("prefix", "rust says: "), ("model", "echo-test")],
         &[bin.to_str().ok_or("path")?],
         &["--forward", "request"],
+        &[],
     );
     let ch = l.channel().await;
     assert_eq!(
@@ -287,6 +306,82 @@ async fn rust_echo_llm_through_launcher() -> TestResult {
         .await
         .expect_err("not an embedder");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
+    Ok(())
+}
+
+#[tokio::test]
+async fn rust_sdk_plugin_as_go_plugin_child() -> TestResult {
+    // The SDK answers go-plugin's handshake, so the launcher's default mode hosts it over a
+    // Unix socket exactly like a plugin built with Hector's Go SDK.
+    let bin = sibling_bin("echo-llm");
+    let sockets = tempfile::tempdir()?;
+    let socket_dir = sockets.path().to_str().ok_or("path")?;
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "go-plugin",
+        &[("prefix", "unix says: ")],
+        &[bin.to_str().ok_or("path")?],
+        &[],
+        &[("PLUGIN_UNIX_SOCKET_DIR", socket_dir)],
+    );
+    let ch = l.channel().await;
+    let in_use: Vec<_> = std::fs::read_dir(sockets.path())?.collect();
+    assert_eq!(
+        in_use.len(),
+        1,
+        "one private socket directory while serving"
+    );
+    let mut client = LlmProviderClient::new(ch);
+    let answer = client.generate(user("over a socket")).await?.into_inner();
+    assert_eq!(answer.text, "unix says: over a socket");
+    let (chunks, _) = streamed_text(&mut client, "over a socket").await;
+    assert_eq!(chunks.concat(), answer.text);
+    l.signal_term();
+    let status = l.wait_exit(Duration::from_secs(20)).await;
+    let out = l.output();
+    assert!(status.success(), "graceful stop: {status}\n{out}");
+    assert!(out.contains("plugin acknowledged Shutdown"), "{out}");
+    assert!(
+        out.contains("go-plugin host asked the plugin to exit") || out.contains("asked to stop"),
+        "{out}"
+    );
+    assert!(
+        std::fs::read_dir(sockets.path())?.next().is_none(),
+        "socket directory removed after the plugin stopped"
+    );
+    Ok(())
+}
+
+#[test]
+fn rust_sdk_plugin_under_hashicorp_go_plugin_host() -> TestResult {
+    // The host side of HashiCorp go-plugin, as Hector runs local plugins: handshake, gRPC
+    // dispense, calls, Ping, and Kill (go-plugin's controller asks the plugin to exit).
+    let out = Command::new(go_host())
+        .args(["-prefix", "go host: ", "-text", "hello from go"])
+        .arg(sibling_bin("echo-llm"))
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("initialized: true"), "{stdout}");
+    assert!(
+        stdout.contains("generate: go host: hello from go\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stream: 6 chunks: go host: hello from go\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ping: ok"), "{stdout}");
+    assert!(stdout.contains("exited: true"), "{stdout}");
+    // go-plugin warns when a plugin lacks its stdio service or ignores the controller.
+    for bad in ["[WARN]", "[ERROR]", "failed to exit gracefully"] {
+        assert!(!stderr.contains(bad), "host reported {bad}:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("go-plugin host asked the plugin to exit"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -568,6 +663,64 @@ async fn sdk_plugin_stops_cleanly_on_sigterm() -> TestResult {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "clean exit on SIGTERM: {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sdk_plugin_serves_on_a_unix_socket() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("echo.sock");
+    let addr = format!("unix:{}", socket.display());
+    let mut child = Command::new(sibling_bin("echo-llm"))
+        .env("HECTOR_PLUGIN_ADDR", &addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        if let Ok(ch) = hector_plugin_sdk::connect(&addr, Duration::from_secs(1)).await
+            && health(&ch, "").await == Some(ServingStatus::Serving)
+        {
+            break ch;
+        }
+        assert!(Instant::now() < deadline, "echo-llm never served on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let config = [("prefix".to_string(), "sock: ".to_string())].into();
+    hector_plugin_sdk::LifecycleClient::new(
+        channel.clone(),
+        hector_plugin_sdk::PluginType::LlmProvider,
+    )
+    .initialize(config)
+    .await?;
+    let answer = LlmProviderClient::new(channel)
+        .generate(user("hi"))
+        .await?
+        .into_inner();
+    assert_eq!(answer.text, "sock: hi");
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+#[test]
+fn sdk_plugin_refuses_a_foreign_go_plugin_cookie() -> TestResult {
+    let out = Command::new(sibling_bin("echo-llm"))
+        .env_remove("HECTOR_PLUGIN_ADDR")
+        .env("HECTOR_PLUGIN", "someone_else_v2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
+    assert!(!out.status.success(), "must not serve for a foreign host");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HECTOR_PLUGIN") && err.contains("hector_plugin_v1"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "no handshake line for a foreign host"
+    );
     Ok(())
 }
 

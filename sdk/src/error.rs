@@ -1,7 +1,5 @@
 //! Errors of the SDK.
 
-use std::net::SocketAddr;
-
 /// Everything that can go wrong while serving or reaching a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
@@ -9,7 +7,7 @@ pub enum SdkError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address that was asked for.
-        addr: SocketAddr,
+        addr: String,
         /// The operating system's reason.
         source: std::io::Error,
     },
@@ -24,7 +22,8 @@ pub enum SdkError {
         /// Why it is not usable.
         reason: String,
     },
-    /// `HECTOR_PLUGIN_ADDR` was missing or malformed.
+    /// The host's environment (`HECTOR_PLUGIN_ADDR`, go-plugin's variables) was missing or
+    /// malformed.
     #[error("environment variable {var}: {reason}")]
     Env {
         /// The variable's name.
@@ -32,6 +31,9 @@ pub enum SdkError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The go-plugin handshake could not be prepared or announced.
+    #[error("go-plugin handshake: {0}")]
+    Handshake(String),
     /// A plugin RPC answered with a gRPC error.
     #[error("{method} failed: {status}")]
     Rpc {

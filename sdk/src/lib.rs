@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod error;
+pub mod goplugin;
 pub mod plugin_type;
 pub mod serve;
 pub mod traits;
@@ -12,13 +13,19 @@ pub mod traits;
 pub mod proto {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("hector.plugin");
+
+    /// HashiCorp go-plugin's own services (package `plugin`), for serving as its child.
+    pub mod goplugin {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("plugin");
+    }
 }
 
 pub use client::{LifecycleClient, connect};
 pub use error::SdkError;
 pub use plugin_type::PluginType;
 pub use serve::{
-    ServeOptions, serve_database, serve_embedder, serve_llm, serve_reasoning, serve_tool,
+    Listen, ServeOptions, serve_database, serve_embedder, serve_llm, serve_reasoning, serve_tool,
 };
 pub use traits::{
     ChunkStream, Config, DatabasePlugin, EmbedderPlugin, LlmPlugin, Plugin, ReasoningPlugin,

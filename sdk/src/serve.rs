@@ -2,6 +2,8 @@
 //! `grpc.health.v1`, configuration through `Initialize`, graceful stop on SIGTERM or `Shutdown`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,42 +13,115 @@ use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 
 use crate::error::SdkError;
+use crate::goplugin;
 use crate::plugin_type::PluginType;
 use crate::proto::{self, *};
 use crate::traits::{
     ChunkStream, DatabasePlugin, EmbedderPlugin, LlmPlugin, Plugin, ReasoningPlugin, ToolPlugin,
 };
 
+/// Where a plugin serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket at this path.
+    Unix(PathBuf),
+    /// As a go-plugin child of Hector or the launcher: a fresh Unix socket, announced by the
+    /// handshake line on stdout.
+    GoPlugin,
+}
+
+impl FromStr for Listen {
+    type Err = SdkError;
+
+    /// `HOST:PORT` or `unix:/path/to/socket`.
+    fn from_str(raw: &str) -> Result<Self, SdkError> {
+        if let Some(path) = raw.strip_prefix("unix:") {
+            let path = path.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(SdkError::Address {
+                    address: raw.into(),
+                    reason: "the socket path is empty".into(),
+                });
+            }
+            return Ok(Listen::Unix(
+                format!("/{}", path.trim_start_matches('/')).into(),
+            ));
+        }
+        raw.parse().map(Listen::Tcp).map_err(|e| SdkError::Address {
+            address: raw.into(),
+            reason: format!("not HOST:PORT or unix:PATH: {e}"),
+        })
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(addr) => write!(f, "{addr}"),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+            Listen::GoPlugin => f.write_str("go-plugin"),
+        }
+    }
+}
+
 /// How and where to serve.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// Address to listen on.
-    pub addr: SocketAddr,
+    /// Where to listen.
+    pub listen: Listen,
     /// How often the plugin's own health is mirrored into `grpc.health.v1`.
     pub health_interval: Duration,
 }
 
 impl ServeOptions {
-    /// Options for `addr` with a two-second health interval.
+    /// Options for TCP address `addr` with a two-second health interval.
     pub fn new(addr: SocketAddr) -> Self {
+        Self::listen(Listen::Tcp(addr))
+    }
+
+    /// Options for `listen` with a two-second health interval.
+    pub fn listen(listen: Listen) -> Self {
         Self {
-            addr,
+            listen,
             health_interval: Duration::from_secs(2),
         }
     }
 
-    /// Options from `HECTOR_PLUGIN_ADDR`, the contract for network-native plugins.
+    /// Options from the environment the host set: `HECTOR_PLUGIN_ADDR` (network-native
+    /// contract) or go-plugin's magic cookie (started by Hector or the launcher).
     pub fn from_env() -> Result<Self, SdkError> {
+        Self::from_env_with(None)
+    }
+
+    /// Like [`ServeOptions::from_env`], but serves on `default` when the host set neither.
+    pub fn from_env_or(default: SocketAddr) -> Result<Self, SdkError> {
+        Self::from_env_with(Some(default))
+    }
+
+    fn from_env_with(default: Option<SocketAddr>) -> Result<Self, SdkError> {
         let var = crate::PLUGIN_ADDR_ENV;
-        let raw = std::env::var(var).map_err(|_| SdkError::Env {
-            var,
-            reason: "not set; the host sets it to the address the plugin must listen on".into(),
-        })?;
-        let addr = raw.parse().map_err(|e| SdkError::Env {
-            var,
-            reason: format!("{raw:?} is not HOST:PORT: {e}"),
-        })?;
-        Ok(Self::new(addr))
+        if let Ok(raw) = std::env::var(var) {
+            return raw
+                .parse()
+                .map(Self::listen)
+                .map_err(|e: SdkError| SdkError::Env {
+                    var,
+                    reason: e.to_string(),
+                });
+        }
+        match goplugin::HostEnv::from_env()? {
+            Some(_) => Ok(Self::listen(Listen::GoPlugin)),
+            None => default.map(Self::new).ok_or_else(|| SdkError::Env {
+                var,
+                reason: format!(
+                    "not set, and {} does not say a go-plugin host started this plugin; \
+                     the host sets one of them",
+                    goplugin::MAGIC_COOKIE_KEY
+                ),
+            }),
+        }
     }
 }
 
@@ -360,17 +435,13 @@ where
     S::Future: Send + 'static,
 {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let listener = tokio::net::TcpListener::bind(options.addr)
-        .await
-        .map_err(|source| SdkError::Bind {
-            addr: options.addr,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| SdkError::Bind {
-        addr: options.addr,
-        source,
-    })?;
-    tracing::info!(address = %local, service = plugin_type.service_name(), "plugin serving");
+    let go_plugin = options.listen == Listen::GoPlugin;
+    if go_plugin {
+        // go-plugin hosts check this service to see that the plugin process is alive.
+        reporter
+            .set_service_status(goplugin::HEALTH_SERVICE, ServingStatus::Serving)
+            .await;
+    }
 
     let mirror = {
         let lifecycle = lifecycle.clone();
@@ -393,22 +464,90 @@ where
     };
 
     let stop = lifecycle.stop.clone();
-    let result = tonic::transport::Server::builder()
+    let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        tokio::select! {
+            _ = termination_signal() => tracing::info!("termination signal received"),
+            _ = stop.notified() => tracing::info!("asked to stop"),
+        }
+        // Ends go-plugin's stdio stream, which would otherwise hold the server open.
+        stopped_tx.send_replace(true);
+    };
+    let (controller, stdio) = if go_plugin {
+        let (c, s) = goplugin::services(lifecycle.stop.clone(), stopped);
+        (Some(c), Some(s))
+    } else {
+        (None, None)
+    };
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                tokio::select! {
-                    _ = termination_signal() => tracing::info!("termination signal received"),
-                    _ = stop.notified() => tracing::info!("Shutdown RPC received"),
-                }
-            },
-        )
-        .await;
+        .add_optional_service(controller)
+        .add_optional_service(stdio);
+
+    let result = match &options.listen {
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| SdkError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let local = listener.local_addr().map_err(|source| SdkError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+            tracing::info!(address = %local, service = plugin_type.service_name(), "plugin serving");
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    signal,
+                )
+                .await
+        }
+        Listen::Unix(path) => {
+            let listener = bind_unix(path)?;
+            tracing::info!(address = %options.listen, service = plugin_type.service_name(), "plugin serving");
+            let served = router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    signal,
+                )
+                .await;
+            let _ = std::fs::remove_file(path);
+            served
+        }
+        Listen::GoPlugin => {
+            let socket = goplugin::SocketDir::create()?;
+            let listener = bind_unix(socket.path())?;
+            goplugin::announce(socket.path())?;
+            tracing::info!(address = %socket.path().display(), service = plugin_type.service_name(), "plugin serving (go-plugin)");
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    signal,
+                )
+                .await
+        }
+    };
     mirror.abort();
     lifecycle.shutdown_once().await;
     result.map_err(SdkError::from)
+}
+
+/// Binds a Unix socket, replacing a stale socket file left by an earlier run.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, SdkError> {
+    let bind_error = |source| SdkError::Bind {
+        addr: format!("unix:{}", path.display()),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path).map_err(bind_error)?;
+        }
+        _ => {}
+    }
+    tokio::net::UnixListener::bind(path).map_err(bind_error)
 }
 
 fn lifecycle<P: Plugin>(plugin: P) -> Arc<Lifecycle<P>> {
@@ -463,4 +602,37 @@ pub async fn serve_reasoning<P: ReasoningPlugin>(
     let lc = lifecycle(plugin);
     let svc = proto::reasoning_strategy_server::ReasoningStrategyServer::new(Adapter(lc.clone()));
     serve_service(PluginType::ReasoningStrategy, lc, svc, options).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            "127.0.0.1:5".parse::<Listen>().ok(),
+            Some(Listen::Tcp(([127, 0, 0, 1], 5).into()))
+        );
+        assert_eq!(
+            "unix:/run/p.sock".parse::<Listen>().ok(),
+            Some(Listen::Unix("/run/p.sock".into()))
+        );
+        assert_eq!(
+            "unix:///run/p.sock".parse::<Listen>().ok(),
+            Some(Listen::Unix("/run/p.sock".into()))
+        );
+        let empty = "unix:".parse::<Listen>().unwrap_err().to_string();
+        assert!(empty.contains("empty"), "{empty}");
+        let bad = "localhost".parse::<Listen>().unwrap_err().to_string();
+        assert!(bad.contains("HOST:PORT"), "{bad}");
+    }
+
+    #[test]
+    fn listen_displays_as_it_parses() {
+        for raw in ["10.0.0.1:50051", "unix:/tmp/a.sock"] {
+            let listen: Listen = raw.parse().expect("parses");
+            assert_eq!(listen.to_string(), raw);
+        }
+    }
 }

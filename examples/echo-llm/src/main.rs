@@ -138,14 +138,14 @@ impl LlmPlugin for EchoLlm {
 async fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: under a launcher or in a Pod they would be noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let options = match std::env::var(hector_plugin_sdk::PLUGIN_ADDR_ENV) {
-        Ok(_) => ServeOptions::from_env(),
-        Err(_) => Ok(ServeOptions::new(([0, 0, 0, 0], 50051).into())),
-    };
+    // HECTOR_PLUGIN_ADDR, a go-plugin host (Hector, the launcher), or the container port.
+    let options = ServeOptions::from_env_or(([0, 0, 0, 0], 50051).into());
     let result = match options {
         Ok(options) => serve_llm(EchoLlm::default(), options).await,
         Err(e) => Err(e),
