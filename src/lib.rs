@@ -1,5 +1,6 @@
 //! hector-operator: runs Hector plugins remotely on Kubernetes.
 
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod convert;

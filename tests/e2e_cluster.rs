@@ -545,3 +545,137 @@ async fn kubectl_explain_shows_descriptions() {
         "short name and nested descriptions"
     );
 }
+
+/// The operator's builders, applied as-is, run a plugin: the launcher hosts the SDK plugin as
+/// a go-plugin child under the restricted security standard, configuration arrives from the
+/// ConfigMap and the Secret, and the Service answers.
+#[tokio::test]
+async fn built_objects_run_the_plugin() -> TestResult {
+    use hector_operator::build;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::new(&client, "e2e-build").await;
+    let secret_value = "s3cret-prefix: ";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &secrets,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "echo-secrets"},
+            "stringData": {"prefix-value": secret_value},
+        }),
+    )
+    .await;
+    let plugins: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let stored = apply(
+        &plugins,
+        plugin(
+            "echo-built",
+            json!({
+                "manifest": {"name": "echo-llm", "version": "0.1.0", "type": "llm_provider",
+                             "configSchema": {"required": ["prefix"], "optional": ["model"]}},
+                "image": format!("hector.dev/echo-llm:{IMAGE_TAG}"),
+                "imagePullPolicy": "Never",
+                "command": ["/plugin/echo-llm"],
+                "config": {"model": "built-1"},
+                "secretConfig": [{"key": "prefix",
+                                  "secretKeyRef": {"name": "echo-secrets", "key": "prefix-value"}}],
+                "health": {"periodSeconds": 2},
+            }),
+        ),
+    )
+    .await;
+    let spec = &stored.spec;
+    let config = hector_operator::config::resolve(
+        &spec.manifest.config_schema,
+        &spec.config,
+        &spec.secret_config,
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    let settings = build::Settings {
+        launcher_image: format!("hector.dev/hector-operator:{IMAGE_TAG}"),
+        launcher_pull_policy: hector_operator::crd::ImagePullPolicy::Never,
+    };
+    let config_map = build::config_map(&stored, &config)?;
+    let deployment = build::deployment(&stored, &config, &settings)?.ok_or("a Deployment")?;
+    let service = build::service(&stored)?.ok_or("a Service")?;
+    for (what, text) in [
+        ("ConfigMap", serde_json::to_string(&config_map)?),
+        ("Deployment", serde_json::to_string(&deployment)?),
+        ("Service", serde_json::to_string(&service)?),
+    ] {
+        assert!(!text.contains(secret_value), "secret value in the {what}");
+    }
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns.name),
+        serde_json::to_value(&config_map)?,
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    apply(&deployments, serde_json::to_value(&deployment)?).await;
+    let svc = apply(
+        &Api::<Service>::namespaced(client.clone(), &ns.name),
+        serde_json::to_value(&service)?,
+    )
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let selector = format!("{}=echo-built", build::PLUGIN_LABEL);
+    eventually(
+        "the built Deployment's Pod Ready",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            list.items.into_iter().find(pod_ready)
+        },
+    )
+    .await;
+
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or("service has a ClusterIP")?;
+    let (text, model) = eventually(
+        "Generate through the built Service",
+        Duration::from_secs(30),
+        || {
+            let ip = ip.clone();
+            async move {
+                let ch = hector_plugin_sdk::connect(&format!("{ip}:50051"), Duration::from_secs(2))
+                    .await
+                    .ok()?;
+                let mut llm =
+                    hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient::new(ch);
+                let req = hector_plugin_sdk::proto::GenerateRequest {
+                    messages: vec![hector_plugin_sdk::proto::Message {
+                        role: "user".into(),
+                        content: "built objects".into(),
+                        ..Default::default()
+                    }],
+                    tools: vec![],
+                };
+                let text = llm.generate(req).await.ok()?.into_inner().text;
+                let info = llm
+                    .get_model_info(hector_plugin_sdk::proto::Empty {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                Some((text, info.model_name))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        text,
+        format!("{secret_value}built objects"),
+        "prefix from the Secret"
+    );
+    assert_eq!(model, "built-1", "model from the ConfigMap");
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! The plugin's Deployment: an init container copies the launcher from the operator image
+//! into a shared volume, and the plugin container runs the launcher in front of the plugin
+//! executable, with configuration mounted as files (plain values from the config ConfigMap,
+//! secret values straight from their Secrets).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, GRPCAction,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretProjection, SecurityContext, TCPSocketAction,
+    Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::config_map::{CONFIG_HASH_ANNOTATION, config_hash};
+use super::{
+    BuildError, CONFIG_DIR, LAUNCHER_DIR, LAUNCHER_IN_IMAGE, Settings, config_map_name, labels,
+    owned_meta, selector,
+};
+use crate::config::ResolvedConfig;
+use crate::crd::HectorPlugin;
+
+/// The non-root user plugin containers run as unless the image says otherwise.
+const RUN_AS_USER: i64 = 65532;
+
+/// The Deployment for `plugin`, or `None` for a plugin given by `spec.endpoint`.
+pub fn deployment(
+    plugin: &HectorPlugin,
+    config: &ResolvedConfig,
+    settings: &Settings,
+) -> Result<Option<Deployment>, BuildError> {
+    let Some(image) = plugin.spec.image.clone() else {
+        return Ok(None);
+    };
+    let spec = &plugin.spec;
+    let launcher = format!("{LAUNCHER_DIR}/hector-plugin-launcher");
+    let mut command = vec![
+        launcher,
+        format!(
+            "--type={}",
+            hector_plugin_sdk::PluginType::from(spec.manifest.plugin_type).as_str()
+        ),
+        format!("--launch={}", spec.launch.launcher_flag()),
+        format!("--listen=0.0.0.0:{}", spec.port),
+        format!("--config-dir={CONFIG_DIR}"),
+        "--".into(),
+    ];
+    command.extend(spec.command.iter().cloned());
+
+    let grpc_probe = |period: i32, failures: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: spec.port,
+            service: None,
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(spec.health.timeout_seconds),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    let plugin_container = Container {
+        name: "plugin".into(),
+        image: Some(image),
+        image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(command),
+        args: (!spec.args.is_empty()).then(|| spec.args.clone()),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("grpc".into()),
+            container_port: spec.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // Generous: the launcher waits for the plugin to start and accept Initialize.
+        startup_probe: Some(grpc_probe(2, 60)),
+        // Health as the plugin reports it takes the Pod out of the Service while unhealthy...
+        readiness_probe: Some(grpc_probe(
+            spec.health.period_seconds,
+            spec.health.failure_threshold,
+        )),
+        // ...but only a dead launcher restarts it: an upstream outage is not cured by restarts.
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(spec.port),
+                host: None,
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![
+            mount("launcher", LAUNCHER_DIR),
+            mount("config", CONFIG_DIR),
+            // go-plugin children create their Unix socket under the temporary directory,
+            // and the root filesystem is read-only.
+            VolumeMount {
+                read_only: Some(false),
+                ..mount("tmp", "/tmp")
+            },
+        ]),
+        security_context: Some(restricted()),
+        ..Default::default()
+    };
+    let install = Container {
+        name: "install-launcher".into(),
+        image: Some(settings.launcher_image.clone()),
+        image_pull_policy: Some(settings.launcher_pull_policy.as_str().into()),
+        command: Some(vec![
+            LAUNCHER_IN_IMAGE.into(),
+            "install".into(),
+            LAUNCHER_DIR.into(),
+        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            read_only: Some(false),
+            ..mount("launcher", LAUNCHER_DIR)
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        security_context: Some(restricted()),
+        ..Default::default()
+    };
+
+    let pod = PodSpec {
+        init_containers: Some(vec![install]),
+        containers: vec![plugin_container],
+        volumes: Some(vec![
+            Volume {
+                name: "launcher".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            Volume {
+                name: "config".into(),
+                projected: Some(config_projection(plugin, config)),
+                ..Default::default()
+            },
+        ]),
+        // Plugins do not talk to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        service_account_name: spec.service_account_name.clone(),
+        image_pull_secrets: (!spec.image_pull_secrets.is_empty())
+            .then(|| spec.image_pull_secrets.clone()),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            // Mounted configuration files belong to this group, so secret files can be
+            // group-readable only.
+            fs_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Ok(Some(Deployment {
+        metadata: owned_meta(plugin, plugin.name_any())?,
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(plugin)),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(plugin)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash(config),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }))
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The restricted Pod Security Standard for a container.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// One directory, one file per configuration key: plain values from the config ConfigMap,
+/// each secret value from its own Secret key.
+fn config_projection(plugin: &HectorPlugin, config: &ResolvedConfig) -> ProjectedVolumeSource {
+    let mut sources = vec![VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: config_map_name(plugin),
+            optional: Some(false),
+            items: None,
+        }),
+        ..Default::default()
+    }];
+    for (config_key, secret) in &config.secrets {
+        sources.push(VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.name.clone(),
+                optional: Some(false),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: config_key.clone(),
+                    // Readable by the Pod's group (fsGroup) only, not by other users.
+                    mode: Some(0o440),
+                }]),
+            }),
+            ..Default::default()
+        });
+    }
+    ProjectedVolumeSource {
+        sources: Some(sources),
+        default_mode: Some(0o444),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures;
+    use crate::config::resolve;
+
+    fn build(yaml: &str) -> Option<Deployment> {
+        let p = fixtures::plugin(yaml);
+        let config = resolve(
+            &p.spec.manifest.config_schema,
+            &p.spec.config,
+            &p.spec.secret_config,
+        )
+        .expect("valid");
+        deployment(&p, &config, &fixtures::settings()).expect("builds")
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+    }
+
+    #[test]
+    fn plugin_runs_behind_the_launcher() {
+        let d = build(fixtures::LLM).expect("image given");
+        let c = &pod(&d).containers[0];
+        assert_eq!(
+            c.command.as_deref().expect("command"),
+            [
+                "/hector/bin/hector-plugin-launcher",
+                "--type=llm_provider",
+                "--launch=go-plugin",
+                "--listen=0.0.0.0:50051",
+                "--config-dir=/etc/hector/config",
+                "--",
+                "/plugin/my-llm",
+            ]
+        );
+        assert_eq!(c.args.as_deref(), Some(&["--verbose".to_string()][..]));
+        assert_eq!(c.image.as_deref(), Some("example.org/my-llm:1.2.0"));
+        let init = &pod(&d).init_containers.as_ref().expect("init")[0];
+        assert_eq!(
+            init.image.as_deref(),
+            Some("hector.dev/hector-operator:dev")
+        );
+        assert_eq!(
+            init.command.as_deref().expect("command")[1..],
+            ["install".to_string(), "/hector/bin".to_string()]
+        );
+    }
+
+    #[test]
+    fn secrets_are_mounted_from_their_secret_never_copied() {
+        let d = build(fixtures::LLM).expect("image given");
+        let text = serde_json::to_string(&d).expect("serializes");
+        let volume = pod(&d)
+            .volumes
+            .as_ref()
+            .and_then(|v| v.iter().find(|v| v.name == "config"))
+            .and_then(|v| v.projected.as_ref())
+            .expect("projected config volume");
+        let sources = volume.sources.as_ref().expect("sources");
+        assert_eq!(
+            sources[0].config_map.as_ref().map(|c| c.name.as_str()),
+            Some("my-llm-config")
+        );
+        let secret = sources[1].secret.as_ref().expect("secret source");
+        assert_eq!(secret.name, "llm-secrets");
+        let item = &secret.items.as_ref().expect("items")[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("api-key", "api_key")
+        );
+        // No environment variable carries configuration.
+        assert!(!text.contains("secretKeyRef"), "{text}");
+    }
+
+    #[test]
+    fn probes_follow_health_settings() {
+        let yaml = fixtures::LLM.replace(
+            "  image:",
+            "  health: {periodSeconds: 7, timeoutSeconds: 3, failureThreshold: 4}\n  port: 6000\n  image:",
+        );
+        let d = build(&yaml).expect("image given");
+        let c = &pod(&d).containers[0];
+        let ready = c.readiness_probe.as_ref().expect("readiness");
+        assert_eq!(ready.grpc.as_ref().map(|g| g.port), Some(6000));
+        assert_eq!(
+            (
+                ready.period_seconds,
+                ready.timeout_seconds,
+                ready.failure_threshold
+            ),
+            (Some(7), Some(3), Some(4))
+        );
+        let live = c.liveness_probe.as_ref().expect("liveness");
+        assert!(live.grpc.is_none(), "an unhealthy plugin is not restarted");
+        assert_eq!(
+            live.tcp_socket.as_ref().map(|t| t.port.clone()),
+            Some(IntOrString::Int(6000))
+        );
+        assert_eq!(c.ports.as_ref().map(|p| p[0].container_port), Some(6000));
+    }
+
+    #[test]
+    fn pods_meet_the_restricted_security_standard() {
+        let d = build(fixtures::LLM).expect("image given");
+        let p = pod(&d);
+        let sc = p.security_context.as_ref().expect("pod security");
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+            Some("RuntimeDefault")
+        );
+        for c in p
+            .containers
+            .iter()
+            .chain(p.init_containers.iter().flatten())
+        {
+            let s = c.security_context.as_ref().expect("container security");
+            assert_eq!(s.allow_privilege_escalation, Some(false), "{}", c.name);
+            assert_eq!(
+                s.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()])
+            );
+        }
+        assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn selector_is_stable_and_matches_the_template() {
+        let d = build(fixtures::LLM).expect("image given");
+        let spec = d.spec.as_ref().expect("spec");
+        let sel = spec.selector.match_labels.as_ref().expect("selector");
+        assert_eq!(sel.len(), 1, "only the owner's name: {sel:?}");
+        let tpl = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref())
+            .expect("labels");
+        assert!(sel.iter().all(|(k, v)| tpl.get(k) == Some(v)));
+        let bumped =
+            build(&fixtures::LLM.replace("version: 1.2.0", "version: 1.3.0")).expect("image given");
+        assert_eq!(
+            bumped.spec.as_ref().map(|s| &s.selector),
+            Some(&spec.selector),
+            "a new version must not change the immutable selector"
+        );
+    }
+
+    #[test]
+    fn config_change_changes_the_template() {
+        let hash = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.as_ref())
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+                .expect("hash")
+        };
+        let a = build(fixtures::LLM).expect("image given");
+        let b = build(&fixtures::LLM.replace("big-1", "big-2")).expect("image given");
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&build(fixtures::LLM).expect("image given")));
+    }
+
+    #[test]
+    fn the_plugin_gets_a_writable_tmp_on_a_read_only_root() {
+        let d = build(fixtures::LLM).expect("image given");
+        let c = &pod(&d).containers[0];
+        let tmp = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/tmp")
+            .expect("/tmp mounted");
+        assert_eq!(tmp.read_only, Some(false));
+        let vol = pod(&d)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == tmp.name)
+            .expect("volume");
+        assert!(vol.empty_dir.is_some());
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn endpoint_plugins_get_no_deployment() {
+        let yaml = r#"
+apiVersion: hector.dev/v1alpha1
+kind: HectorPlugin
+metadata: {name: far-away}
+spec:
+  manifest: {name: far-away, version: 1.0.0, type: embedder_provider}
+  endpoint: embedder.example.org:50051
+"#;
+        assert!(build(yaml).is_none());
+    }
+}
