@@ -116,6 +116,29 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// One `Generate` with `text` and one `GetModelInfo` at `address`: the answer and the model
+/// name, or `None` while the plugin cannot be reached yet.
+async fn generate_at(address: String, text: &str) -> Option<(String, String)> {
+    use hector_plugin_sdk::proto::{
+        Empty, GenerateRequest, Message, llm_provider_client::LlmProviderClient,
+    };
+    let ch = hector_plugin_sdk::connect(&address, Duration::from_secs(2))
+        .await
+        .ok()?;
+    let mut llm = LlmProviderClient::new(ch);
+    let req = GenerateRequest {
+        messages: vec![Message {
+            role: "user".into(),
+            content: text.into(),
+            ..Default::default()
+        }],
+        tools: vec![],
+    };
+    let answer = llm.generate(req).await.ok()?.into_inner().text;
+    let info = llm.get_model_info(Empty {}).await.ok()?.into_inner();
+    Some((answer, info.model_name))
+}
+
 async fn apply<K>(api: &Api<K>, value: serde_json::Value) -> K
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
@@ -215,28 +238,10 @@ async fn local_image_pod_service_and_dns() -> TestResult {
         .spec
         .and_then(|s| s.cluster_ip)
         .ok_or("service has a ClusterIP")?;
-    let text = eventually(
+    let (text, _) = eventually(
         "Generate through the ClusterIP",
         Duration::from_secs(30),
-        || {
-            let ip = ip.clone();
-            async move {
-                let ch = hector_plugin_sdk::connect(&format!("{ip}:50051"), Duration::from_secs(2))
-                    .await
-                    .ok()?;
-                let mut llm =
-                    hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient::new(ch);
-                let req = hector_plugin_sdk::proto::GenerateRequest {
-                    messages: vec![hector_plugin_sdk::proto::Message {
-                        role: "user".into(),
-                        content: "via cluster ip".into(),
-                        ..Default::default()
-                    }],
-                    tools: vec![],
-                };
-                Some(llm.generate(req).await.ok()?.into_inner().text)
-            }
-        },
+        || generate_at(format!("{ip}:50051"), "via cluster ip"),
     )
     .await;
     assert_eq!(text, "echo: via cluster ip");
@@ -644,31 +649,7 @@ async fn built_objects_run_the_plugin() -> TestResult {
     let (text, model) = eventually(
         "Generate through the built Service",
         Duration::from_secs(30),
-        || {
-            let ip = ip.clone();
-            async move {
-                let ch = hector_plugin_sdk::connect(&format!("{ip}:50051"), Duration::from_secs(2))
-                    .await
-                    .ok()?;
-                let mut llm =
-                    hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient::new(ch);
-                let req = hector_plugin_sdk::proto::GenerateRequest {
-                    messages: vec![hector_plugin_sdk::proto::Message {
-                        role: "user".into(),
-                        content: "built objects".into(),
-                        ..Default::default()
-                    }],
-                    tools: vec![],
-                };
-                let text = llm.generate(req).await.ok()?.into_inner().text;
-                let info = llm
-                    .get_model_info(hector_plugin_sdk::proto::Empty {})
-                    .await
-                    .ok()?
-                    .into_inner();
-                Some((text, info.model_name))
-            }
-        },
+        || generate_at(format!("{ip}:50051"), "built objects"),
     )
     .await;
     assert_eq!(

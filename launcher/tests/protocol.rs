@@ -220,6 +220,20 @@ async fn health(channel: &Channel, service: &str) -> Option<ServingStatus> {
     ServingStatus::try_from(resp.into_inner().status).ok()
 }
 
+/// A channel to a plugin started on its own at `addr`, once it reports `service` serving.
+async fn serving_at(addr: &str, service: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ch) = hector_plugin_sdk::connect(addr, Duration::from_secs(1)).await
+            && health(&ch, service).await == Some(ServingStatus::Serving)
+        {
+            return ch;
+        }
+        assert!(Instant::now() < deadline, "plugin never served on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_health(channel: &Channel, service: &str, want: ServingStatus) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while health(channel, service).await != Some(want) {
@@ -633,16 +647,7 @@ async fn sdk_plugin_stops_cleanly_on_sigterm() -> TestResult {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let channel = loop {
-        if let Ok(ch) = hector_plugin_sdk::connect(&addr, Duration::from_secs(1)).await
-            && health(&ch, "hector.plugin.LLMProvider").await == Some(ServingStatus::Serving)
-        {
-            break ch;
-        }
-        assert!(Instant::now() < deadline, "echo-llm never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let channel = serving_at(&addr, "hector.plugin.LLMProvider").await;
     // Before Initialize, plugin calls are refused with FAILED_PRECONDITION.
     let err = LlmProviderClient::new(channel)
         .generate(user("early"))
@@ -676,16 +681,7 @@ async fn sdk_plugin_serves_on_a_unix_socket() -> TestResult {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let channel = loop {
-        if let Ok(ch) = hector_plugin_sdk::connect(&addr, Duration::from_secs(1)).await
-            && health(&ch, "").await == Some(ServingStatus::Serving)
-        {
-            break ch;
-        }
-        assert!(Instant::now() < deadline, "echo-llm never served on {addr}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let channel = serving_at(&addr, "").await;
     let config = [("prefix".to_string(), "sock: ".to_string())].into();
     hector_plugin_sdk::LifecycleClient::new(
         channel.clone(),
