@@ -20,6 +20,9 @@ pub struct ResolvedConfig {
     pub secrets: BTreeMap<String, SecretKeyRef>,
     /// Keys the manifest does not declare (passed through).
     pub undeclared: Vec<String>,
+    /// resourceVersion of each referenced Secret, by Secret name (filled in by the
+    /// reconciler), so a changed secret value rolls the Pods.
+    pub secret_versions: BTreeMap<String, String>,
 }
 
 /// Why a configuration cannot be used.
@@ -107,6 +110,7 @@ pub fn resolve(
             values,
             secrets,
             undeclared,
+            secret_versions: BTreeMap::new(),
         })
     } else {
         Err(errors)

@@ -1,9 +1,18 @@
 //! hector-operator: runs Hector plugins remotely on Kubernetes.
 
+pub mod apply;
 pub mod build;
 pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod crd;
 pub mod discover;
+pub mod index;
+pub mod leader;
 pub mod manifest;
+pub mod metrics;
+pub mod probe;
+pub mod publish;
+pub mod reconcile;
+pub mod run;
+pub mod status;

@@ -3,6 +3,7 @@
 //! operator's prober and `hectorctl`.
 
 pub mod client;
+pub mod endpoints;
 pub mod error;
 pub mod goplugin;
 pub mod plugin_type;

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, GRPCAction,
     KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
@@ -27,6 +29,8 @@ use crate::crd::HectorPlugin;
 
 /// The non-root user plugin containers run as unless the image says otherwise.
 const RUN_AS_USER: i64 = 65532;
+/// Time for the launcher's drain: its delay and timeout plus the plugin's own shutdown.
+const TERMINATION_GRACE_SECONDS: i64 = 45;
 
 /// The Deployment for `plugin`, or `None` for a plugin given by `spec.endpoint`.
 pub fn deployment(
@@ -153,6 +157,9 @@ pub fn deployment(
         ]),
         // Plugins do not talk to the Kubernetes API.
         automount_service_account_token: Some(false),
+        // The launcher drains on SIGTERM (fails readiness, keeps serving for a few seconds,
+        // finishes in-flight calls, then shuts the plugin down); this covers all of it.
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         service_account_name: spec.service_account_name.clone(),
         image_pull_secrets: (!spec.image_pull_secrets.is_empty())
             .then(|| spec.image_pull_secrets.clone()),
@@ -183,7 +190,11 @@ pub fn deployment(
             },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: None,
+                // A new Pod is Ready before an old one goes: agents never lose the plugin.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {

@@ -35,6 +35,9 @@ type server struct {
 	pb.UnimplementedLLMProviderServer
 	mu     sync.RWMutex
 	config map[string]string
+	// sick is set by the user message "health:down" and cleared by "health:up", so tests
+	// can flip the health of a plugin running where they cannot create files.
+	sick bool
 }
 
 func (s *server) get(key string) string {
@@ -65,6 +68,12 @@ func (s *server) Shutdown(context.Context, *pb.ShutdownRequest) (*pb.ShutdownRes
 }
 
 func (s *server) Health(context.Context, *pb.HealthRequest) (*pb.HealthResponse, error) {
+	s.mu.RLock()
+	sick := s.sick
+	s.mu.RUnlock()
+	if sick {
+		return &pb.HealthResponse{Healthy: false, Message: "switched off by a health:down request"}, nil
+	}
 	if f := s.get("health_file"); f != "" {
 		if _, err := os.Stat(f); err == nil {
 			return &pb.HealthResponse{Healthy: false, Message: "health file present"}, nil
@@ -74,6 +83,11 @@ func (s *server) Health(context.Context, *pb.HealthRequest) (*pb.HealthResponse,
 }
 
 func (s *server) GetManifest(context.Context, *pb.ManifestRequest) (*pb.ManifestResponse, error) {
+	// Hector's own Go SDK answers with an empty manifest; config key empty_manifest=true
+	// makes this plugin do the same.
+	if s.get("empty_manifest") == "true" {
+		return &pb.ManifestResponse{}, nil
+	}
 	return &pb.ManifestResponse{
 		Name: "go-echo-llm", Version: "1.0.0", Author: "hector-operator tests",
 		Description: "Echo LLM built with go-plugin", Type: "llm_provider", Protocol: "grpc",
@@ -111,13 +125,20 @@ func (s *server) answer(req *pb.GenerateRequest) (string, int32, error) {
 	return s.get("prefix") + last, int32(len(strings.Fields(last))), nil
 }
 
-// Generate answers; tests steer it with the user messages "sleep:MS" (answers after MS
+// Generate answers; tests steer it with the user messages "health:down"/"health:up" (flip
+// the Health answer), "sleep:MS" (answers after MS
 // milliseconds, or fails when the caller's deadline passes first) and "deadline?" (answers
 // with the milliseconds left until the caller's deadline), and with the request metadata
 // "x-echo" (copied to a response header).
 func (s *server) Generate(ctx context.Context, req *pb.GenerateRequest) (*pb.GenerateResponse, error) {
 	if md, ok := metadata.FromIncomingContext(ctx); ok && len(md.Get("x-echo")) > 0 {
 		_ = grpc.SetHeader(ctx, metadata.Pairs("x-echo", md.Get("x-echo")[0]))
+	}
+	if n := len(req.Messages); n > 0 && (req.Messages[n-1].Content == "health:down" || req.Messages[n-1].Content == "health:up") {
+		s.mu.Lock()
+		s.sick = req.Messages[n-1].Content == "health:down"
+		s.mu.Unlock()
+		return &pb.GenerateResponse{Text: req.Messages[n-1].Content}, nil
 	}
 	if n := len(req.Messages); n > 0 && req.Messages[n-1].Content == "deadline?" {
 		if d, ok := ctx.Deadline(); ok {

@@ -1,0 +1,272 @@
+//! Leader election on a `coordination.k8s.io` Lease, so that of several replicas exactly
+//! one reconciles. Expiry is judged by the local clock from the moment this replica last saw
+//! the lease change (as client-go does), so clock skew between nodes does not matter.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// Where and how to hold the lease.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// Lease name.
+    pub name: String,
+    /// Lease namespace.
+    pub namespace: String,
+    /// This replica's identity (its Pod name).
+    pub identity: String,
+    /// How long a lease holds without renewal.
+    pub duration: Duration,
+}
+
+impl LeaseConfig {
+    /// How often the leader renews.
+    pub fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    /// How often a follower retries.
+    pub fn retry_every(&self) -> Duration {
+        (self.duration / 7).max(Duration::from_millis(500))
+    }
+
+    /// How long the leader keeps leading without a successful renewal.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+}
+
+/// Whether this replica may take the lease: it holds it already, nobody does, or the holder
+/// has not renewed for a whole lease duration as observed here.
+pub fn may_take(holder: &str, me: &str, unchanged_for: Duration, lease_duration: Duration) -> bool {
+    holder.is_empty() || holder == me || unchanged_for > lease_duration
+}
+
+/// Why the lease could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The API server refused or failed.
+    #[error("lease {namespace}/{name}: {source}")]
+    Api {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// The error.
+        source: kube::Error,
+    },
+    /// Leadership was lost: renewals failed for longer than the renew deadline.
+    #[error("lost the leader lease: not renewed for {0:?}")]
+    Lost(Duration),
+}
+
+/// Takes and keeps the lease.
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+}
+
+impl Elector {
+    /// An elector for `config`.
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &config.namespace),
+            config,
+            observed: None,
+        }
+    }
+
+    fn err(&self, source: kube::Error) -> LeaseError {
+        LeaseError::Api {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            source,
+        }
+    }
+
+    fn spec(&self, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        let now = MicroTime(Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: i32::try_from(self.config.duration.as_secs()).ok(),
+            acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// One attempt to take or renew the lease; `Ok(true)` while this replica holds it.
+    pub async fn try_once(&mut self) -> Result<bool, LeaseError> {
+        let Some(lease) = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(None, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(self.err(e)),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let since = match &self.observed {
+            Some((h, r, at)) if (h, r) == (&record.0, &record.1) => *at,
+            _ => {
+                let now = Instant::now();
+                self.observed = Some((record.0.clone(), record.1.clone(), now));
+                now
+            }
+        };
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let their_duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(self.config.duration);
+        if !may_take(
+            &holder,
+            &self.config.identity,
+            since.elapsed(),
+            their_duration,
+        ) {
+            return Ok(false);
+        }
+        let mine = holder == self.config.identity;
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
+        let acquired = if mine {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
+        let updated = Lease {
+            metadata: lease.metadata.clone(),
+            spec: Some(self.spec(acquired, transitions)),
+        };
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &updated)
+            .await
+        {
+            Ok(_) => {
+                if !mine {
+                    tracing::info!(identity = %self.config.identity, previous = %holder, "acquired the leader lease");
+                }
+                Ok(true)
+            }
+            // Someone else wrote first.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Waits until this replica leads.
+    pub async fn acquire(&mut self) {
+        loop {
+            match self.try_once().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.config.retry_every()).await;
+        }
+    }
+
+    /// Renews until a renewal fails for longer than the renew deadline; returns why.
+    pub async fn keep(&mut self) -> LeaseError {
+        let mut renewed = Instant::now();
+        loop {
+            let wait = self.config.renew_every();
+            tokio::time::sleep(wait).await;
+            loop {
+                match self.try_once().await {
+                    Ok(true) => {
+                        renewed = Instant::now();
+                        break;
+                    }
+                    Ok(false) => return LeaseError::Lost(renewed.elapsed()),
+                    Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
+                }
+                if renewed.elapsed() > self.config.renew_deadline() {
+                    return LeaseError::Lost(renewed.elapsed());
+                }
+                tokio::time::sleep(self.config.retry_every()).await;
+            }
+        }
+    }
+
+    /// Gives the lease up (on shutdown), so another replica takes over at once.
+    pub async fn release(&self) {
+        let Ok(Some(lease)) = self.api.get_opt(&self.config.name).await else {
+            return;
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return;
+        }
+        let released = Lease {
+            metadata: lease.metadata.clone(),
+            spec: Some(LeaseSpec {
+                holder_identity: None,
+                lease_duration_seconds: Some(1),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..spec
+            }),
+        };
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &released)
+            .await
+        {
+            Ok(_) => tracing::info!("released the leader lease"),
+            Err(e) => tracing::warn!(error = %e, "releasing the leader lease failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn a_free_or_own_lease_may_be_taken() {
+        assert!(may_take("", "a", Duration::ZERO, D));
+        assert!(may_take("a", "a", Duration::ZERO, D));
+    }
+
+    #[test]
+    fn another_holders_lease_only_after_it_stops_renewing_for_a_duration() {
+        assert!(!may_take("b", "a", Duration::from_secs(14), D));
+        assert!(may_take("b", "a", Duration::from_secs(16), D));
+    }
+
+    #[test]
+    fn timings_fit_inside_the_lease() {
+        let c = LeaseConfig {
+            name: "l".into(),
+            namespace: "n".into(),
+            identity: "a".into(),
+            duration: D,
+        };
+        assert!(c.renew_every() < c.renew_deadline());
+        assert!(c.renew_deadline() < c.duration);
+        assert!(c.retry_every() < c.renew_every());
+    }
+}

@@ -1,0 +1,397 @@
+//! The prober: one task per endpoint, each with its own reused gRPC channel, so a slow
+//! plugin never delays another. Every period it asks the standard `grpc.health.v1` health,
+//! the plugin's own `Health` RPC and `GetManifest` (identity), and once per plugin its
+//! model or embedder facts; outcomes go into the [`Index`], and a change of what others see
+//! is announced on the change channel (which wakes the reconciler and the publisher).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hector_plugin_sdk::endpoints::{EmbedderFacts, ModelFacts};
+use hector_plugin_sdk::proto::embedder_provider_client::EmbedderProviderClient;
+use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
+use hector_plugin_sdk::proto::{Empty, ManifestResponse};
+use hector_plugin_sdk::{LifecycleClient, PluginType, SdkError};
+use tokio::sync::broadcast;
+use tokio::task::AbortHandle;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::index::{EndpointChanges, Facts, FailureKind, Index, PluginKey, ProbeOutcome};
+use crate::metrics::Metrics;
+
+/// What a plugin must report about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Manifest name.
+    pub name: String,
+    /// Manifest version.
+    pub version: String,
+    /// Plugin type.
+    pub plugin_type: PluginType,
+}
+
+/// How to probe one plugin's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// Expected identity.
+    pub identity: Identity,
+    /// Time between probes.
+    pub period: Duration,
+    /// Time one probe RPC may take.
+    pub timeout: Duration,
+}
+
+/// Checks what a plugin reports against what the resource says. Fields the plugin leaves
+/// empty are not reported, never wrong: Hector's own Go SDK answers with an empty manifest.
+pub fn check_identity(reported: &ManifestResponse, expected: &Identity) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    if !reported.name.is_empty() && reported.name != expected.name {
+        wrong.push(format!(
+            "name {:?} (expected {:?})",
+            reported.name, expected.name
+        ));
+    }
+    let bare = |v: &str| v.trim_start_matches('v').to_string();
+    if !reported.version.is_empty() && bare(&reported.version) != bare(&expected.version) {
+        wrong.push(format!(
+            "version {:?} (expected {:?})",
+            reported.version, expected.version
+        ));
+    }
+    if !reported.r#type.is_empty() && reported.r#type != expected.plugin_type.as_str() {
+        wrong.push(format!(
+            "type {:?} (expected {:?})",
+            reported.r#type,
+            expected.plugin_type.as_str()
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the plugin reports {}", wrong.join(", ")))
+    }
+}
+
+/// A channel to `address` that connects on first use and reconnects by itself.
+pub fn channel(address: &str, timeout: Duration) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("bad address {address:?}: {e}"))
+        .map(|e| {
+            e.connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .connect_lazy()
+        })
+}
+
+fn sdk_reason(e: &SdkError) -> (FailureKind, String) {
+    match e {
+        SdkError::Rpc { status, .. } if status.code() == Code::Unavailable => {
+            (FailureKind::Unreachable, status.message().to_string())
+        }
+        other => (FailureKind::Unreachable, other.to_string()),
+    }
+}
+
+/// Probes `channel` once.
+pub async fn probe_once(channel: &Channel, spec: &ProbeSpec, want_facts: bool) -> ProbeOutcome {
+    let limit = spec.timeout;
+    let timed_out = |what: &str| {
+        ProbeOutcome::Failed(
+            FailureKind::Unreachable,
+            format!("{what} timed out after {limit:?}"),
+        )
+    };
+
+    // The plugin's own Health first: when it is unhealthy its message is the reason to report.
+    let lifecycle = LifecycleClient::new(channel.clone(), spec.identity.plugin_type);
+    match tokio::time::timeout(limit, lifecycle.health()).await {
+        Err(_) => return timed_out("Health"),
+        Ok(Err(e)) => {
+            let (kind, message) = sdk_reason(&e);
+            return ProbeOutcome::Failed(kind, message);
+        }
+        Ok(Ok(h)) if !h.healthy => {
+            let message = if h.message.is_empty() {
+                "the plugin reports unhealthy".to_string()
+            } else {
+                h.message
+            };
+            return ProbeOutcome::Failed(FailureKind::Unhealthy, message);
+        }
+        Ok(Ok(_)) => {}
+    }
+
+    let mut health = HealthClient::new(channel.clone());
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    match tokio::time::timeout(limit, health.check(check)).await {
+        Err(_) => return timed_out("grpc.health.v1 Check"),
+        Ok(Ok(r)) => {
+            let status = r.into_inner().status;
+            if status != ServingStatus::Serving as i32 {
+                let name = ServingStatus::try_from(status)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("UNKNOWN");
+                return ProbeOutcome::Failed(
+                    FailureKind::Unhealthy,
+                    format!("grpc.health.v1 reports {name}"),
+                );
+            }
+        }
+        // A plugin without grpc.health.v1 is judged by its own Health RPC alone.
+        Ok(Err(s)) if s.code() == Code::Unimplemented => {}
+        Ok(Err(s)) => {
+            return ProbeOutcome::Failed(
+                FailureKind::Unreachable,
+                format!("grpc.health.v1 Check: {}", s.message()),
+            );
+        }
+    }
+
+    let manifest = match tokio::time::timeout(limit, lifecycle.manifest()).await {
+        Err(_) => return timed_out("GetManifest"),
+        // A plugin that does not implement GetManifest reports nothing, like an empty answer.
+        Ok(Err(SdkError::Rpc { status, .. })) if status.code() == Code::Unimplemented => {
+            ManifestResponse::default()
+        }
+        Ok(Err(e)) => {
+            let (kind, message) = sdk_reason(&e);
+            return ProbeOutcome::Failed(kind, message);
+        }
+        Ok(Ok(m)) => m,
+    };
+    if let Err(message) = check_identity(&manifest, &spec.identity) {
+        return ProbeOutcome::Failed(FailureKind::IdentityMismatch, message);
+    }
+    if !want_facts {
+        return ProbeOutcome::Healthy(None);
+    }
+    let mut facts = Facts {
+        name: (!manifest.name.is_empty()).then(|| manifest.name.clone()),
+        version: (!manifest.version.is_empty()).then(|| manifest.version.clone()),
+        ..Default::default()
+    };
+    // Facts are a courtesy: a plugin that does not answer is still healthy.
+    match spec.identity.plugin_type {
+        PluginType::LlmProvider => {
+            let mut llm = LlmProviderClient::new(channel.clone());
+            if let Ok(Ok(info)) = tokio::time::timeout(limit, llm.get_model_info(Empty {})).await {
+                let info = info.into_inner();
+                facts.model = Some(ModelFacts {
+                    model_name: info.model_name,
+                    max_tokens: (info.max_tokens > 0).then_some(info.max_tokens),
+                });
+            }
+        }
+        PluginType::EmbedderProvider => {
+            let mut embedder = EmbedderProviderClient::new(channel.clone());
+            if let Ok(Ok(info)) =
+                tokio::time::timeout(limit, embedder.get_embedder_info(Empty {})).await
+            {
+                let info = info.into_inner();
+                facts.embedder = Some(EmbedderFacts {
+                    model_name: info.model_name,
+                    dimension: info.dimension,
+                });
+            }
+        }
+        _ => {}
+    }
+    ProbeOutcome::Healthy(Some(facts))
+}
+
+/// Runs and stops the per-endpoint probe tasks.
+pub struct Prober {
+    index: Arc<Mutex<Index>>,
+    specs: Mutex<HashMap<PluginKey, ProbeSpec>>,
+    tasks: Mutex<HashMap<(PluginKey, String), AbortHandle>>,
+    changes: broadcast::Sender<PluginKey>,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not stop probing; the data is still consistent per call.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Prober {
+    /// A prober writing into `index` and announcing changes on `changes`.
+    pub fn new(
+        index: Arc<Mutex<Index>>,
+        changes: broadcast::Sender<PluginKey>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            index,
+            specs: Mutex::default(),
+            tasks: Mutex::default(),
+            changes,
+            metrics,
+        })
+    }
+
+    /// The shared index.
+    pub fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
+    }
+
+    /// Sets the endpoints of `key` and how to probe them; new endpoints are probed at once.
+    pub fn set(
+        self: &Arc<Self>,
+        key: &PluginKey,
+        spec: ProbeSpec,
+        threshold: u32,
+        wanted: &BTreeMap<String, bool>,
+        carried: &[String],
+        facts: Option<Facts>,
+    ) {
+        lock(&self.specs).insert(key.clone(), spec);
+        let EndpointChanges { added, removed } =
+            lock(&self.index).set_endpoints(key, wanted, threshold, carried, facts);
+        let mut tasks = lock(&self.tasks);
+        for address in removed {
+            if let Some(task) = tasks.remove(&(key.clone(), address)) {
+                task.abort();
+            }
+        }
+        for address in added {
+            let me = Arc::clone(self);
+            let task_key = key.clone();
+            let task_address = address.clone();
+            let handle = tokio::spawn(async move { me.run(task_key, task_address).await });
+            tasks.insert((key.clone(), address), handle.abort_handle());
+        }
+    }
+
+    /// Stops probing a deleted plugin and forgets it.
+    pub fn forget(&self, key: &PluginKey) {
+        lock(&self.specs).remove(key);
+        let addresses = lock(&self.index).remove(key);
+        let mut tasks = lock(&self.tasks);
+        for address in addresses {
+            if let Some(task) = tasks.remove(&(key.clone(), address)) {
+                task.abort();
+            }
+        }
+    }
+
+    /// Stops every probe (shutdown).
+    pub fn stop_all(&self) {
+        for (_, task) in lock(&self.tasks).drain() {
+            task.abort();
+        }
+    }
+
+    async fn run(self: Arc<Self>, key: PluginKey, address: String) {
+        let Some(first) = lock(&self.specs).get(&key).cloned() else {
+            return;
+        };
+        let channel = match channel(&address, first.timeout) {
+            Ok(c) => c,
+            Err(message) => {
+                self.record(
+                    &key,
+                    &address,
+                    &ProbeOutcome::Failed(FailureKind::Unreachable, message),
+                );
+                return;
+            }
+        };
+        loop {
+            let Some(spec) = lock(&self.specs).get(&key).cloned() else {
+                return;
+            };
+            if !lock(&self.index).wants(&key, &address) {
+                return;
+            }
+            let want_facts = !lock(&self.index).has_facts(&key);
+            let started = Instant::now();
+            let outcome = probe_once(&channel, &spec, want_facts).await;
+            self.metrics.observe_probe(
+                &key,
+                started.elapsed(),
+                match &outcome {
+                    ProbeOutcome::Healthy(_) => None,
+                    ProbeOutcome::Failed(kind, _) => Some(kind.reason()),
+                },
+            );
+            if let ProbeOutcome::Failed(kind, message) = &outcome {
+                tracing::debug!(plugin = %key, %address, reason = kind.reason(), message, "probe failed");
+            }
+            self.record(&key, &address, &outcome);
+            tokio::time::sleep(spec.period).await;
+        }
+    }
+
+    fn record(&self, key: &PluginKey, address: &str, outcome: &ProbeOutcome) {
+        let changed = lock(&self.index).record(key, address, outcome);
+        if changed {
+            match outcome {
+                ProbeOutcome::Healthy(_) => {
+                    tracing::info!(plugin = %key, %address, "endpoint healthy")
+                }
+                ProbeOutcome::Failed(kind, message) => {
+                    tracing::warn!(plugin = %key, %address, reason = kind.reason(), message, "endpoint state changed")
+                }
+            }
+            // No receiver only means nothing is running yet to care.
+            let _ = self.changes.send(key.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected() -> Identity {
+        Identity {
+            name: "echo-llm".into(),
+            version: "1.2.0".into(),
+            plugin_type: PluginType::LlmProvider,
+        }
+    }
+
+    #[test]
+    fn an_empty_manifest_is_not_reported_and_passes() {
+        assert_eq!(
+            check_identity(&ManifestResponse::default(), &expected()),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn matching_identity_passes_with_or_without_a_v() {
+        let m = ManifestResponse {
+            name: "echo-llm".into(),
+            version: "v1.2.0".into(),
+            r#type: "llm_provider".into(),
+            ..Default::default()
+        };
+        assert_eq!(check_identity(&m, &expected()), Ok(()));
+    }
+
+    #[test]
+    fn every_wrong_field_is_named() {
+        let m = ManifestResponse {
+            name: "other".into(),
+            version: "2.0.0".into(),
+            r#type: "embedder_provider".into(),
+            ..Default::default()
+        };
+        let err = check_identity(&m, &expected()).expect_err("mismatch");
+        assert!(
+            err.contains("name \"other\" (expected \"echo-llm\")"),
+            "{err}"
+        );
+        assert!(err.contains("version \"2.0.0\""), "{err}");
+        assert!(err.contains("type \"embedder_provider\""), "{err}");
+    }
+}

@@ -1,0 +1,320 @@
+//! `hector-operator run`: wires logging, the health and metrics endpoints, leader election,
+//! the prober and one controller per watched scope, and shuts all of it down on SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::{broadcast, watch};
+
+use crate::build::Settings;
+use crate::crd::ImagePullPolicy;
+use crate::index::Index;
+use crate::leader::{Elector, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::probe::Prober;
+use crate::reconcile::{Scope, Shared, run_scope};
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `hector-operator run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Namespaces to watch, comma-separated (default: all namespaces).
+    #[arg(long, env = "HECTOR_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+
+    /// Name of the endpoints ConfigMap written in each namespace.
+    #[arg(long, default_value = hector_plugin_sdk::endpoints::DEFAULT_CONFIGMAP)]
+    pub endpoints_configmap: String,
+
+    /// Image holding the launcher that plugin Pods copy in (the operator's own image).
+    #[arg(long, env = "HECTOR_LAUNCHER_IMAGE", default_value = concat!("hector.dev/hector-operator:", env!("CARGO_PKG_VERSION")))]
+    pub launcher_image: String,
+
+    /// Pull policy of the launcher image.
+    #[arg(long, value_parser = parse_pull_policy, default_value = "IfNotPresent")]
+    pub launcher_pull_policy: ImagePullPolicy,
+
+    /// Path of the agent-side remote-plugin executable, as written into `plugins.yaml`.
+    #[arg(long, default_value = "/usr/local/bin/hector-plugin-remote")]
+    pub remote_path: String,
+
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Address of `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, value_enum, env = "HECTOR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `hector_operator=debug`).
+    #[arg(long, env = "HECTOR_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Elect a leader among replicas through a Lease (only the leader reconciles).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+
+    /// Name of the Lease.
+    #[arg(long, default_value = "hector-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (default: the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Seconds a Lease holds without renewal; a dead leader is replaced within this time.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
+    pub lease_duration: u64,
+}
+
+fn parse_pull_policy(s: &str) -> Result<ImagePullPolicy, String> {
+    match s {
+        "Always" => Ok(ImagePullPolicy::Always),
+        "IfNotPresent" => Ok(ImagePullPolicy::IfNotPresent),
+        "Never" => Ok(ImagePullPolicy::Never),
+        _ => Err(format!("{s:?} is not one of Always, IfNotPresent, Never")),
+    }
+}
+
+/// Why the operator stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No usable Kubernetes configuration.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[from] kube::Error),
+    /// A listen address was unusable.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The log filter does not parse.
+    #[error("invalid --log-level: {0}")]
+    LogFilter(String),
+    /// Leadership lost.
+    #[error(transparent)]
+    Lease(#[from] crate::leader::LeaseError),
+}
+
+/// Readiness states served by `/readyz`.
+const STARTING: u8 = 0;
+const STANDBY: u8 = 1;
+const LEADING: u8 = 2;
+const STOPPING: u8 = 3;
+
+/// Sets up logging to stderr.
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), RunError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| RunError::LogFilter(e.to_string()))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialization (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    Ok(())
+}
+
+fn default_namespace() -> String {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "default".into())
+}
+
+fn default_identity() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("hector-operator-{}", std::process::id()))
+}
+
+async fn serve(addr: SocketAddr, router: Router) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Listen { addr, source })?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(%addr, error = %e, "HTTP server stopped");
+        }
+    }))
+}
+
+/// Runs the operator until SIGTERM/SIGINT (then exits cleanly) or lost leadership (error).
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(AtomicU8::new(STARTING));
+
+    let m = Arc::clone(&metrics);
+    let metrics_server = serve(
+        args.metrics_addr,
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let m = Arc::clone(&m);
+                async move { m.render() }
+            }),
+        ),
+    )
+    .await?;
+    let ready_state = Arc::clone(&state);
+    let health_server = serve(
+        args.health_addr,
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let s = ready_state.load(Ordering::Relaxed);
+                    async move {
+                        match s {
+                            STANDBY => (StatusCode::OK, "standby"),
+                            LEADING => (StatusCode::OK, "leading"),
+                            STOPPING => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+                            _ => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
+                        }
+                    }
+                }),
+            ),
+    )
+    .await?;
+    tracing::info!(metrics = %args.metrics_addr, health = %args.health_addr, "serving metrics and health");
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let mut elector = args.leader_elect.then(|| {
+        Elector::new(
+            client.clone(),
+            LeaseConfig {
+                name: args.lease_name.clone(),
+                namespace: args
+                    .lease_namespace
+                    .clone()
+                    .unwrap_or_else(default_namespace),
+                identity: identity.clone(),
+                duration: Duration::from_secs(args.lease_duration),
+            },
+        )
+    });
+
+    let signal = hector_plugin_sdk::serve::termination_signal();
+    tokio::pin!(signal);
+    if let Some(e) = elector.as_mut() {
+        state.store(STANDBY, Ordering::Relaxed);
+        tracing::info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = &mut signal => {
+                tracing::info!("termination signal while standing by; exiting");
+                return Ok(());
+            }
+        }
+    }
+    state.store(LEADING, Ordering::Relaxed);
+    metrics.set_leader(true);
+    tracing::info!(%identity, "leading: starting controllers");
+
+    let (changes, _) = broadcast::channel(4096);
+    let prober = Prober::new(
+        Arc::new(std::sync::Mutex::new(Index::default())),
+        changes.clone(),
+        Arc::clone(&metrics),
+    );
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        settings: Settings {
+            launcher_image: args.launcher_image.clone(),
+            launcher_pull_policy: args.launcher_pull_policy,
+        },
+        configmap: args.endpoints_configmap.clone(),
+        remote_path: args.remote_path.clone(),
+        prober: Arc::clone(&prober),
+        metrics: Arc::clone(&metrics),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "hector-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        changes,
+        written: Default::default(),
+    });
+    let scopes: Vec<Scope> = if args.namespaces.iter().all(|n| n.trim().is_empty()) {
+        vec![Scope::All]
+    } else {
+        args.namespaces
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(|n| Scope::Namespace(n.to_string()))
+            .collect()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let controllers = futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|scope| run_scope(Arc::clone(&shared), scope, stop_rx.clone())),
+    );
+    tokio::pin!(controllers);
+
+    let keep = async {
+        match elector.as_mut() {
+            Some(e) => e.keep().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = &mut signal => {
+            tracing::info!("termination signal: stopping controllers");
+            Ok(())
+        }
+        lost = keep => {
+            tracing::error!(error = %lost, "leadership lost; exiting so another replica takes over");
+            Err(RunError::Lease(lost))
+        }
+        _ = &mut controllers => Ok(()),
+    };
+    state.store(STOPPING, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    // In-flight reconciles finish; a stuck one does not hold the shutdown up.
+    let _ = tokio::time::timeout(Duration::from_secs(10), &mut controllers).await;
+    prober.stop_all();
+    if outcome.is_ok()
+        && let Some(e) = elector.as_ref()
+    {
+        e.release().await;
+    }
+    metrics.set_leader(false);
+    metrics_server.abort();
+    health_server.abort();
+    tracing::info!("stopped");
+    outcome
+}
