@@ -1,0 +1,189 @@
+//! HTTP bodies for forwarding: the host's request read into memory (so an attempt that never
+//! reached an endpoint can be sent to another), and the remote's response passed through
+//! with a lost connection turned into a gRPC `UNAVAILABLE` status.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderValue};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use tonic::{Code, Status};
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Larger than the limit.
+    #[error("request larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The host's stream failed.
+    #[error("reading the request failed: {0}")]
+    Stream(#[from] hyper::Error),
+}
+
+/// Reads a whole request body (plugin RPCs send one message, never a client stream).
+pub async fn read_all(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let Ok(data) = frame?.into_data() else {
+            // Request trailers carry nothing gRPC uses.
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(ReadError::TooLarge { limit });
+        }
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    // One frame (the usual case) is passed on without a copy.
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        Bytes::from(rest)
+    })
+}
+
+/// Where a [`Remote`] body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// The remote's response body, read straight from its HTTP/2 stream (flow-control credit is
+/// returned as data is passed on). If the connection fails mid-way, the host gets trailers
+/// with a gRPC status instead of a reset stream, so it sees `UNAVAILABLE` like any outage.
+pub struct Remote {
+    stream: h2::RecvStream,
+    endpoint: String,
+    phase: Phase,
+}
+
+impl Remote {
+    /// Wraps the response stream coming from `endpoint`.
+    pub fn new(stream: h2::RecvStream, endpoint: String) -> Self {
+        let phase = if stream.is_end_stream() {
+            Phase::Done
+        } else {
+            Phase::Data
+        };
+        Self {
+            stream,
+            endpoint,
+            phase,
+        }
+    }
+
+    fn broken(&mut self, e: &h2::Error) -> Frame<Bytes> {
+        self.phase = Phase::Done;
+        let status = status_of_broken_stream(e, &self.endpoint);
+        tracing::warn!(endpoint = %self.endpoint, %status, "remote response broke off");
+        Frame::trailers(status_trailers(&status))
+    }
+}
+
+impl Body for Remote {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.phase == Phase::Data {
+            match self.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    // The host has it now; let the remote send more.
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Ok(self.broken(&e)))),
+                Poll::Ready(None) => self.phase = Phase::Trailers,
+            }
+        }
+        if self.phase == Phase::Trailers {
+            return match self.stream.poll_trailers(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(trailers)) => {
+                    self.phase = Phase::Done;
+                    Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Ok(self.broken(&e)))),
+            };
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}
+
+/// The status for a response stream that failed: the peer's cancel stays a cancel, anything
+/// else is the plugin becoming unreachable.
+fn status_of_broken_stream(e: &h2::Error, endpoint: &str) -> Status {
+    if e.reason() == Some(h2::Reason::CANCEL) {
+        return Status::cancelled(format!("remote plugin at {endpoint} cancelled the call"));
+    }
+    Status::new(
+        Code::Unavailable,
+        format!(
+            "connection to remote plugin at {endpoint} lost: {}",
+            hector_plugin_sdk::client::error_chain(e)
+        ),
+    )
+}
+
+/// `grpc-status` and `grpc-message` trailers for `status`.
+pub fn status_trailers(status: &Status) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if status.add_header(&mut map).is_err() {
+        map.insert("grpc-status", HeaderValue::from(Code::Unavailable as i32));
+    }
+    map
+}
+
+/// A trailers-only gRPC response carrying `status`.
+pub fn status_response(status: Status) -> http::Response<tonic::body::Body> {
+    status.into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_trailers_carry_code_and_message() {
+        let t = status_trailers(&Status::unavailable("gone away"));
+        assert_eq!(
+            t.get("grpc-status").and_then(|v| v.to_str().ok()),
+            Some("14")
+        );
+        assert!(
+            t.get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|m| m.contains("gone")),
+            "{t:?}"
+        );
+        let r = status_response(Status::unavailable("x"));
+        assert_eq!(
+            r.headers().get("grpc-status").and_then(|v| v.to_str().ok()),
+            Some("14")
+        );
+    }
+}

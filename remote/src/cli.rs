@@ -1,0 +1,92 @@
+//! Command-line interface. Hector starts the executable without arguments, which runs it as a
+//! plugin; the only subcommand prepares a plugin directory.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hector_plugin_sdk::endpoints::{DEFAULT_ENDPOINTS_PATH, ENDPOINTS_PATH_ENV};
+
+/// Loaded by Hector as a local plugin; forwards every call to a remote plugin.
+#[derive(Debug, Parser)]
+#[command(name = "hector-plugin-remote", version)]
+#[command(long_about = "\
+Loaded by Hector as a local plugin; forwards every call to a remote plugin.
+
+Without a subcommand it runs as a plugin, the way Hector starts it (go-plugin handshake, no
+arguments). It finds the remote plugin through the `remote_address` key of the plugin's config
+(HOST:PORT, or several separated by commas), or else by its own file name in the published
+endpoints file (HECTOR_PLUGINS_ENDPOINTS, default /etc/hector/plugins/endpoints.json).
+Calls are spread over the plugin's healthy endpoints one by one.")]
+#[command(after_help = "\
+Example Hector config:
+  plugins:
+    llm_providers:
+      echo:
+        name: echo
+        type: grpc
+        path: /usr/local/bin/hector-plugin-remote
+        enabled: true
+        config:
+          remote_address: \"echo-llm.agents.svc:50051\"")]
+pub struct Cli {
+    /// What to do; none runs the plugin (as Hector does).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write NAME and NAME.plugin.yaml for every published plugin into DIR, so Hector's
+    /// plugin discovery finds them; re-run to bring DIR up to date.
+    #[command(long_about = "\
+Write NAME and NAME.plugin.yaml for every published plugin into DIR, so Hector's plugin
+discovery (plugin_discovery.paths) finds them. NAME is a copy of this executable that finds
+its remote plugin by its own name.
+
+Re-running brings DIR up to date: entries written earlier whose plugin is no longer
+published are removed. What was written is listed in DIR/.hector-plugin-remote; files this
+command did not write are never changed or removed.")]
+    Install(InstallArgs),
+}
+
+/// Arguments of `install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Directory to write into (created when missing).
+    #[arg(long = "into", value_name = "DIR")]
+    pub into: PathBuf,
+    /// The published endpoints file.
+    #[arg(long, value_name = "FILE", env = ENDPOINTS_PATH_ENV, default_value = DEFAULT_ENDPOINTS_PATH)]
+    pub endpoints: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_arguments_means_plugin_mode() {
+        let cli = Cli::try_parse_from(["hector-plugin-remote"]).expect("no arguments");
+        assert!(cli.command.is_none());
+    }
+
+    #[test]
+    fn install_takes_a_directory_and_a_file() {
+        let cli = Cli::try_parse_from([
+            "hector-plugin-remote",
+            "install",
+            "--into",
+            "/plugins",
+            "--endpoints",
+            "/e.json",
+        ])
+        .expect("install");
+        let Some(Command::Install(args)) = cli.command else {
+            panic!("install expected");
+        };
+        assert_eq!(args.into, PathBuf::from("/plugins"));
+        assert_eq!(args.endpoints, PathBuf::from("/e.json"));
+        assert!(Cli::try_parse_from(["hector-plugin-remote", "install"]).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! `hector-plugin-remote install --into DIR`: for every published plugin, an executable
+//! `NAME` (this program, finding its plugin by that name) and `NAME.plugin.yaml` next to it,
+//! which is what Hector's plugin discovery looks for. What it wrote is listed in a marker file
+//! so that a later run removes entries that are no longer published, and nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use hector_plugin_sdk::endpoints::{EndpointsFile, PublishedPlugin};
+
+use crate::cli::InstallArgs;
+use crate::error::{InstallError, TargetError};
+use crate::manifest;
+
+/// The marker file listing the names this command installed in a directory.
+pub const MARKER: &str = ".hector-plugin-remote";
+/// The manifest file suffix Hector's discovery looks for.
+const MANIFEST_SUFFIX: &str = ".plugin.yaml";
+
+/// What to do in the directory.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Names to write, with their manifest text and plugin type.
+    pub write: Vec<(String, String)>,
+    /// Names written earlier and no longer published.
+    pub remove: Vec<String>,
+    /// Published names left alone, with the reason.
+    pub skip: Vec<(String, String)>,
+}
+
+/// Whether `name` can be a file name in the directory (and is not one of ours).
+fn usable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Decides what to write and remove. `previous` is what the marker lists; `taken(name)` says
+/// whether `NAME` or `NAME.plugin.yaml` already exists in the directory.
+pub fn plan(
+    published: &BTreeMap<String, PublishedPlugin>,
+    previous: &BTreeSet<String>,
+    taken: impl Fn(&str) -> bool,
+) -> Plan {
+    let mut out = Plan::default();
+    for (name, plugin) in published {
+        if !usable_name(name) {
+            out.skip
+                .push((name.clone(), "not usable as a file name".into()));
+        } else if !previous.contains(name) && taken(name) {
+            out.skip.push((
+                name.clone(),
+                "a file of that name exists and was not written by hector-plugin-remote".into(),
+            ));
+        } else {
+            match manifest::render(name, plugin) {
+                Ok(text) => out.write.push((name.clone(), text)),
+                Err(reason) => out.skip.push((name.clone(), reason)),
+            }
+        }
+    }
+    // Everything written earlier and not written now goes: unpublished, or no longer usable.
+    out.remove = previous
+        .iter()
+        .filter(|n| usable_name(n) && !out.write.iter().any(|(w, _)| w == *n))
+        .cloned()
+        .collect();
+    out
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Names written (or already up to date).
+    pub written: Vec<String>,
+    /// Names removed.
+    pub removed: Vec<String>,
+    /// Names left alone, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Names that failed, with the error.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Runs `install` and returns the exit code: 0 done, 1 some entries failed, 2 nothing done.
+pub fn main(args: &InstallArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hector-plugin-remote install: cannot find this executable: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match install(&args.into, &args.endpoints, &exe) {
+        Ok(report) => {
+            for name in &report.written {
+                println!("installed {}", args.into.join(name).display());
+            }
+            for name in &report.removed {
+                println!("removed {}", args.into.join(name).display());
+            }
+            for (name, reason) in &report.skipped {
+                eprintln!("skipped {name}: {reason}");
+            }
+            for (name, error) in &report.failed {
+                eprintln!("failed {name}: {error}");
+            }
+            if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("hector-plugin-remote install: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Brings `dir` up to date with the plugins published in `endpoints`, installing `exe`.
+pub fn install(dir: &Path, endpoints: &Path, exe: &Path) -> Result<Report, InstallError> {
+    let text = std::fs::read_to_string(endpoints).map_err(|source| TargetError::ReadEndpoints {
+        path: endpoints.to_path_buf(),
+        source,
+    })?;
+    let file = EndpointsFile::parse(&text).map_err(|source| TargetError::ParseEndpoints {
+        path: endpoints.to_path_buf(),
+        source,
+    })?;
+    std::fs::create_dir_all(dir).map_err(|source| InstallError::Io {
+        action: "cannot create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let previous = read_marker(dir)?;
+    let plan = plan(&file.plugins, &previous, |name| {
+        dir.join(name).symlink_metadata().is_ok()
+            || dir
+                .join(format!("{name}{MANIFEST_SUFFIX}"))
+                .symlink_metadata()
+                .is_ok()
+    });
+
+    let mut report = Report {
+        skipped: plan.skip,
+        ..Report::default()
+    };
+    let mut ours = BTreeSet::new();
+    for (name, text) in &plan.write {
+        // Listed before writing, so a half-written entry is still cleaned up later.
+        ours.insert(name.clone());
+        match write_entry(dir, name, text, exe) {
+            Ok(()) => report.written.push(name.clone()),
+            Err(e) => report.failed.push((name.clone(), e.to_string())),
+        }
+    }
+    for name in &plan.remove {
+        match remove_entry(dir, name) {
+            Ok(()) => report.removed.push(name.clone()),
+            Err(e) => {
+                ours.insert(name.clone());
+                report.failed.push((name.clone(), e.to_string()));
+            }
+        }
+    }
+    write_marker(dir, &ours)?;
+    Ok(report)
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn read_marker(dir: &Path) -> Result<BTreeSet<String>, InstallError> {
+    let path = dir.join(MARKER);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(io("cannot read", &path)(e)),
+    }
+}
+
+fn write_marker(dir: &Path, names: &BTreeSet<String>) -> Result<(), InstallError> {
+    let mut text = String::from(
+        "# Plugins installed here by `hector-plugin-remote install`; it removes them when they\n\
+         # are no longer published. Files not listed here are never touched.\n",
+    );
+    for name in names {
+        text.push_str(name);
+        text.push('\n');
+    }
+    write_atomically(&dir.join(MARKER), text.as_bytes())
+}
+
+/// A temporary path next to `path`, hidden from discovery (it starts with a dot).
+fn temporary(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes by rename, so Hector never reads half a file.
+fn write_atomically(path: &Path, content: &[u8]) -> Result<(), InstallError> {
+    if std::fs::read(path).is_ok_and(|old| old == content) {
+        return Ok(());
+    }
+    let tmp = temporary(path);
+    std::fs::write(&tmp, content).map_err(io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("cannot replace", path)(e)
+    })
+}
+
+fn write_entry(dir: &Path, name: &str, manifest: &str, exe: &Path) -> Result<(), InstallError> {
+    install_executable(exe, &dir.join(name))?;
+    write_atomically(
+        &dir.join(format!("{name}{MANIFEST_SUFFIX}")),
+        manifest.as_bytes(),
+    )
+}
+
+/// Puts this executable at `target`: a hard link when possible (no copy), else a copy; by
+/// rename in both cases, because a running executable cannot be written over.
+fn install_executable(exe: &Path, target: &Path) -> Result<(), InstallError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let source = std::fs::metadata(exe).map_err(io("cannot read", exe))?;
+    if let Ok(existing) = std::fs::symlink_metadata(target)
+        && existing.file_type().is_file()
+        && existing.dev() == source.dev()
+        && existing.ino() == source.ino()
+    {
+        return Ok(());
+    }
+    let tmp = temporary(target);
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(exe, &tmp).is_err() {
+        std::fs::copy(exe, &tmp).map_err(io("cannot copy this executable to", &tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("cannot make executable", &tmp))?;
+    }
+    std::fs::rename(&tmp, target).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("cannot replace", target)(e)
+    })
+}
+
+fn remove_entry(dir: &Path, name: &str) -> Result<(), InstallError> {
+    for path in [dir.join(name), dir.join(format!("{name}{MANIFEST_SUFFIX}"))] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove", &path)(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(kind: &str) -> PublishedPlugin {
+        PublishedPlugin {
+            plugin_type: kind.into(),
+            version: "1.0.0".into(),
+            address: "x:1".into(),
+            endpoints: vec!["10.0.0.1:1".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans_writes_removals_and_leaves_foreign_files_alone() {
+        let mut published = BTreeMap::new();
+        published.insert("echo".to_string(), plugin("llm_provider"));
+        published.insert("mine".to_string(), plugin("llm_provider"));
+        published.insert("../evil".to_string(), plugin("llm_provider"));
+        published.insert("odd".to_string(), plugin("llm"));
+        let previous: BTreeSet<String> = ["echo", "gone", "odd"].map(String::from).into();
+        let p = plan(&published, &previous, |n| n == "mine" || n == "echo");
+        assert_eq!(
+            p.write.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["echo"],
+            "ours is rewritten even though it exists"
+        );
+        assert_eq!(
+            p.remove,
+            ["gone", "odd"],
+            "unpublished or no longer installable"
+        );
+        let skipped: Vec<&str> = p.skip.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(skipped, ["../evil", "mine", "odd"]);
+    }
+
+    #[test]
+    fn names_must_be_plain_file_names() {
+        for ok in ["echo", "echo-llm", "a.b_c"] {
+            assert!(usable_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", MARKER, "a/b", "..", "a b"] {
+            assert!(!usable_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! Calls to the remote plugin's endpoints: one HTTP/2 connection per endpoint, opened when
+//! first needed and reopened when it dies, each call sent to the endpoint the balancer picks
+//! and retried elsewhere only when it provably never reached the one that failed.
+//!
+//! The HTTP/2 client is `h2` itself rather than hyper's wrapper: it sends a call's headers
+//! and message in one write (hyper waits for flow-control credit between the two, which
+//! costs the plugin an extra wake-up per call), and it says exactly whether a stream was
+//! opened, which is what retrying safely depends on.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use h2::client::SendRequest;
+use http::header::{CONNECTION, CONTENT_TYPE, TE};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use hyper::body::Bytes;
+use tonic::Status;
+
+use hector_plugin_sdk::proto::{HealthRequest, HealthResponse};
+
+use crate::balance::{EndpointSet, Failure, Observed, Stage};
+use crate::body::{Remote, status_response};
+use crate::deadline;
+
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Per-stream and per-connection receive windows: large enough that streaming answers are
+/// not held back by flow control on a fast network (hyper's client defaults).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// The largest `Health` answer read.
+const MAX_HEALTH_BYTES: usize = 64 * 1024;
+
+type Body = tonic::body::Body;
+
+/// A failed attempt on one endpoint.
+#[derive(Debug)]
+pub struct AttemptError {
+    /// What kind of failure, for retrying and health.
+    pub failure: Failure,
+    /// What happened, for people.
+    pub detail: String,
+}
+
+/// The parts of the host's request that every attempt reuses.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// `/service/method`.
+    pub path: PathAndQuery,
+    /// Metadata and gRPC headers, passed on unchanged except `grpc-timeout`.
+    pub headers: HeaderMap,
+    /// The message.
+    pub body: Bytes,
+    /// The caller's deadline, from `grpc-timeout`.
+    pub deadline: Option<Instant>,
+}
+
+impl Call {
+    /// The request head for one attempt on `authority`, with the time left as its timeout.
+    fn request(&self, authority: &Authority, left: Option<Duration>) -> Request<()> {
+        let mut request = Request::new(());
+        *request.method_mut() = Method::POST;
+        // Building from parsed parts cannot fail; the bare path is a harmless fallback.
+        *request.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query(self.path.clone())
+            .build()
+            .unwrap_or_else(|_| Uri::from(self.path.clone()));
+        let headers = request.headers_mut();
+        *headers = self.headers.clone();
+        // HTTP/2 forbids connection-specific headers; a gRPC host sends none, but a stray
+        // one must not make every call fail.
+        for name in [
+            CONNECTION,
+            http::header::UPGRADE,
+            http::header::TRANSFER_ENCODING,
+        ] {
+            headers.remove(name);
+        }
+        if headers.get(TE).is_some_and(|v| v != "trailers") {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(left) = left
+            && let Ok(v) = HeaderValue::from_str(&deadline::encode(left))
+        {
+            headers.insert(deadline::HEADER, v);
+        }
+        request
+    }
+}
+
+/// One endpoint's connection, shared by every call to it.
+struct Slot {
+    authority: Authority,
+    conn: tokio::sync::Mutex<Option<SendRequest<Bytes>>>,
+}
+
+/// The endpoints of the remote plugin and their connections.
+pub struct Pool {
+    set: Mutex<EndpointSet>,
+    slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
+    /// What the endpoints are, for messages ("\"echo\" (published in …)", "at a:1,b:2").
+    label: Mutex<String>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Locks a mutex, recovering the data if another thread panicked while holding it (every
+/// update under these locks is a single step, so the data stays consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self {
+            set: Mutex::new(EndpointSet::default()),
+            slots: Mutex::new(HashMap::new()),
+            label: Mutex::new(String::new()),
+        }
+    }
+
+    /// Sets the text naming the target in messages.
+    pub fn set_label(&self, label: String) {
+        *lock(&self.label) = label;
+    }
+
+    /// The text naming the target.
+    pub fn label(&self) -> String {
+        lock(&self.label).clone()
+    }
+
+    /// Makes `addrs` the endpoint set; connections to endpoints that left are closed once
+    /// their calls finish.
+    pub fn set_endpoints(&self, addrs: Vec<SocketAddr>) {
+        let (change, now) = {
+            let mut set = lock(&self.set);
+            let change = set.replace(addrs);
+            (change, set.addrs())
+        };
+        if change.is_empty() {
+            return;
+        }
+        let mut slots = lock(&self.slots);
+        for gone in &change.removed {
+            slots.remove(gone);
+        }
+        tracing::info!(added = ?change.added, removed = ?change.removed, endpoints = ?now, "remote endpoints changed");
+    }
+
+    /// Every endpoint.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        lock(&self.set).addrs()
+    }
+
+    /// The endpoints that are out of the rotation.
+    pub fn down(&self) -> Vec<SocketAddr> {
+        lock(&self.set).down()
+    }
+
+    /// Puts an endpoint back into the rotation.
+    pub fn mark_up(&self, addr: SocketAddr) {
+        if lock(&self.set).mark_up(addr) {
+            tracing::info!(endpoint = %addr, "remote endpoint back in rotation");
+        }
+    }
+
+    /// Takes an endpoint out of the rotation.
+    pub fn mark_down(&self, addr: SocketAddr, reason: &str) {
+        if lock(&self.set).mark_down(addr, reason) {
+            tracing::warn!(endpoint = %addr, reason, "remote endpoint out of rotation");
+        }
+    }
+
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
+        lock(&self.slots)
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    authority: Authority::try_from(addr.to_string())
+                        .unwrap_or_else(|_| Authority::from_static("remote-plugin")),
+                    conn: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Forwards one call, balancing and retrying as [`crate::balance`] decides, and returns
+    /// the response for the host (errors become gRPC statuses).
+    pub async fn forward(&self, call: Call) -> Response<Body> {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        loop {
+            let picked = lock(&self.set).pick(&tried);
+            let Some(addr) = picked else {
+                return status_response(self.unavailable(&tried, &failures));
+            };
+            let left = match call.deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => {
+                        return status_response(Status::deadline_exceeded(
+                            "deadline exceeded before the remote plugin answered",
+                        ));
+                    }
+                },
+                None => None,
+            };
+            match self.attempt(addr, &call, left).await {
+                Ok(response) => {
+                    self.mark_up(addr);
+                    let endpoint = addr.to_string();
+                    return response.map(|b| Body::new(Remote::new(b, endpoint)));
+                }
+                Err(e) => {
+                    if e.failure.endpoint_down() {
+                        self.mark_down(addr, &e.detail);
+                    }
+                    if e.failure.retry_safe() {
+                        tracing::debug!(endpoint = %addr, failure = %e.failure, "retrying on another endpoint");
+                        tried.push(addr);
+                        failures.push(format!("{addr}: {}", e.detail));
+                        continue;
+                    }
+                    return status_response(Status::unavailable(format!(
+                        "remote plugin at {addr} failed during the call: {}",
+                        e.detail
+                    )));
+                }
+            }
+        }
+    }
+
+    fn unavailable(&self, tried: &[SocketAddr], failures: &[String]) -> Status {
+        let label = self.label();
+        if tried.is_empty() {
+            return Status::unavailable(format!("remote plugin {label} has no endpoint to call"));
+        }
+        Status::unavailable(format!(
+            "cannot reach remote plugin {label}: {}",
+            failures.join("; ")
+        ))
+    }
+
+    /// One attempt on one endpoint. A cached connection found dead before the call was
+    /// handed to it is replaced once, on the same endpoint.
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        call: &Call,
+        left: Option<Duration>,
+    ) -> Result<Response<h2::RecvStream>, AttemptError> {
+        let slot = self.slot(addr);
+        let connect_within = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
+        let (sender, reused) = live_sender(&slot, addr, false, connect_within).await?;
+        let sender = match sender.ready().await {
+            Ok(s) => s,
+            Err(e) if reused => {
+                tracing::debug!(endpoint = %addr, error = %e, "connection closed; reconnecting");
+                let (fresh, _) = live_sender(&slot, addr, true, connect_within).await?;
+                fresh.ready().await.map_err(|e| not_sent(&e))?
+            }
+            Err(e) => return Err(not_sent(&e)),
+        };
+        send(
+            sender,
+            call.request(&slot.authority, left),
+            call.body.clone(),
+        )
+        .await
+    }
+
+    /// Calls the plugin's own `Health` RPC of `service` on one endpoint.
+    pub async fn health(
+        &self,
+        addr: SocketAddr,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<HealthResponse, String> {
+        let path = PathAndQuery::try_from(format!("/{service}/Health"))
+            .map_err(|e| format!("invalid service {service:?}: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        let call = Call {
+            path,
+            headers,
+            body: grpc_frame(&HealthRequest {}),
+            deadline: None,
+        };
+        let run = async {
+            let response = self
+                .attempt(addr, &call, Some(timeout))
+                .await
+                .map_err(|e| e.detail)?;
+            unary_answer::<HealthResponse>(response).await
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "Health did not answer within {}ms",
+                timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// Sends the head and the message of one call in one go and waits for the response head.
+async fn send(
+    mut sender: SendRequest<Bytes>,
+    request: Request<()>,
+    body: Bytes,
+) -> Result<Response<h2::RecvStream>, AttemptError> {
+    let end = body.is_empty();
+    // An error here means no stream was opened: nothing was sent.
+    let (response, mut stream) = sender
+        .send_request(request, end)
+        .map_err(|e| not_sent(&e))?;
+    if !end && let Err(e) = stream.send_data(body, true) {
+        return Err(stream_error(&e));
+    }
+    response.await.map_err(|e| stream_error(&e))
+}
+
+/// A length-prefixed, uncompressed gRPC message.
+fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut out = Vec::with_capacity(5 + len);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    // Encoding into a Vec cannot run out of room.
+    let _ = message.encode(&mut out);
+    Bytes::from(out)
+}
+
+/// Reads a unary gRPC answer: its status (from the head or the trailers) and its message.
+async fn unary_answer<M: prost::Message + Default>(
+    response: Response<h2::RecvStream>,
+) -> Result<M, String> {
+    let (head, mut stream) = response.into_parts();
+    if head.status != http::StatusCode::OK {
+        return Err(format!("HTTP status {}", head.status));
+    }
+    if let Some(status) = Status::from_header_map(&head.headers)
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status_text(&status));
+    }
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk.map_err(|e| describe(&e))?;
+        let _ = stream.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+        if data.len() > MAX_HEALTH_BYTES {
+            return Err("answer too large".into());
+        }
+    }
+    let trailers = stream.trailers().await.map_err(|e| describe(&e))?;
+    if let Some(status) = trailers.as_ref().and_then(Status::from_header_map)
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status_text(&status));
+    }
+    match data.as_slice() {
+        [0, a, b, c, d, message @ ..]
+            if u32::from_be_bytes([*a, *b, *c, *d]) as usize == message.len() =>
+        {
+            M::decode(message).map_err(|e| format!("undecodable answer: {e}"))
+        }
+        _ => Err("malformed gRPC answer".into()),
+    }
+}
+
+/// A gRPC status as a short reason.
+fn status_text(s: &Status) -> String {
+    match (s.code(), s.message()) {
+        (tonic::Code::Unimplemented, _) => {
+            "the endpoint does not serve this plugin type (Unimplemented)".into()
+        }
+        (code, "") => format!("{code:?}"),
+        (code, message) => format!("{code:?}: {message}"),
+    }
+}
+
+/// The endpoint's live connection, opening one if there is none or `fresh` asks for a new
+/// one; the flag returned tells whether an existing connection was reused.
+async fn live_sender(
+    slot: &Slot,
+    addr: SocketAddr,
+    fresh: bool,
+    timeout: Duration,
+) -> Result<(SendRequest<Bytes>, bool), AttemptError> {
+    let mut guard = slot.conn.lock().await;
+    if !fresh && let Some(s) = guard.as_ref() {
+        return Ok((s.clone(), true));
+    }
+    let sender = connect(addr, timeout).await?;
+    *guard = Some(sender.clone());
+    Ok((sender, false))
+}
+
+/// Opens a TCP connection and starts HTTP/2 on it.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Bytes>, AttemptError> {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let mut o = Observed::at(Stage::Connect);
+            o.io = Some(e.kind());
+            return Err(AttemptError {
+                failure: Failure::classify(&o),
+                detail: io_text(&e),
+            });
+        }
+        Err(_) => {
+            return Err(AttemptError {
+                failure: Failure::NoConnection,
+                detail: format!("connect timed out after {}ms", timeout.as_millis()),
+            });
+        }
+    };
+    // Calls are small request/response exchanges: send each at once.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|e| AttemptError {
+            failure: Failure::NoConnection,
+            detail: format!("HTTP/2 handshake failed: {}", describe(&e)),
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(endpoint = %addr, error = %describe(&e), "remote connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// The connection refused a new stream: the call was never sent.
+fn not_sent(e: &h2::Error) -> AttemptError {
+    let mut o = Observed::at(Stage::Send);
+    o.returned = true;
+    AttemptError {
+        failure: Failure::classify(&o),
+        detail: h2_text(e),
+    }
+}
+
+/// Classifies a failure of an opened stream from what the HTTP/2 client reports.
+fn stream_error(e: &h2::Error) -> AttemptError {
+    let mut o = Observed::at(Stage::Send);
+    o.h2_reason = e.reason().map(u32::from);
+    o.h2_remote = e.is_remote();
+    o.h2_reset = e.is_reset();
+    o.h2_go_away = e.is_go_away();
+    o.io = e.get_io().map(std::io::Error::kind);
+    AttemptError {
+        failure: Failure::classify(&o),
+        detail: h2_text(e),
+    }
+}
+
+fn h2_text(e: &h2::Error) -> String {
+    match e.get_io() {
+        Some(io) => io_text(io),
+        None => describe(e),
+    }
+}
+
+/// An error and its causes in one line.
+pub fn describe(e: &(dyn StdError + 'static)) -> String {
+    hector_plugin_sdk::client::error_chain(e)
+}
+
+/// An I/O error in the words people use ("connection refused"), without the OS error number.
+pub fn io_text(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused".into(),
+        K::ConnectionReset => "connection reset".into(),
+        K::ConnectionAborted => "connection aborted".into(),
+        K::BrokenPipe => "connection closed".into(),
+        K::TimedOut => "timed out".into(),
+        K::HostUnreachable => "host unreachable".into(),
+        K::NetworkUnreachable => "network unreachable".into(),
+        K::AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_read_like_people_write_them() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(io_text(&refused), "connection refused");
+        let other = std::io::Error::other("odd");
+        assert_eq!(io_text(&other), "odd");
+    }
+
+    #[test]
+    fn attempts_carry_the_deadline_left_and_the_metadata() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-meta", HeaderValue::from_static("v"));
+        headers.insert(deadline::HEADER, HeaderValue::from_static("10S"));
+        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        let call = Call {
+            path: PathAndQuery::from_static("/hector.plugin.LLMProvider/Generate"),
+            headers,
+            body: Bytes::from_static(b"\0\0\0\0\0"),
+            deadline: None,
+        };
+        let authority = Authority::from_static("10.0.0.1:50051");
+        let r = call.request(&authority, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            r.uri().to_string(),
+            "http://10.0.0.1:50051/hector.plugin.LLMProvider/Generate"
+        );
+        assert_eq!(
+            r.headers().get("x-meta").map(|v| v.as_bytes()),
+            Some(&b"v"[..])
+        );
+        assert_eq!(
+            r.headers().get(deadline::HEADER).map(|v| v.as_bytes()),
+            Some(&b"1500000u"[..])
+        );
+        assert!(
+            r.headers().get(CONNECTION).is_none(),
+            "not allowed in HTTP/2"
+        );
+        let r = call.request(&authority, None);
+        assert_eq!(
+            r.headers().get(deadline::HEADER).map(|v| v.as_bytes()),
+            Some(&b"10S"[..]),
+            "without a deadline of ours the header passes unchanged"
+        );
+    }
+
+    #[test]
+    fn grpc_frames_are_length_prefixed() {
+        let frame = grpc_frame(&HealthResponse {
+            healthy: true,
+            message: "ok".into(),
+        });
+        assert_eq!(&frame[..5], &[0, 0, 0, 0, 6]);
+        assert_eq!(frame.len(), 11);
+        assert_eq!(grpc_frame(&HealthRequest {}).as_ref(), &[0, 0, 0, 0, 0]);
+    }
+}

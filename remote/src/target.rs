@@ -1,0 +1,338 @@
+//! Where the remote plugin is, as configured: the `remote_address` list from `Initialize`, or
+//! this executable's own name looked up in the published endpoints file. Pure parsing and
+//! lookup; resolving names and reading files happen elsewhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hector_plugin_sdk::PluginType;
+use hector_plugin_sdk::endpoints::EndpointsFile;
+
+use crate::error::TargetError;
+
+/// The `Initialize` config key naming the remote plugin's address(es).
+pub const REMOTE_ADDRESS_KEY: &str = "remote_address";
+
+/// One `host:port` as written by a person or the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    /// A DNS name or an IP address (IPv6 without brackets).
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host:port` or `[v6]:port`, tolerating an `http://` prefix and a trailing `/`.
+    pub fn parse(raw: &str) -> Result<Self, TargetError> {
+        let bad = |reason: &str| TargetError::Address {
+            address: raw.to_string(),
+            reason: reason.to_string(),
+        };
+        let text = raw.trim();
+        let text = text.strip_prefix("http://").unwrap_or(text);
+        let text = text.strip_suffix('/').unwrap_or(text);
+        if text.contains('/') {
+            return Err(bad("expected host:port without a path or scheme"));
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' in an IPv6 address"))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| bad("expected [address]:port"))?;
+            (host, port)
+        } else {
+            text.rsplit_once(':')
+                .ok_or_else(|| bad("expected host:port"))?
+        };
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        if !text.starts_with('[') && host.contains(':') {
+            return Err(bad("write IPv6 addresses as [address]:port"));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// The socket address when the host is an IP literal (no lookup needed).
+    pub fn literal(&self) -> Option<SocketAddr> {
+        self.host
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses a comma-separated `remote_address` value; at least one address is required.
+pub fn parse_address_list(raw: &str) -> Result<Vec<HostPort>, TargetError> {
+    let mut out = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let hp = HostPort::parse(part)?;
+        if !out.contains(&hp) {
+            out.push(hp);
+        }
+    }
+    if out.is_empty() {
+        return Err(TargetError::Address {
+            address: raw.to_string(),
+            reason: "no address given".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Where the endpoints come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A fixed list from `remote_address`, names re-resolved from time to time.
+    Addresses(Vec<HostPort>),
+    /// The plugin `name` in the endpoints file at `file`, re-read as it changes.
+    Published {
+        /// The endpoints file.
+        file: PathBuf,
+        /// The plugin's key in it.
+        name: String,
+    },
+}
+
+impl Source {
+    /// The source `config` asks for: `remote_address` when set, else this program's `name`
+    /// in `file`.
+    pub fn from_config(
+        config: &HashMap<String, String>,
+        name: &str,
+        file: &Path,
+    ) -> Result<Self, TargetError> {
+        match config.get(REMOTE_ADDRESS_KEY).map(|v| v.trim()) {
+            Some(raw) if !raw.is_empty() => parse_address_list(raw).map(Source::Addresses),
+            _ => Ok(Source::Published {
+                file: file.to_path_buf(),
+                name: name.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Addresses(list) => {
+                let list: Vec<String> = list.iter().map(HostPort::to_string).collect();
+                f.write_str(&list.join(","))
+            }
+            Source::Published { file, name } => {
+                write!(f, "plugin {name:?} in {}", file.display())
+            }
+        }
+    }
+}
+
+/// A published plugin's targets and type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The published plugin type (`llm_provider`, …).
+    pub plugin_type: String,
+    /// Its endpoints, or its stable address when it lists none.
+    pub targets: Vec<HostPort>,
+}
+
+/// Looks up plugin `name` in a parsed endpoints file.
+pub fn published(file: &EndpointsFile, name: &str) -> Result<Published, TargetError> {
+    let plugin = file
+        .plugins
+        .get(name)
+        .ok_or_else(|| TargetError::NotPublished {
+            name: name.to_string(),
+            known: file.plugins.keys().cloned().collect(),
+        })?;
+    // The operator lists healthy endpoints; the address is the fallback it always sets.
+    let raw: Vec<&str> = if plugin.endpoints.is_empty() {
+        vec![plugin.address.as_str()]
+    } else {
+        plugin.endpoints.iter().map(String::as_str).collect()
+    };
+    let mut targets = Vec::new();
+    for r in raw {
+        let hp = HostPort::parse(r)?;
+        if !targets.contains(&hp) {
+            targets.push(hp);
+        }
+    }
+    Ok(Published {
+        plugin_type: plugin.plugin_type.clone(),
+        targets,
+    })
+}
+
+/// Checks that the published type is the one the host loaded the plugin as (the service of
+/// its `Initialize` call).
+pub fn check_type(published_type: &str, service: &str, name: &str) -> Result<(), TargetError> {
+    match published_type.parse::<PluginType>() {
+        Ok(t) if t.service_name() == service => Ok(()),
+        _ => Err(TargetError::TypeMismatch {
+            name: name.to_string(),
+            published: published_type.to_string(),
+            service: service.to_string(),
+        }),
+    }
+}
+
+/// This program's name as Hector started it: the file name of `argv[0]`.
+pub fn program_name(argv0: Option<&std::ffi::OsStr>) -> String {
+    argv0
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| env!("CARGO_PKG_NAME").to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hector_plugin_sdk::endpoints::{PublishedPlugin, SCHEMA_VERSION};
+
+    #[test]
+    fn host_ports_parse_in_the_usual_spellings() {
+        let hp = HostPort::parse("echo.agents.svc:50051").expect("dns name");
+        assert_eq!((hp.host.as_str(), hp.port), ("echo.agents.svc", 50051));
+        assert_eq!(hp.literal(), None);
+        let ip = HostPort::parse(" http://10.1.2.3:7/ ").expect("ip");
+        assert_eq!(ip.literal(), Some(SocketAddr::from(([10, 1, 2, 3], 7))));
+        let v6 = HostPort::parse("[::1]:9").expect("v6");
+        assert_eq!(v6.to_string(), "[::1]:9");
+        assert!(v6.literal().is_some());
+        for bad in [
+            "host",
+            ":80",
+            "host:0",
+            "host:99999",
+            "::1:9",
+            "[::1]9",
+            "dns:///x:1",
+        ] {
+            assert!(HostPort::parse(bad).is_err(), "{bad:?}");
+        }
+        let err = HostPort::parse("host:abc").unwrap_err().to_string();
+        assert!(err.contains("host:abc") && err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn address_lists_split_on_commas() {
+        let list = parse_address_list("a:1, b:2,,a:1").expect("list");
+        assert_eq!(
+            list.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["a:1", "b:2"]
+        );
+        assert!(parse_address_list(" , ").is_err());
+        assert!(parse_address_list("a:1,b").is_err());
+    }
+
+    #[test]
+    fn the_source_is_the_address_or_the_program_name() {
+        let file = Path::new("/etc/hector/plugins/endpoints.json");
+        let mut config = HashMap::new();
+        config.insert("model".to_string(), "x".to_string());
+        assert_eq!(
+            Source::from_config(&config, "echo-llm", file).expect("by name"),
+            Source::Published {
+                file: file.to_path_buf(),
+                name: "echo-llm".into()
+            }
+        );
+        config.insert(REMOTE_ADDRESS_KEY.into(), "10.0.0.1:5, 10.0.0.2:5".into());
+        let source = Source::from_config(&config, "echo-llm", file).expect("addresses");
+        assert_eq!(source.to_string(), "10.0.0.1:5,10.0.0.2:5");
+        config.insert(REMOTE_ADDRESS_KEY.into(), "nope".into());
+        assert!(Source::from_config(&config, "echo-llm", file).is_err());
+        config.insert(REMOTE_ADDRESS_KEY.into(), "  ".into());
+        assert!(matches!(
+            Source::from_config(&config, "x", file),
+            Ok(Source::Published { .. })
+        ));
+    }
+
+    fn file() -> EndpointsFile {
+        let mut f = EndpointsFile {
+            schema_version: SCHEMA_VERSION,
+            namespace: "agents".into(),
+            plugins: Default::default(),
+        };
+        f.plugins.insert(
+            "echo".into(),
+            PublishedPlugin {
+                name: "echo".into(),
+                plugin_type: "llm_provider".into(),
+                address: "echo.agents.svc:50051".into(),
+                endpoints: vec!["10.0.0.1:50051".into(), "10.0.0.2:50051".into()],
+                ..Default::default()
+            },
+        );
+        f.plugins.insert(
+            "vec".into(),
+            PublishedPlugin {
+                name: "vec".into(),
+                plugin_type: "embedder_provider".into(),
+                address: "vec.agents.svc:50051".into(),
+                ..Default::default()
+            },
+        );
+        f
+    }
+
+    #[test]
+    fn published_plugins_are_found_by_name() {
+        let f = file();
+        let echo = published(&f, "echo").expect("echo");
+        assert_eq!(echo.plugin_type, "llm_provider");
+        assert_eq!(echo.targets.len(), 2);
+        let vec = published(&f, "vec").expect("vec");
+        assert_eq!(vec.targets[0].to_string(), "vec.agents.svc:50051");
+        let err = published(&f, "nope").unwrap_err().to_string();
+        assert!(
+            err.contains("\"nope\"") && err.contains("echo") && err.contains("vec"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn types_must_match_the_loaded_service() {
+        assert!(check_type("llm_provider", "hector.plugin.LLMProvider", "echo").is_ok());
+        let err = check_type("embedder_provider", "hector.plugin.LLMProvider", "vec")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("embedder_provider") && err.contains("LLMProvider"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_program_name_is_the_file_name() {
+        assert_eq!(
+            program_name(Some(std::ffi::OsStr::new("/opt/plugins/echo-llm"))),
+            "echo-llm"
+        );
+        assert_eq!(program_name(None), "hector-plugin-remote");
+    }
+}
