@@ -1,0 +1,126 @@
+{{/* Chart name, truncated to the 63 characters a label value may have. */}}
+{{- define "hector-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name prefix: RELEASE-CHART, or RELEASE when it already contains the chart name. */}}
+{{- define "hector-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "hector-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "hector-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "hector-operator.labels" -}}
+{{ include "hector-operator.selectorLabels" . }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: hector
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "hector-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "hector-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "hector-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "hector-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "hector-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The operator's own defaults (`hector-operator run --help`). A flag is passed only when its value
+differs, so the default rendering runs the same command line as deploy/.
+*/}}
+{{- define "hector-operator.args" -}}
+- run
+- --launcher-image={{ default (include "hector-operator.image" .) .Values.launcher.image }}
+- --log-format={{ .Values.logging.format }}
+{{- if ne .Values.logging.level "info" }}
+- --log-level={{ .Values.logging.level }}
+{{- end }}
+{{- with .Values.watchNamespaces }}
+- --namespaces={{ join "," . }}
+{{- end }}
+{{- if ne .Values.endpointsConfigMap "hector-plugins" }}
+- --endpoints-configmap={{ .Values.endpointsConfigMap }}
+{{- end }}
+{{- if ne .Values.launcher.pullPolicy "IfNotPresent" }}
+- --launcher-pull-policy={{ .Values.launcher.pullPolicy }}
+{{- end }}
+{{- if ne (int .Values.metrics.port) 8080 }}
+- --metrics-addr=0.0.0.0:{{ .Values.metrics.port }}
+{{- end }}
+{{- if ne (int .Values.health.port) 8081 }}
+- --health-addr=0.0.0.0:{{ .Values.health.port }}
+{{- end }}
+{{- if not .Values.leaderElection.enabled }}
+- --leader-elect=false
+{{- else }}
+{{- if ne .Values.leaderElection.leaseName "hector-operator" }}
+- --lease-name={{ .Values.leaderElection.leaseName }}
+{{- end }}
+{{- if ne (int .Values.leaderElection.leaseDurationSeconds) 15 }}
+- --lease-duration={{ .Values.leaderElection.leaseDurationSeconds }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* What the operator does in a namespace it watches: the same rules cluster-wide or per namespace. */}}
+{{- define "hector-operator.rules" -}}
+# The resources it reconciles; it writes only their status.
+- apiGroups: ["hector.dev"]
+  resources: ["hectorplugins"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["hector.dev"]
+  resources: ["hectorplugins/status"]
+  verbs: ["get", "patch", "update"]
+# What it runs a plugin with.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Plugin Services, plugin config ConfigMaps and the endpoints ConfigMap.
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Secret metadata only (which keys exist); values are mounted into plugin Pods by the kubelet
+# and never read by the operator. No `get`.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
