@@ -10,6 +10,9 @@
 //! watching all namespaces) owns, and its Lease lives in the test namespace, apart from
 //! `hector-system`'s.
 
+#[cfg(feature = "e2e")]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -610,19 +613,19 @@ fn test_hook_checks_the_metrics_service() {
 mod cluster {
     //! Against the live cluster (`KUBECONFIG`), with the project's images loaded.
 
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::future::Future;
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use hector_operator::crd::{HectorPlugin, Phase};
     use hector_plugin_sdk::endpoints::EndpointsFile;
     use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::Client;
-    use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
     use super::*;
+    use crate::common::{TestNamespace, client, eventually, generate_text as generate};
 
     /// The endpoints ConfigMap (the chart's default `endpointsConfigMap`).
     const ENDPOINTS_CM: &str = "hector-plugins";
@@ -631,91 +634,6 @@ mod cluster {
     const LEASE: &str = "hector-operator";
     /// The HectorPlugin the lifecycle test runs.
     const PLUGIN: &str = "echo-llm";
-
-    async fn client() -> Client {
-        Client::try_default()
-            .await
-            .expect("KUBECONFIG must point at a running cluster (make cluster-up)")
-    }
-
-    /// Polls `check` until it yields `Some`, failing with `what` after `timeout`.
-    async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// A namespace for one test, deleted when dropped.
-    struct TestNamespace {
-        name: String,
-    }
-
-    impl TestNamespace {
-        async fn new(client: &Client, prefix: &str) -> Self {
-            let name = format!(
-                "{prefix}-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() % 1_000_000)
-                    .unwrap_or_default()
-            );
-            let ns = Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    labels: Some(BTreeMap::from([(
-                        "hector.dev/test-namespace".to_string(),
-                        "true".to_string(),
-                    )])),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            Api::<Namespace>::all(client.clone())
-                .create(&PostParams::default(), &ns)
-                .await
-                .expect("create test namespace");
-            let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-            eventually(
-                "default service account",
-                Duration::from_secs(30),
-                || async { sa.get_opt("default").await.ok().flatten() },
-            )
-            .await;
-            Self { name }
-        }
-    }
-
-    impl Drop for TestNamespace {
-        fn drop(&mut self) {
-            let name = self.name.clone();
-            let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Runtime::new() else {
-                    return;
-                };
-                rt.block_on(async move {
-                    let Ok(client) = Client::try_default().await else {
-                        return;
-                    };
-                    let _ = Api::<Namespace>::all(client)
-                        .delete(&name, &DeleteParams::background())
-                        .await;
-                });
-            })
-            .join();
-        }
-    }
 
     /// Runs a command without blocking the runtime.
     async fn exec(mut cmd: Command) -> Output {
@@ -965,28 +883,6 @@ mod cluster {
             return Err(format!("{plugin} is in it without endpoints: {text}"));
         }
         Ok(entry.endpoints.clone())
-    }
-
-    /// One Generate at `address` (the SDK's client, as an agent would call it).
-    async fn generate(address: &str, text: &str) -> Result<String, String> {
-        use hector_plugin_sdk::proto::{
-            GenerateRequest, Message, llm_provider_client::LlmProviderClient,
-        };
-        let ch = hector_plugin_sdk::connect(address, Duration::from_secs(2))
-            .await
-            .map_err(|e| e.to_string())?;
-        LlmProviderClient::new(ch)
-            .generate(GenerateRequest {
-                messages: vec![Message {
-                    role: "user".into(),
-                    content: text.into(),
-                    ..Default::default()
-                }],
-                tools: vec![],
-            })
-            .await
-            .map(|r| r.into_inner().text)
-            .map_err(|s| s.to_string())
     }
 
     /// What [`watch_publication`] saw.

@@ -91,28 +91,6 @@ async fn published(client: &Client, ns: &str, name: &str) -> Option<PublishedPlu
     endpoints_file(client, ns).await?.plugins.get(name).cloned()
 }
 
-/// One Generate at `address` with the Go plugin's steering messages, or plain text.
-async fn say(address: &str, text: &str) -> Result<String, String> {
-    use hector_plugin_sdk::proto::{
-        GenerateRequest, Message, llm_provider_client::LlmProviderClient,
-    };
-    let ch = hector_plugin_sdk::connect(address, Duration::from_secs(2))
-        .await
-        .map_err(|e| e.to_string())?;
-    LlmProviderClient::new(ch)
-        .generate(GenerateRequest {
-            messages: vec![Message {
-                role: "user".into(),
-                content: text.into(),
-                ..Default::default()
-            }],
-            tools: vec![],
-        })
-        .await
-        .map(|r| r.into_inner().text)
-        .map_err(|s| s.to_string())
-}
-
 async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
@@ -175,7 +153,7 @@ async fn applied_plugin_is_ready_published_and_called() -> TestResult {
     assert_eq!(hector["config"]["remote_address"], entry.address.as_str());
 
     // The published address works from here.
-    let answer = say(&entry.endpoints[0], "hello operator").await?;
+    let answer = generate_text(&entry.endpoints[0], "hello operator").await?;
     assert_eq!(answer, "remote: hello operator");
     Ok(())
 }
@@ -200,9 +178,12 @@ async fn unhealthy_plugin_is_unpublished_with_its_reason_and_republished() -> Te
         published(&client, &ns.name, "go")
     })
     .await;
-    assert_eq!(say(&endpoint, "hi").await?, "go: hi");
+    assert_eq!(generate_text(&endpoint, "hi").await?, "go: hi");
 
-    assert_eq!(say(&endpoint, "health:down").await?, "health:down");
+    assert_eq!(
+        generate_text(&endpoint, "health:down").await?,
+        "health:down"
+    );
     let flipped = Instant::now();
     eventually("unpublished", Duration::from_secs(20), || async {
         published(&client, &ns.name, "go")
@@ -252,7 +233,7 @@ async fn unhealthy_plugin_is_unpublished_with_its_reason_and_republished() -> Te
     .await;
     assert!(events.note.is_some());
 
-    assert_eq!(say(&endpoint, "health:up").await?, "health:up");
+    assert_eq!(generate_text(&endpoint, "health:up").await?, "health:up");
     eventually("republished", Duration::from_secs(30), || {
         published(&client, &ns.name, "go")
     })
@@ -308,7 +289,7 @@ async fn missing_secret_fails_config_without_pods_then_heals_and_never_leaks() -
         .as_ref()
         .and_then(|s| s.endpoints.first().cloned())
         .expect("endpoint");
-    assert_eq!(say(&endpoint, "x").await?, "s: x");
+    assert_eq!(generate_text(&endpoint, "x").await?, "s: x");
 
     // The secret value is nowhere the operator writes.
     let status = serde_json::to_string(&ready.status)?;
@@ -439,7 +420,7 @@ async fn config_change_rolls_pods_without_a_failed_call() -> TestResult {
     let address = format!("{ip}:50051");
     // kube-proxy programs the Service within a moment of its endpoints appearing.
     eventually("Service answers", Duration::from_secs(30), || async {
-        say(&address, "ping").await.ok()
+        generate_text(&address, "ping").await.ok()
     })
     .await;
 

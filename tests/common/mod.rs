@@ -192,3 +192,26 @@ pub fn plugin(name: &str, spec: serde_json::Value) -> serde_json::Value {
 pub fn manifest() -> serde_json::Value {
     json!({"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"})
 }
+
+/// One `Generate` with `text` at `address`, as an agent would call it: the answer's text, or
+/// the error as text.
+pub async fn generate_text(address: &str, text: &str) -> Result<String, String> {
+    use hector_plugin_sdk::proto::{
+        GenerateRequest, Message, llm_provider_client::LlmProviderClient,
+    };
+    let ch = hector_plugin_sdk::connect(address, Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    LlmProviderClient::new(ch)
+        .generate(GenerateRequest {
+            messages: vec![Message {
+                role: "user".into(),
+                content: text.into(),
+                ..Default::default()
+            }],
+            tools: vec![],
+        })
+        .await
+        .map(|r| r.into_inner().text)
+        .map_err(|s| s.to_string())
+}
