@@ -41,9 +41,10 @@ pub struct RunArgs {
     #[arg(long, default_value = hector_plugin_sdk::endpoints::DEFAULT_CONFIGMAP)]
     pub endpoints_configmap: String,
 
-    /// Image holding the launcher that plugin Pods copy in (the operator's own image).
-    #[arg(long, env = "HECTOR_LAUNCHER_IMAGE", default_value = concat!("hector.dev/hector-operator:", env!("CARGO_PKG_VERSION")))]
-    pub launcher_image: String,
+    /// Image holding the launcher that plugin Pods copy in (default: the image this operator
+    /// runs from, read from its own Pod; outside a Pod, hector.dev/hector-operator:VERSION).
+    #[arg(long, env = "HECTOR_LAUNCHER_IMAGE")]
+    pub launcher_image: Option<String>,
 
     /// Pull policy of the launcher image.
     #[arg(long, value_parser = parse_pull_policy, default_value = "IfNotPresent")]
@@ -167,6 +168,42 @@ async fn serve(addr: SocketAddr, router: Router) -> Result<tokio::task::JoinHand
     }))
 }
 
+/// The image plugin Pods copy the launcher from: as given, else the image of the container
+/// this operator runs in (its own Pod, by the downward API's POD_NAME and POD_NAMESPACE).
+async fn launcher_image(client: &Client, args: &RunArgs) -> String {
+    const FALLBACK: &str = concat!("hector.dev/hector-operator:", env!("CARGO_PKG_VERSION"));
+    if let Some(image) = &args.launcher_image {
+        return image.clone();
+    }
+    let (Ok(name), Some(namespace)) = (std::env::var("POD_NAME"), args.lease_namespace.as_ref())
+    else {
+        return FALLBACK.into();
+    };
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let own = pods.get(&name).await.ok().and_then(|pod| {
+        let containers = pod.spec?.containers;
+        let running = containers
+            .iter()
+            .find(|c| c.name == "operator")
+            .or_else(|| containers.first())?;
+        running.image.clone()
+    });
+    match own {
+        Some(image) => {
+            tracing::info!(%image, "plugin Pods copy the launcher from this operator's own image");
+            image
+        }
+        None => {
+            tracing::warn!(
+                image = FALLBACK,
+                "cannot read this operator's own Pod; using the default launcher image"
+            );
+            FALLBACK.into()
+        }
+    }
+}
+
 /// Runs the operator until SIGTERM/SIGINT (then exits cleanly) or lost leadership (error).
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let client = Client::try_default().await?;
@@ -250,7 +287,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let shared = Arc::new(Shared {
         client: client.clone(),
         settings: Settings {
-            launcher_image: args.launcher_image.clone(),
+            launcher_image: launcher_image(&client, &args).await,
             launcher_pull_policy: args.launcher_pull_policy,
         },
         configmap: args.endpoints_configmap.clone(),
