@@ -63,6 +63,16 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0, value_parser = parse_seconds)]
     pub shutdown_grace: f64,
 
+    /// On SIGTERM: how long to keep accepting connections after health turns NOT_SERVING,
+    /// while endpoints forget this Pod (seconds, may be 0).
+    #[arg(long, default_value_t = 5.0, value_parser = parse_non_negative_seconds, env = "HECTOR_LAUNCHER_DRAIN_DELAY")]
+    pub drain_delay: f64,
+
+    /// On SIGTERM: how long open connections get to finish after being asked to go away,
+    /// before the plugin is shut down anyway (seconds, may be 0).
+    #[arg(long, default_value_t = 20.0, value_parser = parse_non_negative_seconds, env = "HECTOR_LAUNCHER_DRAIN_TIMEOUT")]
+    pub drain_timeout: f64,
+
     /// How calls reach the plugin: `connection` routes each connection by its first
     /// request and splices plugin connections byte for byte (fastest); `request` re-frames
     /// every request.
@@ -83,10 +93,25 @@ fn parse_type(s: &str) -> Result<PluginType, String> {
         .map_err(|e: hector_plugin_sdk::plugin_type::UnknownPluginType| e.to_string())
 }
 
+/// Longer than any sensible wait, and short enough that deadlines computed from it never
+/// overflow.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+        Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a positive number of seconds (at most {MAX_SECONDS})"
+        )),
+    }
+}
+
+fn parse_non_negative_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0 to {MAX_SECONDS}"
+        )),
     }
 }
 
@@ -151,6 +176,27 @@ mod tests {
         assert_eq!(a.config_dirs.len(), 2);
         assert_eq!(a.command, vec!["/bin/p", "--flag"]);
         assert_eq!(a.output_prefix(), "[p]");
+        assert_eq!((a.drain_delay, a.drain_timeout), (5.0, 20.0));
+    }
+
+    #[test]
+    fn drain_waits_may_be_zero_but_not_negative() {
+        let parse = |flag: &str, value: &str| {
+            Args::try_parse_from(["l", "--type", "llm_provider", flag, value, "--", "/p"])
+        };
+        let a = parse("--drain-delay", "0").expect("zero delay");
+        assert_eq!(a.drain_delay, 0.0);
+        assert_eq!(
+            parse("--drain-timeout", "1.5")
+                .expect("timeout")
+                .drain_timeout,
+            1.5
+        );
+        for bad in ["-1", "nan", "inf", "1e300", "soon"] {
+            assert!(parse("--drain-delay", bad).is_err(), "{bad}");
+            assert!(parse("--drain-timeout", bad).is_err(), "{bad}");
+        }
+        assert!(parse("--shutdown-grace", "1e300").is_err());
     }
 
     #[test]

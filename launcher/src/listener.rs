@@ -1,9 +1,10 @@
 //! The launcher's server loop: accept, route each connection (see [`crate::sniff`]), and
 //! either serve it locally (health, plus request-by-request forwarding) or splice it to the
-//! plugin.
+//! plugin. When the launcher drains, every connection is asked to go away (HTTP/2 GOAWAY)
+//! and may finish what it has in flight.
 
-use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::drain::{Closing, Drain};
+use crate::frames::{Downstream, GOAWAY};
 use crate::sniff::{EMPTY_SETTINGS, Next, Route, Sniffer};
 
 /// How connections are handled.
@@ -25,19 +28,24 @@ pub enum ForwardMode {
 
 /// How long a new connection may take to show its first request before it is served locally.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(300);
+/// On drain, how long a spliced connection's GOAWAY waits to go out together with the
+/// plugin's next output (see [`Downstream::ask_goaway`]) before it is sent on its own.
+const IDLE_GOAWAY_AFTER: Duration = Duration::from_millis(100);
 
-/// Serves until `shutdown` resolves.
+/// Serves until `drain` is closed; the connections it accepted carry on until they end.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     plugin_address: String,
     mode: ForwardMode,
-    shutdown: impl Future<Output = ()>,
+    drain: Drain,
 ) {
-    tokio::pin!(shutdown);
+    let mut closing = drain.closing();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
+            // Dropping the listener refuses new connections at once rather than leaving them
+            // in the backlog.
+            _ = closing.wait() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -50,10 +58,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let plugin_address = plugin_address.clone();
+        let open = drain.track();
+        let closing = drain.closing();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, router, &plugin_address, mode).await {
+            if let Err(e) = handle(stream, router, &plugin_address, mode, closing).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(open);
         });
     }
 }
@@ -63,11 +74,12 @@ async fn handle(
     router: axum::Router,
     plugin_address: &str,
     mode: ForwardMode,
+    mut closing: Closing,
 ) -> std::io::Result<()> {
-    let (route, replay) = match mode {
-        ForwardMode::Request => (Route::Local, Vec::new()),
+    let (route, replay, goaway_sent) = match mode {
+        ForwardMode::Request => (Route::Local, Vec::new(), false),
         ForwardMode::Connection => {
-            match tokio::time::timeout(SNIFF_TIMEOUT, sniff(&mut stream)).await {
+            match tokio::time::timeout(SNIFF_TIMEOUT, sniff(&mut stream, &mut closing)).await {
                 Ok(result) => result?,
                 Err(_) => return Ok(()),
             }
@@ -76,10 +88,14 @@ async fn handle(
     match route {
         Route::Local => {
             let io = TokioIo::new(Rewind::new(replay, stream));
-            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(io, TowerToHyperService::new(router))
-                .await
-                .map_err(std::io::Error::other)
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => return result.map_err(std::io::Error::other),
+                _ = closing.wait() => conn.as_mut().graceful_shutdown(),
+            }
+            conn.await.map_err(std::io::Error::other)
         }
         Route::Plugin => {
             let client = stream.into_std()?;
@@ -87,11 +103,11 @@ async fn handle(
                 let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
                     .await?
                     .into_std()?;
-                splice(client, plugin, replay).await
+                splice(client, plugin, replay, goaway_sent, closing).await
             } else {
                 let plugin = TcpStream::connect(plugin_address).await?;
                 plugin.set_nodelay(true)?;
-                splice(client, plugin.into_std()?, replay).await
+                splice(client, plugin.into_std()?, replay, goaway_sent, closing).await
             }
         }
     }
@@ -126,48 +142,103 @@ duplex!(std::os::unix::net::UnixStream);
 
 /// Copies both directions until both ends are done. Blocking threads rather than the async
 /// runtime: a blocked read returns the data in one system call, where readiness polling
-/// needs several, and this path carries every plugin call.
+/// needs several, and this path carries every plugin call. On drain, a GOAWAY goes to the
+/// client between two of the plugin's frames.
 async fn splice<P: Duplex>(
     client: std::net::TcpStream,
     mut plugin: P,
     replay: Vec<u8>,
+    goaway_sent: bool,
+    mut closing: Closing,
 ) -> std::io::Result<()> {
     client.blocking()?;
     plugin.blocking()?;
     std::io::Write::write_all(&mut plugin, &replay)?;
-    let (mut client_r, mut client_w) = (client.duplicate()?, client);
+    let (mut client_r, client_w) = (client.duplicate()?, client);
     let (mut plugin_r, mut plugin_w) = (plugin.duplicate()?, plugin);
+    let downstream = Arc::new(Downstream::new(client_w, goaway_sent));
     let up = std::thread::spawn(move || {
         let r = std::io::copy(&mut client_r, &mut plugin_w);
         plugin_w.close_write();
-        r
+        r.map(drop)
     });
-    let down = std::thread::spawn(move || {
-        let r = std::io::copy(&mut plugin_r, &mut client_w);
-        client_w.close_write();
-        r
+    let down = std::thread::spawn({
+        let downstream = downstream.clone();
+        move || {
+            let r = copy_frames(&mut plugin_r, &downstream);
+            downstream.finish(|client| client.close_write());
+            r
+        }
     });
     // Wait off the runtime thread.
-    tokio::task::spawn_blocking(move || {
+    let joined = tokio::task::spawn_blocking(move || {
         let a = up.join();
         let b = down.join();
         match (a, b) {
-            (Ok(Ok(_)), Ok(Ok(_))) => Ok(()),
+            (Ok(Ok(())), Ok(Ok(()))) => Ok(()),
             (Ok(Err(e)), _) | (_, Ok(Err(e))) => Err(e),
             _ => Err(std::io::Error::other("splice thread panicked")),
         }
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    });
+    tokio::pin!(joined);
+    tokio::select! {
+        result = joined.as_mut() => return result.map_err(std::io::Error::other)?,
+        _ = closing.wait() => downstream.ask_goaway(),
+    }
+    // A connection on which the plugin says nothing for a moment gets its GOAWAY anyway.
+    tokio::select! {
+        result = joined.as_mut() => return result.map_err(std::io::Error::other)?,
+        _ = tokio::time::sleep(IDLE_GOAWAY_AFTER) => {
+            // Blocking: a client that reads nothing may leave its socket full, and must not
+            // hold up the runtime.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = downstream.goaway_now() {
+                    tracing::debug!(error = %e, "cannot send GOAWAY");
+                }
+            });
+        }
+    }
+    joined.await.map_err(std::io::Error::other)?
 }
 
-/// Reads the start of a connection until its route is known.
-async fn sniff(stream: &mut TcpStream) -> std::io::Result<(Route, Vec<u8>)> {
+/// Copies the plugin's bytes to the client, tracking frame boundaries on the way.
+fn copy_frames(
+    from: &mut impl std::io::Read,
+    to: &Downstream<std::net::TcpStream>,
+) -> std::io::Result<()> {
+    // The size `std::io::copy` uses between two sockets.
+    let mut buf = [0u8; 8 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write(&buf[..n])?;
+    }
+}
+
+/// Reads the start of a connection until its route is known. Also says whether a GOAWAY
+/// was sent meanwhile (the launcher started closing connections before this one was routed).
+async fn sniff(
+    stream: &mut TcpStream,
+    closing: &mut Closing,
+) -> std::io::Result<(Route, Vec<u8>, bool)> {
     let mut sniffer = Sniffer::default();
     let mut buf = [0u8; 16 * 1024];
     let mut settings_sent = false;
+    let mut goaway_sent = false;
     loop {
-        let n = stream.read(&mut buf).await?;
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => read?,
+            // After our SETTINGS only: that must be the first frame a server sends.
+            _ = closing.wait(), if settings_sent && !goaway_sent => {
+                stream.write_all(&GOAWAY).await?;
+                goaway_sent = true;
+                continue;
+            }
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -178,10 +249,10 @@ async fn sniff(stream: &mut TcpStream) -> std::io::Result<(Route, Vec<u8>)> {
         }
         match next {
             Next::Read => continue,
-            Next::NotHttp2 => return Ok((Route::Local, sniffer.into_forward())),
+            Next::NotHttp2 => return Ok((Route::Local, sniffer.into_forward(), goaway_sent)),
             Next::Route(route) => {
                 tracing::debug!(first_path = sniffer.path(), ?route, "connection routed");
-                return Ok((route, sniffer.into_forward()));
+                return Ok((route, sniffer.into_forward(), goaway_sent));
             }
         }
     }

@@ -6,6 +6,8 @@
 mod args;
 mod child;
 mod config_dir;
+mod drain;
+mod frames;
 mod goplugin;
 mod handshake;
 mod listener;

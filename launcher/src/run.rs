@@ -9,6 +9,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::args::{Args, Launch};
+use crate::drain::Drain;
 use crate::{child, config_dir, goplugin, proxy};
 
 /// Exit code for bad configuration (sysexits' EX_CONFIG).
@@ -114,10 +115,11 @@ pub async fn run(args: Args) -> i32 {
     tracing::info!("plugin initialized");
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    let service = args.plugin_type.service_name();
     let mirror = tokio::spawn(mirror_health(
         lifecycle.clone(),
-        reporter,
-        args.plugin_type.service_name(),
+        reporter.clone(),
+        service,
         Args::duration(args.health_interval),
     ));
 
@@ -135,40 +137,150 @@ pub async fn run(args: Args) -> i32 {
             return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
         }
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = Drain::default();
     let router = tonic::service::Routes::new(health_service)
         .into_axum_router()
         .fallback_service(forward);
     // Not tonic's server: it would enforce `grpc-timeout` itself and answer CANCELLED;
     // forwarded, the plugin enforces it and answers as it does.
-    let mode = args.forward;
-    let mut server = tokio::spawn(async move {
-        crate::listener::serve(listener, router, address, mode, async {
-            let _ = stop_rx.await;
-        })
-        .await;
-        Ok::<(), std::io::Error>(())
-    });
-    tracing::info!(listen = %args.listen, service = args.plugin_type.service_name(), "launcher serving");
+    let mut server = tokio::spawn(crate::listener::serve(
+        listener,
+        router,
+        address,
+        args.forward,
+        drain.clone(),
+    ));
+    let mut signals = Signals::new();
+    tracing::info!(listen = %args.listen, service, "launcher serving");
 
+    let mut server_done = false;
     let code = tokio::select! {
-        _ = hector_plugin_sdk::serve::termination_signal() => {
-            tracing::info!("termination signal: shutting the plugin down");
-            graceful_shutdown(&lifecycle, &channel, &args, &mut plugin.child).await
+        _ = signals.next() => {
+            mirror.abort();
+            match drain_connections(&drain, &reporter, service, &args, &mut signals, &mut plugin.child).await {
+                Some(code) => code,
+                None => {
+                    tracing::info!("shutting the plugin down");
+                    graceful_shutdown(&lifecycle, &channel, &args, &mut plugin.child).await
+                }
+            }
         }
         status = plugin.child.wait() => {
             tracing::error!(status = ?status, "plugin exited; exiting so the container restarts");
             exit_code_of(status.ok())
         }
         result = &mut server => {
-            tracing::error!(result = ?result.map(|r| r.map_err(|e| error_chain(&e))), "gRPC server stopped");
+            server_done = true;
+            tracing::error!(result = ?result.map_err(|e| error_chain(&e)), "gRPC server stopped");
             stop_and(&mut plugin.child, &args, 1).await
         }
     };
     mirror.abort();
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    drain.close();
+    if !server_done {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
     code
+}
+
+/// SIGTERM and SIGINT, listened for from when the launcher serves, so that a second signal
+/// during the drain is told apart from the first.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Where a handler cannot be installed, the default action (exit) still applies.
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+            if let Some(s) = signal
+                && s.recv().await.is_some()
+            {
+                return;
+            }
+            std::future::pending().await
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.interrupt) => {}
+        }
+    }
+}
+
+/// Takes the Pod out of service and lets its clients leave before the plugin stops: health
+/// NOT_SERVING, new connections still served for the drain delay (endpoints take a moment to
+/// forget the Pod), then GOAWAY on every connection and a wait, bounded by the drain
+/// timeout, until all have closed. A second signal cuts the waits short. Returns an exit
+/// code if the plugin exited meanwhile.
+async fn drain_connections(
+    drain: &Drain,
+    reporter: &HealthReporter,
+    service: &str,
+    args: &Args,
+    signals: &mut Signals,
+    child: &mut Child,
+) -> Option<i32> {
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(service, ServingStatus::NotServing)
+        .await;
+    tracing::info!(
+        open_connections = drain.open_connections(),
+        "termination signal: health is NOT_SERVING; still accepting connections for the drain delay"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(Args::duration(args.drain_delay)) => {}
+        _ = signals.next() => {
+            // Clients may still leave cleanly while the plugin shuts down.
+            drain.close();
+            tracing::info!(
+                open_connections = drain.open_connections(),
+                "second termination signal: skipping the rest of the drain"
+            );
+            return None;
+        }
+        status = child.wait() => return Some(exited_while_draining(status.ok())),
+    }
+    drain.close();
+    tracing::info!(
+        open_connections = drain.open_connections(),
+        "no longer accepting connections; asked every open one to go away (HTTP/2 GOAWAY)"
+    );
+    tokio::select! {
+        _ = drain.all_closed() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(Args::duration(args.drain_timeout)) => tracing::warn!(
+            open_connections = drain.open_connections(),
+            "drain timeout: stopping with connections still open"
+        ),
+        _ = signals.next() => tracing::info!(
+            open_connections = drain.open_connections(),
+            "second termination signal: stopping with connections still open"
+        ),
+        status = child.wait() => return Some(exited_while_draining(status.ok())),
+    }
+    None
+}
+
+/// The exit code when the plugin ends during the drain: it was going to be stopped anyway
+/// (a Ctrl-C in a terminal reaches it too), so a clean exit is a clean stop.
+fn exited_while_draining(status: Option<std::process::ExitStatus>) -> i32 {
+    tracing::info!(status = ?status, "plugin exited during the drain");
+    match status.and_then(|s| s.code()) {
+        Some(0) => 0,
+        _ => exit_code_of(status),
+    }
 }
 
 /// Shutdown RPC, then go-plugin's controller, then SIGTERM and, after the grace period, SIGKILL.

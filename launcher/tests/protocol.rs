@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hector_plugin_sdk::proto::{
@@ -134,6 +134,9 @@ impl Launched {
             .arg(&config_dir)
             .arg("--")
             .args(command)
+            // Tests that do not look at the drain should not wait for it; the others pass
+            // --drain-delay, which wins over the environment.
+            .env("HECTOR_LAUNCHER_DRAIN_DELAY", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -211,11 +214,12 @@ impl Drop for Launched {
 
 async fn health(channel: &Channel, service: &str) -> Option<ServingStatus> {
     let mut client = HealthClient::new(channel.clone());
-    let resp = client
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
+    let check = client.check(HealthCheckRequest {
+        service: service.into(),
+    });
+    let resp = tokio::time::timeout(Duration::from_secs(5), check)
         .await
+        .ok()?
         .ok()?;
     ServingStatus::try_from(resp.into_inner().status).ok()
 }
@@ -757,4 +761,313 @@ async fn killing_the_launcher_takes_the_plugin_down() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn drain_fails_health_then_finishes_in_flight_calls() -> TestResult {
+    let bin = go_plugin();
+    let drain_delay = Duration::from_secs(2);
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "go-plugin",
+        &[("prefix", "go says: "), ("shutdown_file", "$DIR/shutdown")],
+        &[bin.to_str().ok_or("path")?],
+        &["--drain-delay", "2", "--drain-timeout", "20"],
+        &[],
+    );
+    let ch = l.channel().await;
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
+    assert_eq!(generate_within(&mut client, "warm").await?, "go says: warm");
+    // A call that is still running when the drain ends and connections are told to go away.
+    let long = tokio::spawn({
+        let mut client = client.clone();
+        async move { generate_within(&mut client, "sleep:3000").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    l.signal_term();
+
+    // Health fails at once, for the plugin's service and the whole server.
+    while health(&ch, "hector.plugin.LLMProvider").await != Some(ServingStatus::NotServing) {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "health still not NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(health(&ch, "").await, Some(ServingStatus::NotServing));
+    // The mirror of the plugin's own Health (every 0.2 s here) must not flip it back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        health(&ch, "hector.plugin.LLMProvider").await,
+        Some(ServingStatus::NotServing)
+    );
+
+    // During the drain delay, new connections are still served: spliced plugin calls, and
+    // probes (which see NOT_SERVING).
+    let mut fresh = LlmProviderClient::new(l.plugin_channel().await);
+    let answer = generate_within(&mut fresh, "still here").await?;
+    assert_eq!(answer, "go says: still here");
+    let probe = hector_plugin_sdk::connect(&l.addr, Duration::from_secs(2)).await?;
+    assert_eq!(health(&probe, "").await, Some(ServingStatus::NotServing));
+    assert!(
+        signalled.elapsed() < drain_delay,
+        "the checks above must run during the drain delay"
+    );
+    drop((fresh, probe));
+
+    // After the delay the launcher waits for the call in flight.
+    tokio::time::sleep_until((signalled + drain_delay + Duration::from_millis(300)).into()).await;
+    assert!(
+        l.child.try_wait()?.is_none(),
+        "the launcher must wait for the call in flight"
+    );
+    let answer = long.await??;
+    assert_eq!(answer, "go says: sleep:3000");
+    assert!(
+        signalled.elapsed() > drain_delay,
+        "the call outlived the drain delay"
+    );
+
+    let status = l.wait_exit(Duration::from_secs(20)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    assert_eq!(std::fs::read_to_string(l.path("shutdown"))?, "shutdown");
+    for step in [
+        "health is NOT_SERVING",
+        "asked every open one to go away",
+        "all connections closed",
+        "plugin acknowledged Shutdown",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_second_signal_skips_the_wait() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "network",
+        &[],
+        &[bin.to_str().ok_or("path")?],
+        &["--drain-delay", "60"],
+        &[],
+    );
+    let ch = l.channel().await;
+    l.signal_term();
+    wait_health(&ch, "", ServingStatus::NotServing).await;
+    let second = Instant::now();
+    l.signal_term();
+    let status = l.wait_exit(Duration::from_secs(15)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    assert!(second.elapsed() < Duration::from_secs(10), "{out}");
+    assert!(out.contains("skipping the rest of the drain"), "{out}");
+    assert!(out.contains("plugin acknowledged Shutdown"), "{out}");
+    Ok(())
+}
+
+/// A stand-in for a Kubernetes Service address: each new connection goes to the backend
+/// published at that moment, and stays there (as with kube-proxy and conntrack).
+async fn service_address(backend: Arc<Mutex<String>>) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let to = backend.lock().map(|b| b.clone()).unwrap_or_default();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Whether a failed call provably never left the client: hyper hands a request back unsent
+/// ("operation was canceled: connection closed") when it was queued on a connection that a
+/// GOAWAY had just closed. gRPC clients retry such calls transparently; tonic does not.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            return e.is_canceled();
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// One Generate call, bounded in time so that a broken drain fails the test instead of
+/// hanging it.
+async fn generate_within(
+    client: &mut LlmProviderClient<Channel>,
+    text: &str,
+) -> Result<String, tonic::Status> {
+    match tokio::time::timeout(Duration::from_secs(10), client.generate(user(text))).await {
+        Ok(answer) => answer.map(|a| a.into_inner().text),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 10 s")),
+    }
+}
+
+/// What a client calling in a loop over one Channel saw while its server drained.
+#[derive(Debug, Default)]
+struct LoopOutcome {
+    before: u32,
+    after: u32,
+    from_a: u32,
+    from_b: u32,
+    retried: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// Launcher A (drained) and B behind one Service address; a client calls Generate in a
+/// loop over one plain Channel to that address while A is SIGTERMed. With
+/// `retry_unsent`, calls that never left the client are retried once.
+async fn loop_through_a_drain(
+    retry_unsent: bool,
+) -> Result<LoopOutcome, Box<dyn std::error::Error>> {
+    let bin = go_plugin();
+    let mut a = Launched::start_with(
+        "llm_provider",
+        "go-plugin",
+        &[("prefix", "a: ")],
+        &[bin.to_str().ok_or("path")?],
+        &["--drain-delay", "1", "--drain-timeout", "10"],
+        &[],
+    );
+    let mut b = Launched::start(
+        "llm_provider",
+        "go-plugin",
+        &[("prefix", "b: ")],
+        &[bin.to_str().ok_or("path")?],
+    );
+    let _ = a.channel().await;
+    let _ = b.channel().await;
+
+    // The endpoints controller: probes A like the kubelet and unpublishes it once it is not
+    // ready; new connections then go to B.
+    let backend = Arc::new(Mutex::new(a.addr.clone()));
+    let service = service_address(backend.clone()).await?;
+    let controller = tokio::spawn({
+        let (a_addr, b_addr) = (a.addr.clone(), b.addr.clone());
+        async move {
+            loop {
+                let ready = match hector_plugin_sdk::connect(&a_addr, Duration::from_secs(1)).await
+                {
+                    Ok(ch) => health(&ch, "").await == Some(ServingStatus::Serving),
+                    Err(_) => false,
+                };
+                if !ready {
+                    if let Ok(mut b) = backend.lock() {
+                        *b = b_addr;
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    // One plain Channel to the one Service address, as an agent would hold.
+    let mut client =
+        LlmProviderClient::new(hector_plugin_sdk::connect(&service, Duration::from_secs(5)).await?);
+    let started = Instant::now();
+    let mut signalled: Option<Instant> = None;
+    let mut a_exited: Option<Instant> = None;
+    let mut o = LoopOutcome::default();
+    loop {
+        let now = Instant::now();
+        if signalled.is_none() && now - started > Duration::from_millis(500) {
+            a.signal_term();
+            signalled = Some(now);
+        }
+        if a_exited.is_none() && signalled.is_some() && a.child.try_wait()?.is_some() {
+            a_exited = Some(now);
+        }
+        if a_exited.is_some_and(|t| now - t > Duration::from_millis(500)) {
+            break;
+        }
+        assert!(now - started < Duration::from_secs(30), "A never exited");
+        let mut result = generate_within(&mut client, "loop").await;
+        if retry_unsent
+            && let Err(status) = &result
+            && never_sent(status)
+        {
+            o.retried.push(format!(
+                "{:?} after SIGTERM: {status:?}",
+                signalled.map(|s| s.elapsed())
+            ));
+            result = generate_within(&mut client, "loop").await;
+        }
+        match result {
+            Ok(text) => {
+                if signalled.is_some() {
+                    o.after += 1;
+                } else {
+                    o.before += 1;
+                }
+                match text.as_str() {
+                    "a: loop" => o.from_a += 1,
+                    "b: loop" => o.from_b += 1,
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+            Err(status) => o.failures.push(format!(
+                "{:?} after SIGTERM: {status:?}",
+                signalled.map(|s| s.elapsed())
+            )),
+        }
+    }
+    controller.await?;
+    let status = a.wait_exit(Duration::from_secs(1)).await;
+    let out = a.output();
+    assert!(status.success(), "A's exit: {status}\n{out}");
+    // The client left because of the GOAWAY, not because the launcher gave up waiting.
+    assert!(out.contains("all connections closed"), "{out}");
+    eprintln!("{o:?}");
+    Ok(o)
+}
+
+fn assert_never_failed(o: &LoopOutcome) {
+    assert!(
+        o.failures.is_empty(),
+        "{} failed calls: {o:#?}",
+        o.failures.len()
+    );
+    assert!(
+        o.before > 0 && o.after > 0,
+        "calls before and after SIGTERM: {o:?}"
+    );
+    assert!(o.from_a > 0 && o.from_b > 0, "answers from A and B: {o:?}");
+}
+
+/// As an agent would run it: a multi-threaded runtime, where hyper's dispatcher can accept a
+/// call in the instant between the GOAWAY closing the connection and itself stopping, and
+/// hand it back unsent; such a call is retried once (gRPC clients do this transparently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_sends_goaway_so_a_looping_client_never_fails() -> TestResult {
+    let o = loop_through_a_drain(true).await?;
+    assert_never_failed(&o);
+    assert!(
+        o.retried.len() <= 1,
+        "one connection, one call at a time: {o:#?}"
+    );
+    Ok(())
+}
+
+/// On a single-threaded runtime the same plain Channel needs no retry: the launcher sends
+/// the GOAWAY together with the plugin's next response, so the client's connection closes in
+/// the same step that completes its call, and its dispatcher stops before the next call is
+/// queued.
+#[tokio::test]
+async fn drain_sends_goaway_so_a_single_threaded_plain_channel_never_fails() -> TestResult {
+    let o = loop_through_a_drain(false).await?;
+    assert_never_failed(&o);
+    Ok(())
 }

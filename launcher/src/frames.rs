@@ -1,0 +1,396 @@
+//! HTTP/2 frame boundaries in the spliced plugin→client byte stream, so that a GOAWAY can be
+//! slipped in between two of the plugin's frames when the launcher drains.
+//!
+//! The splice copies bytes without decoding them; all it needs to know is where one frame
+//! ends. A frame is a 9-byte header (24-bit payload length, type, flags, 31-bit stream id)
+//! and its payload, so counting lengths is enough, and costs a few instructions per frame.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// GOAWAY, NO_ERROR, last stream id 2^31-1: "open no new streams here; the ones you have
+/// will finish". The graceful first step RFC 9113 §6.8 recommends.
+pub const GOAWAY: [u8; 17] = [
+    0, 0, 8,   // payload length
+    0x7, // type GOAWAY
+    0,   // flags
+    0, 0, 0, 0, // stream 0: the connection
+    0x7f, 0xff, 0xff, 0xff, // last stream id
+    0, 0, 0, 0, // NO_ERROR
+];
+
+const HEADER_LEN: usize = 9;
+
+/// Where the byte stream is relative to frame boundaries. Starts at a boundary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FrameTracker {
+    /// Header bytes of the current frame seen so far (0 between frames or in a payload).
+    header_seen: u8,
+    /// The payload length read from the header so far.
+    length: u32,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u32,
+}
+
+impl FrameTracker {
+    /// Whether everything consumed so far ends exactly at the end of a frame.
+    pub fn at_boundary(&self) -> bool {
+        self.header_seen == 0 && self.payload_left == 0
+    }
+
+    /// Consumes `bytes` and returns how many it took: all of them, or with
+    /// `stop_at_boundary`, only those up to the first frame boundary (0 when already at one).
+    pub fn consume(&mut self, bytes: &[u8], stop_at_boundary: bool) -> usize {
+        let end = bytes.len();
+        let mut i = 0;
+        loop {
+            if self.payload_left > 0 {
+                let take = (end - i).min(self.payload_left as usize);
+                i += take;
+                // `take` is at most `payload_left`, a u32.
+                self.payload_left -= take as u32;
+                if self.payload_left > 0 {
+                    return i;
+                }
+            }
+            if self.header_seen == 0 {
+                if stop_at_boundary || i == end {
+                    return i;
+                }
+                // The common case, many small frames per read: one step per whole frame.
+                while end - i >= HEADER_LEN {
+                    let len = (usize::from(bytes[i]) << 16)
+                        | (usize::from(bytes[i + 1]) << 8)
+                        | usize::from(bytes[i + 2]);
+                    let next = i + HEADER_LEN + len;
+                    if next > end {
+                        // Less than 2^24: a frame's payload length has 24 bits.
+                        self.payload_left = (next - end) as u32;
+                        return end;
+                    }
+                    i = next;
+                }
+                if i == end {
+                    return i;
+                }
+            }
+            // A header split across reads.
+            while i < end && usize::from(self.header_seen) < HEADER_LEN {
+                if self.header_seen < 3 {
+                    self.length = (self.length << 8) | u32::from(bytes[i]);
+                }
+                self.header_seen += 1;
+                i += 1;
+            }
+            if usize::from(self.header_seen) < HEADER_LEN {
+                return i;
+            }
+            self.payload_left = self.length;
+            self.header_seen = 0;
+            self.length = 0;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goaway {
+    NotAsked,
+    /// Asked for: the copier sends it at the next frame boundary it copies.
+    Pending,
+    /// Sent, or no longer possible (the write side is closed).
+    Done,
+}
+
+#[derive(Debug)]
+struct State<W> {
+    out: W,
+    frames: FrameTracker,
+    goaway: Goaway,
+}
+
+/// The client-facing write side of a spliced connection, shared by the copier thread and
+/// the drain: whoever finds the stream between frames writes the GOAWAY.
+#[derive(Debug)]
+pub struct Downstream<W> {
+    /// Set without the lock, which the copier may hold while blocked on a slow client.
+    asked: AtomicBool,
+    state: Mutex<State<W>>,
+}
+
+impl<W: Write> Downstream<W> {
+    /// Wraps `out`; `goaway_sent` when a GOAWAY already went out on this connection.
+    pub fn new(out: W, goaway_sent: bool) -> Self {
+        Self {
+            asked: AtomicBool::new(false),
+            state: Mutex::new(State {
+                out,
+                frames: FrameTracker::default(),
+                goaway: if goaway_sent {
+                    Goaway::Done
+                } else {
+                    Goaway::NotAsked
+                },
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<W>> {
+        // A panicking copier leaves the stream no worse than a failed write would.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes bytes copied from the plugin, with a pending GOAWAY at the first frame boundary.
+    pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut s = self.lock();
+        if s.goaway == Goaway::NotAsked && self.asked.load(Ordering::Acquire) {
+            s.goaway = Goaway::Pending;
+        }
+        if s.goaway != Goaway::Pending {
+            s.frames.consume(bytes, false);
+            return s.out.write_all(bytes);
+        }
+        let head = s.frames.consume(bytes, true);
+        s.out.write_all(&bytes[..head])?;
+        if !s.frames.at_boundary() {
+            return Ok(());
+        }
+        s.goaway = Goaway::Done;
+        s.out.write_all(&GOAWAY)?;
+        let tail = &bytes[head..];
+        s.frames.consume(tail, false);
+        s.out.write_all(tail)
+    }
+
+    /// Has the copier send a GOAWAY right before the next bytes it copies (at a frame
+    /// boundary). A GOAWAY that arrives together with a response lets a client's HTTP/2
+    /// connection close in the same step that completes its last call, before the client
+    /// can queue another call on it; one arriving on its own races with the client's next
+    /// call. Never blocks.
+    pub fn ask_goaway(&self) {
+        self.asked.store(true, Ordering::Release);
+    }
+
+    /// Sends the GOAWAY now if the stream is between frames, else leaves it to the copier at
+    /// the next boundary: for connections on which the plugin has nothing to say. At most
+    /// one is ever sent.
+    pub fn goaway_now(&self) -> std::io::Result<()> {
+        let mut s = self.lock();
+        if s.goaway == Goaway::Done {
+            return Ok(());
+        }
+        if !s.frames.at_boundary() {
+            s.goaway = Goaway::Pending;
+            return Ok(());
+        }
+        s.goaway = Goaway::Done;
+        s.out.write_all(&GOAWAY)
+    }
+
+    /// Runs `f` on the writer (to close it) and sends nothing after that.
+    pub fn finish(&self, f: impl FnOnce(&mut W)) {
+        let mut s = self.lock();
+        s.goaway = Goaway::Done;
+        f(&mut s.out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, stream: u32, payload_len: usize) -> Vec<u8> {
+        let len = payload_len;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend(std::iter::repeat_n(0xAB, payload_len));
+        f
+    }
+
+    /// SETTINGS, HEADERS, a large DATA, an empty DATA, trailers: a unary answer and more.
+    fn frames() -> Vec<Vec<u8>> {
+        vec![
+            frame(0x4, 0, 18),
+            frame(0x1, 1, 40),
+            frame(0x0, 1, 70_000),
+            frame(0x0, 1, 0),
+            frame(0x1, 1, 12),
+        ]
+    }
+
+    /// The offsets at which each frame ends.
+    fn boundaries(frames: &[Vec<u8>]) -> Vec<usize> {
+        frames
+            .iter()
+            .scan(0, |end, f| {
+                *end += f.len();
+                Some(*end)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tracks_boundaries_across_any_read_split() {
+        let frames = frames();
+        let stream = frames.concat();
+        let ends = boundaries(&frames);
+        // Every chunk size, from byte by byte to several frames per read.
+        for chunk in [1, 2, 5, 8, 9, 10, 17, 100, 4096, 16_393, 100_000] {
+            let mut t = FrameTracker::default();
+            let mut offset = 0;
+            for piece in stream.chunks(chunk) {
+                assert_eq!(t.consume(piece, false), piece.len());
+                offset += piece.len();
+                assert_eq!(
+                    t.at_boundary(),
+                    ends.contains(&offset),
+                    "chunk {chunk}, offset {offset}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stops_at_the_next_boundary_only_when_asked() {
+        let frames = frames();
+        let stream = frames.concat();
+        let ends = boundaries(&frames);
+        let mut t = FrameTracker::default();
+        assert_eq!(t.consume(&stream, true), 0, "already at a boundary");
+        // Split inside the second frame's header, then ask for the next boundary.
+        let split = ends[0] + 4;
+        assert_eq!(t.consume(&stream[..split], false), split);
+        assert!(!t.at_boundary());
+        assert_eq!(t.consume(&stream[split..], true), ends[1] - split);
+        assert!(t.at_boundary());
+        // Several frames in one read: stops after the first one.
+        let mut t = FrameTracker::default();
+        let from = ends[1];
+        assert_eq!(t.consume(&stream[from..], true), 0);
+        t.consume(&stream[from..from + 1], false);
+        assert_eq!(t.consume(&stream[from + 1..], true), ends[2] - from - 1);
+    }
+
+    /// Splits the written stream back into frames, checking each header's length.
+    fn parse(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            assert!(bytes.len() >= 9, "a truncated header");
+            let len = (usize::from(bytes[0]) << 16)
+                | (usize::from(bytes[1]) << 8)
+                | usize::from(bytes[2]);
+            assert!(bytes.len() >= 9 + len, "a truncated frame");
+            out.push(bytes[..9 + len].to_vec());
+            bytes = &bytes[9 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn goaway_goes_between_frames_never_inside_one() {
+        // A DATA frame longer than 255 bytes, so that the length spans header bytes.
+        let frames = vec![
+            frame(0x4, 0, 18),
+            frame(0x1, 1, 40),
+            frame(0x0, 1, 3000),
+            frame(0x0, 1, 0),
+            frame(0x1, 1, 12),
+        ];
+        let stream = frames.concat();
+        let ends = boundaries(&frames);
+        // Around every boundary (inside the next header too), and a sample elsewhere.
+        let mut asks: Vec<usize> = ends
+            .iter()
+            .chain(&[0])
+            .flat_map(|&e| e.saturating_sub(2)..e + 11)
+            .chain((0..stream.len()).step_by(97))
+            .filter(|&a| a < stream.len())
+            .collect();
+        asks.sort_unstable();
+        asks.dedup();
+        for chunk in [1, 3, 9, 11, 1000, 100_000] {
+            for &ask in &asks {
+                // Reads of `chunk` bytes, with one more split where the GOAWAY is asked for.
+                let mut cuts: Vec<usize> = (0..stream.len()).step_by(chunk).collect();
+                cuts.push(ask);
+                cuts.push(stream.len());
+                cuts.sort_unstable();
+                cuts.dedup();
+                let d = Downstream::new(Vec::new(), false);
+                for piece in cuts.windows(2) {
+                    if piece[0] == ask {
+                        d.goaway_now().expect("write to a Vec");
+                    }
+                    d.write(&stream[piece[0]..piece[1]])
+                        .expect("write to a Vec");
+                }
+                let written = d.lock().out.clone();
+                let got = parse(&written);
+                let goaways: Vec<usize> = got
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f[..] == GOAWAY[..])
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(goaways.len(), 1, "chunk {chunk}, ask {ask}");
+                let mut without = got.clone();
+                without.remove(goaways[0]);
+                assert_eq!(without, frames, "the plugin's frames are intact");
+                // It went out at the first boundary not before the request.
+                let expected = if ask == 0 {
+                    0
+                } else {
+                    ends.iter().position(|&e| e >= ask).map_or(0, |p| p + 1)
+                };
+                assert_eq!(goaways[0], expected, "chunk {chunk}, ask {ask}");
+            }
+        }
+    }
+
+    #[test]
+    fn goaway_when_idle_is_written_at_once_and_only_once() {
+        let d = Downstream::new(Vec::new(), false);
+        let settings = frame(0x4, 0, 6);
+        d.write(&settings).expect("write");
+        d.goaway_now().expect("goaway");
+        d.goaway_now().expect("goaway again");
+        d.ask_goaway();
+        d.write(&frame(0x6, 0, 8)).expect("write");
+        let written = d.lock().out.clone();
+        assert_eq!(&written[settings.len()..settings.len() + 17], &GOAWAY);
+        assert_eq!(written.len(), settings.len() + 17 + 17);
+
+        let already = Downstream::new(Vec::new(), true);
+        already.goaway_now().expect("goaway");
+        assert!(
+            already.lock().out.is_empty(),
+            "one was sent before the splice"
+        );
+
+        let finished = Downstream::new(Vec::new(), false);
+        finished.finish(|_| {});
+        finished.goaway_now().expect("goaway");
+        assert!(finished.lock().out.is_empty(), "nothing after close");
+    }
+
+    #[test]
+    fn asked_goaway_goes_right_before_the_next_output() {
+        let d = Downstream::new(Vec::new(), false);
+        let settings = frame(0x4, 0, 6);
+        let headers = frame(0x1, 1, 30);
+        let data = frame(0x0, 1, 20);
+        d.write(&settings).expect("write");
+        d.ask_goaway();
+        assert_eq!(d.lock().out.len(), settings.len(), "nothing written yet");
+        // The next output, split mid-frame: the GOAWAY goes before it, whole.
+        d.write(&headers[..5]).expect("write");
+        d.write(&headers[5..]).expect("write");
+        d.write(&data).expect("write");
+        d.goaway_now().expect("goaway");
+        let mut expected = settings.clone();
+        expected.extend(GOAWAY);
+        expected.extend(&headers);
+        expected.extend(&data);
+        assert_eq!(d.lock().out, expected);
+    }
+}
