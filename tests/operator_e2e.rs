@@ -424,7 +424,10 @@ async fn config_change_rolls_pods_without_a_failed_call() -> TestResult {
     })
     .await;
 
-    // One client, one connection, calling in a loop through the Service.
+    // One client, one connection, calling in a loop through the Service, with no retries. The
+    // test runtime is single-threaded: on a multi-threaded one, hyper can hand a call to a
+    // connection in the instant between the server's GOAWAY and its own notice of it, and
+    // fail that call unsent (`Cancelled`, "connection closed"); see docs/launcher.md.
     let channel = hector_plugin_sdk::connect(&address, Duration::from_secs(2)).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (v1, v2, failures) = (
