@@ -139,3 +139,252 @@ fn discover_lists_and_emits() -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
+
+/// An endpoints file publishing `echo` (an llm_provider) at `endpoints`.
+fn endpoints_file(
+    dir: &std::path::Path,
+    endpoints: &[String],
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    use hector_plugin_sdk::endpoints::{EndpointsFile, PublishedPlugin, SCHEMA_VERSION};
+    let mut doc = EndpointsFile {
+        schema_version: SCHEMA_VERSION,
+        namespace: "agents".into(),
+        plugins: Default::default(),
+    };
+    doc.plugins.insert(
+        "echo".into(),
+        PublishedPlugin {
+            name: "echo".into(),
+            plugin_name: "echo-llm".into(),
+            plugin_type: "llm_provider".into(),
+            version: "0.1.0".into(),
+            address: "echo.agents.svc:50051".into(),
+            endpoints: endpoints.to_vec(),
+            last_changed: "2026-01-01T00:00:00Z".into(),
+            ..Default::default()
+        },
+    );
+    let path = dir.join("endpoints.json");
+    std::fs::write(&path, doc.render())?;
+    Ok(path)
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn call_and_endpoints_explain_their_arguments() {
+    let (code, stdout, _) = hectorctl(&["call", "--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--plugin",
+        "--address",
+        "--namespace",
+        "--endpoints-file",
+        "--repeat",
+    ] {
+        assert!(stdout.contains(flag), "{flag} missing:\n{stdout}");
+    }
+    let (code, stdout, _) = hectorctl(&["endpoints", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("--namespace") && stdout.contains("table") && stdout.contains("yaml"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = hectorctl(&["--help"]);
+    assert!(stdout.contains("endpoints"), "{stdout}");
+
+    // Neither target, both targets, and flags that belong to the other one.
+    let (code, _, stderr) = hectorctl(&["call", "health"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--address") && stderr.contains("--plugin"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = hectorctl(&["call", "-a", "127.0.0.1:1", "-p", "echo", "health"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("exclude each other"), "{stderr}");
+    let (code, _, stderr) = hectorctl(&["call", "-a", "127.0.0.1:1", "-n", "agents", "health"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("go with --plugin"), "{stderr}");
+    let (code, _, stderr) = hectorctl(&[
+        "call",
+        "-p",
+        "echo",
+        "-n",
+        "agents",
+        "--endpoints-file",
+        "/x",
+        "health",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+    let (code, _, stderr) = hectorctl(&["call", "-p", "echo", "--repeat", "0", "health"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--repeat"), "{stderr}");
+    let (code, _, stderr) = hectorctl(&["endpoints", "-o", "xml"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("table") && stderr.contains("json"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn published_plugins_are_listed_and_their_failures_named() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = tempfile::tempdir()?;
+    let port = closed_port();
+    let file = endpoints_file(dir.path(), &[format!("127.0.0.1:{port}")])?;
+    let file = file.to_str().ok_or("path")?;
+
+    let (code, stdout, stderr) = hectorctl(&["endpoints", "--endpoints-file", file]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{stdout}");
+    assert!(
+        lines[1].starts_with("echo ")
+            && lines[1].contains("llm_provider")
+            && lines[1].contains(&format!("127.0.0.1:{port}")),
+        "{stdout}"
+    );
+    let (code, stdout, _) = hectorctl(&["endpoints", "--endpoints-file", file, "-o", "json"]);
+    assert_eq!(code, 0);
+    let doc = hector_plugin_sdk::endpoints::EndpointsFile::parse(&stdout)?;
+    assert_eq!(doc.plugins["echo"].plugin_name, "echo-llm");
+    let (code, stdout, _) = hectorctl(&["endpoints", "--endpoints-file", file, "-o", "yaml"]);
+    assert_eq!(code, 0);
+    let yaml: serde_json::Value = serde_norway::from_str(&stdout)?;
+    assert_eq!(yaml["plugins"]["echo"]["type"], "llm_provider");
+
+    let (code, _, stderr) = hectorctl(&["call", "-p", "nope", "--endpoints-file", file, "health"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no plugin named \"nope\"") && stderr.contains("published: echo"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = hectorctl(&[
+        "call",
+        "-p",
+        "echo",
+        "--endpoints-file",
+        file,
+        "generate",
+        "hi",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}: connection refused")),
+        "{stderr}"
+    );
+    let (code, _, stderr) = hectorctl(&[
+        "call",
+        "-p",
+        "echo",
+        "--endpoints-file",
+        file,
+        "--type",
+        "embedder_provider",
+        "info",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("published as llm_provider, not embedder_provider"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// An LLM that answers with its own tag, so a test sees which one served.
+struct Tagged(&'static str);
+
+impl hector_plugin_sdk::Plugin for Tagged {
+    fn manifest(&self) -> hector_plugin_sdk::proto::ManifestResponse {
+        Default::default()
+    }
+    async fn initialize(&self, _: hector_plugin_sdk::Config) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl hector_plugin_sdk::LlmPlugin for Tagged {
+    async fn generate(
+        &self,
+        _: hector_plugin_sdk::proto::GenerateRequest,
+    ) -> Result<hector_plugin_sdk::proto::GenerateResponse, tonic::Status> {
+        Ok(hector_plugin_sdk::proto::GenerateResponse {
+            text: self.0.to_string(),
+            ..Default::default()
+        })
+    }
+    async fn model_info(&self) -> Result<hector_plugin_sdk::proto::ModelInfo, tonic::Status> {
+        Ok(Default::default())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_plugin_balances_repeated_calls_and_says_where_they_landed()
+-> Result<(), Box<dyn std::error::Error>> {
+    use std::time::Duration;
+    let mut addrs = Vec::new();
+    for tag in ["first", "second"] {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", closed_port()).parse()?;
+        tokio::spawn(hector_plugin_sdk::serve_llm(
+            Tagged(tag),
+            hector_plugin_sdk::ServeOptions::new(addr),
+        ));
+        let mut tries = 0;
+        let channel = loop {
+            match hector_plugin_sdk::connect(&addr.to_string(), Duration::from_secs(1)).await {
+                Ok(c) => break c,
+                Err(e) if tries > 100 => return Err(e.into()),
+                Err(_) => tries += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        hector_plugin_sdk::LifecycleClient::new(
+            channel,
+            hector_plugin_sdk::PluginType::LlmProvider,
+        )
+        .initialize(Default::default())
+        .await?;
+        addrs.push(addr.to_string());
+    }
+    let dir = tempfile::tempdir()?;
+    let file = endpoints_file(dir.path(), &addrs)?;
+    let file = file.to_str().ok_or("path")?.to_string();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        hectorctl(&[
+            "call",
+            "--plugin",
+            "echo",
+            "--endpoints-file",
+            &file,
+            "--repeat",
+            "10",
+            "generate",
+            "hi",
+        ])
+    })
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| *l == "first").count(),
+        5,
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| *l == "second").count(),
+        5,
+        "{stdout}"
+    );
+    assert!(stderr.contains("10 calls, 0 failed"), "{stderr}");
+    for addr in &addrs {
+        assert!(stderr.contains(&format!("served by {addr}: 5")), "{stderr}");
+    }
+    Ok(())
+}

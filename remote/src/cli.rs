@@ -1,5 +1,6 @@
 //! Command-line interface. Hector starts the executable without arguments, which runs it as a
-//! plugin; the only subcommand prepares a plugin directory.
+//! plugin; `install` prepares a plugin directory, `install-binary` copies the executable
+//! into a volume (what an agent Pod's init container does).
 
 use std::path::PathBuf;
 
@@ -48,6 +49,23 @@ Re-running brings DIR up to date: entries written earlier whose plugin is no lon
 published are removed. What was written is listed in DIR/.hector-plugin-remote; files this
 command did not write are never changed or removed.")]
     Install(InstallArgs),
+    /// Copy this executable to DIR/hector-plugin-remote (for an init container that hands it
+    /// to the agent's container through a shared volume).
+    #[command(long_about = "\
+Copy this executable to DIR/hector-plugin-remote, executable by everyone. An agent Pod's init
+container runs this from the operator's image to hand the executable to the agent's container
+through a shared volume; the image needs no shell or cp.
+
+Not to be confused with `install --into DIR`, which lays out a plugin discovery directory.")]
+    InstallBinary(InstallBinaryArgs),
+}
+
+/// Arguments of `install-binary`.
+#[derive(Debug, Args)]
+pub struct InstallBinaryArgs {
+    /// Directory to copy into (created when missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Arguments of `install`.
@@ -88,5 +106,16 @@ mod tests {
         assert_eq!(args.into, PathBuf::from("/plugins"));
         assert_eq!(args.endpoints, PathBuf::from("/e.json"));
         assert!(Cli::try_parse_from(["hector-plugin-remote", "install"]).is_err());
+    }
+
+    #[test]
+    fn install_binary_takes_a_directory() {
+        let cli = Cli::try_parse_from(["hector-plugin-remote", "install-binary", "/opt/hector"])
+            .expect("install-binary");
+        let Some(Command::InstallBinary(args)) = cli.command else {
+            panic!("install-binary expected");
+        };
+        assert_eq!(args.dir, PathBuf::from("/opt/hector"));
+        assert!(Cli::try_parse_from(["hector-plugin-remote", "install-binary"]).is_err());
     }
 }

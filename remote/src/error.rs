@@ -44,6 +44,9 @@ pub enum TargetError {
         /// The names that are published.
         known: Vec<String>,
     },
+    /// Anything else about the endpoints, in the client library's words.
+    #[error("{0}")]
+    Other(String),
     /// The published plugin is of another type than the host loaded.
     #[error("plugin {name:?} is published as {published}, but the host loaded it as {service}")]
     TypeMismatch {
@@ -54,6 +57,15 @@ pub enum TargetError {
         /// The service the host called.
         service: String,
     },
+}
+
+impl From<hector_plugin_client::AddressError> for TargetError {
+    fn from(e: hector_plugin_client::AddressError) -> Self {
+        TargetError::Address {
+            address: e.address,
+            reason: e.reason,
+        }
+    }
 }
 
 /// Why `install` failed.

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use hector_plugin_sdk::endpoints::{EndpointsFile, PublishedPlugin};
 
-use crate::cli::InstallArgs;
+use crate::cli::{InstallArgs, InstallBinaryArgs};
 use crate::error::{InstallError, TargetError};
 use crate::manifest;
 
@@ -120,6 +120,39 @@ pub fn main(args: &InstallArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The executable's name in the directory `install-binary` copies it into.
+pub const BINARY_NAME: &str = "hector-plugin-remote";
+
+/// Runs `install-binary`: 0 copied, 2 failed.
+pub fn binary_main(args: &InstallBinaryArgs) -> ExitCode {
+    let result = std::env::current_exe()
+        .map_err(|source| InstallError::Io {
+            action: "cannot find this executable",
+            path: PathBuf::from("/proc/self/exe"),
+            source,
+        })
+        .and_then(|exe| install_binary(&exe, &args.dir));
+    match result {
+        Ok(path) => {
+            println!("installed {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hector-plugin-remote install-binary: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Puts `exe` at `dir/hector-plugin-remote` (creating `dir`), by rename so an agent that
+/// already runs a copy is not disturbed.
+pub fn install_binary(exe: &Path, dir: &Path) -> Result<PathBuf, InstallError> {
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let target = dir.join(BINARY_NAME);
+    install_executable(exe, &target)?;
+    Ok(target)
 }
 
 /// Brings `dir` up to date with the plugins published in `endpoints`, installing `exe`.
@@ -308,6 +341,34 @@ mod tests {
         );
         let skipped: Vec<&str> = p.skip.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(skipped, ["../evil", "mine", "odd"]);
+    }
+
+    #[test]
+    fn install_binary_copies_an_executable_into_a_new_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let work = tempfile::tempdir().expect("temp dir");
+        let exe = work.path().join("source");
+        std::fs::write(&exe, b"#!binary").expect("write");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let dir = work.path().join("shared/bin");
+        let target = install_binary(&exe, &dir).expect("installed");
+        assert_eq!(target, dir.join(BINARY_NAME));
+        assert_eq!(std::fs::read(&target).expect("read"), b"#!binary");
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert!(mode & 0o111 != 0, "executable: {mode:o}");
+        // Again: replaced in place, no leftovers.
+        install_binary(&exe, &dir).expect("again");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let err = install_binary(&exe, &target.join("below-a-file")).expect_err("not a dir");
+        assert!(err.to_string().contains("below-a-file"), "{err}");
     }
 
     #[test]

@@ -15,9 +15,10 @@ use tonic::codegen::Service;
 use tonic::server::{Grpc, UnaryService};
 use tonic::service::Routes;
 
-use crate::body::{ReadError, read_all, status_response};
-use crate::deadline;
-use crate::pool::Call;
+use hector_plugin_client::body::{ReadError, read_all, status_response};
+use hector_plugin_client::deadline;
+use hector_plugin_client::pool::Call;
+
 use crate::session::Session;
 
 /// The largest request passed on (plugin RPCs carry one message each).

@@ -4,28 +4,25 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hector_plugin_sdk::endpoints::EndpointsFile;
+use hector_plugin_client::follow::{self, Target, probe};
+use hector_plugin_client::pool::Pool;
+use hector_plugin_client::resolve::Resolver;
+use hector_plugin_client::{ClientError, Directory};
 use hector_plugin_sdk::proto::{HealthResponse, InitializeResponse, ShutdownResponse};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::error::TargetError;
-use crate::pool::Pool;
-use crate::resolve::Resolver;
-use crate::target::{self, HostPort, REMOTE_ADDRESS_KEY, Source};
+use crate::target::{self, REMOTE_ADDRESS_KEY, Source};
 
 /// How long `Initialize` waits for an endpoint's answer.
 const INITIALIZE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the local `Health` waits for the endpoints' answers.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the endpoints file and DNS names are looked at again.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-/// How often endpoints that are out of the rotation are probed.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The state of one loaded plugin: its target and the tasks that follow it.
 pub struct Session {
@@ -102,15 +99,22 @@ impl Session {
         let source = Source::from_config(config, &self.program, &self.endpoints_file)
             .map_err(|e| e.to_string())?;
         let label = label(&source);
-        let targets = match &source {
-            Source::Addresses(list) => list.clone(),
+        let (targets, following) = match &source {
+            Source::Addresses(list) => (list.clone(), Target::Addresses(list.clone())),
             Source::Published { file, name } => {
-                let published = read_published(file, name)
+                // Read now for Initialize's answer, then followed as the file changes.
+                let directory = Directory::follow_file(file)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| endpoints_error(e, file).to_string())?;
+                let published =
+                    target::published(&directory.current(), name).map_err(|e| e.to_string())?;
                 target::check_type(&published.plugin_type, service, name)
                     .map_err(|e| e.to_string())?;
-                published.targets
+                let following = Target::Published {
+                    directory,
+                    name: name.clone(),
+                };
+                (published.targets, following)
             }
         };
         let mut resolver = Resolver::default();
@@ -145,17 +149,13 @@ impl Session {
             healthy = results.iter().filter(|(_, r)| r.is_ok()).count(),
             "remote plugin reached"
         );
-        let mut tasks = self.tasks.lock().await;
-        tasks.push(tokio::spawn(follow(
+        self.tasks.lock().await.extend(follow::spawn(
             self.pool.clone(),
-            source,
+            following,
             targets,
             resolver,
-        )));
-        tasks.push(tokio::spawn(probe_down(
-            self.pool.clone(),
             service.to_string(),
-        )));
+        ));
         Ok(())
     }
 
@@ -238,136 +238,15 @@ fn unreachable_message(label: &str, results: &[(SocketAddr, Result<(), String>)]
     format!("cannot reach remote plugin {label}: {}", reasons.join("; "))
 }
 
-/// Calls `Health` on every endpoint at once and updates the rotation with the answers.
-async fn probe(
-    pool: &Arc<Pool>,
-    addrs: &[SocketAddr],
-    service: &str,
-    timeout: Duration,
-) -> Vec<(SocketAddr, Result<(), String>)> {
-    let mut set = JoinSet::new();
-    for &addr in addrs {
-        let pool = pool.clone();
-        let service = service.to_string();
-        set.spawn(async move {
-            let result = match pool.health(addr, &service, timeout).await {
-                Ok(h) if h.healthy => Ok(()),
-                Ok(h) if h.message.is_empty() => Err("reports unhealthy".to_string()),
-                Ok(h) => Err(format!("reports unhealthy: {}", h.message)),
-                Err(reason) => Err(reason),
-            };
-            match &result {
-                Ok(()) => pool.mark_up(addr),
-                Err(reason) => pool.mark_down(addr, reason),
-            }
-            (addr, result)
-        });
-    }
-    let mut results = Vec::with_capacity(addrs.len());
-    while let Some(joined) = set.join_next().await {
-        if let Ok(r) = joined {
-            results.push(r);
-        }
-    }
-    results.sort_by_key(|(addr, _)| *addr);
-    results
-}
-
-/// Reads the endpoints file and finds `name` in it.
-async fn read_published(
-    file: &std::path::Path,
-    name: &str,
-) -> Result<target::Published, TargetError> {
-    let text =
-        tokio::fs::read_to_string(file)
-            .await
-            .map_err(|source| TargetError::ReadEndpoints {
-                path: file.to_path_buf(),
-                source,
-            })?;
-    let parsed = EndpointsFile::parse(&text).map_err(|source| TargetError::ParseEndpoints {
-        path: file.to_path_buf(),
-        source,
-    })?;
-    target::published(&parsed, name)
-}
-
-/// Follows the source: re-reads the endpoints file (by path, so a ConfigMap volume's swapped
-/// `..data` link is followed) and re-resolves DNS names, updating the endpoint set.
-async fn follow(
-    pool: Arc<Pool>,
-    source: Source,
-    mut targets: Vec<HostPort>,
-    mut resolver: Resolver,
-) {
-    if matches!(&source, Source::Addresses(list) if list.iter().all(|t| t.literal().is_some())) {
-        // Fixed IP addresses: nothing can change.
-        return;
-    }
-    let mut last_text: Option<String> = None;
-    let mut last_problem: Option<String> = None;
-    loop {
-        tokio::time::sleep(REFRESH_INTERVAL).await;
-        if let Source::Published { file, name } = &source {
-            match read_changed(file, name, &mut last_text).await {
-                Ok(Some(t)) => {
-                    targets = t;
-                    last_problem = None;
-                }
-                Ok(None) => {}
-                Err(problem) => {
-                    if last_problem.as_deref() != Some(problem.as_str()) {
-                        tracing::warn!(%problem, "endpoints file");
-                        last_problem = Some(problem);
-                    }
-                }
-            }
-        }
-        let resolved = resolver.resolve(&targets).await;
-        for (target, reason) in &resolved.failed {
-            tracing::debug!(%target, reason, "cannot resolve");
-        }
-        pool.set_endpoints(resolved.addrs);
-    }
-}
-
-/// The plugin's targets when the file's content changed since `last`; `Ok(None)` when it did
-/// not. A plugin that is no longer published has no targets.
-async fn read_changed(
-    file: &std::path::Path,
-    name: &str,
-    last: &mut Option<String>,
-) -> Result<Option<Vec<HostPort>>, String> {
-    let text = tokio::fs::read_to_string(file).await.map_err(|e| {
-        format!(
-            "cannot read {}: {e}; keeping the last endpoints",
-            file.display()
-        )
-    })?;
-    if last.as_deref() == Some(text.as_str()) {
-        return Ok(None);
-    }
-    let parsed = EndpointsFile::parse(&text)
-        .map_err(|e| format!("{}: {e}; keeping the last endpoints", file.display()))?;
-    *last = Some(text);
-    match target::published(&parsed, name) {
-        Ok(p) => Ok(Some(p.targets)),
-        Err(e @ TargetError::NotPublished { .. }) => {
-            tracing::warn!(error = %e, "plugin unpublished; calls fail until it is back");
-            Ok(Some(Vec::new()))
-        }
-        Err(e) => Err(format!("{e}; keeping the last endpoints")),
-    }
-}
-
-/// Probes the endpoints that are out of the rotation and puts back those that answer.
-async fn probe_down(pool: Arc<Pool>, service: String) {
-    loop {
-        tokio::time::sleep(PROBE_INTERVAL).await;
-        let down = pool.down();
-        if !down.is_empty() {
-            probe(&pool, &down, &service, PROBE_INTERVAL).await;
-        }
+/// The endpoints file's error in this executable's words (which say what to configure).
+fn endpoints_error(e: ClientError, file: &Path) -> TargetError {
+    match e {
+        ClientError::ReadFile { path, source } => TargetError::ReadEndpoints { path, source },
+        ClientError::Parse { source, .. } => TargetError::ParseEndpoints {
+            path: file.to_path_buf(),
+            source,
+        },
+        other => TargetError::Other(other.to_string()),
     }
 }
 

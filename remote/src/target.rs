@@ -1,12 +1,13 @@
 //! Where the remote plugin is, as configured: the `remote_address` list from `Initialize`, or
 //! this executable's own name looked up in the published endpoints file. Pure parsing and
-//! lookup; resolving names and reading files happen elsewhere.
+//! lookup (addresses are parsed by `hector-plugin-client`); resolving names and reading
+//! files happen elsewhere.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use hector_plugin_client::target::{HostPort, parse_address_list, published_targets};
 use hector_plugin_sdk::PluginType;
 use hector_plugin_sdk::endpoints::EndpointsFile;
 
@@ -14,94 +15,6 @@ use crate::error::TargetError;
 
 /// The `Initialize` config key naming the remote plugin's address(es).
 pub const REMOTE_ADDRESS_KEY: &str = "remote_address";
-
-/// One `host:port` as written by a person or the operator.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HostPort {
-    /// A DNS name or an IP address (IPv6 without brackets).
-    pub host: String,
-    /// The TCP port.
-    pub port: u16,
-}
-
-impl HostPort {
-    /// Parses `host:port` or `[v6]:port`, tolerating an `http://` prefix and a trailing `/`.
-    pub fn parse(raw: &str) -> Result<Self, TargetError> {
-        let bad = |reason: &str| TargetError::Address {
-            address: raw.to_string(),
-            reason: reason.to_string(),
-        };
-        let text = raw.trim();
-        let text = text.strip_prefix("http://").unwrap_or(text);
-        let text = text.strip_suffix('/').unwrap_or(text);
-        if text.contains('/') {
-            return Err(bad("expected host:port without a path or scheme"));
-        }
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest
-                .split_once(']')
-                .ok_or_else(|| bad("unclosed '[' in an IPv6 address"))?;
-            let port = after
-                .strip_prefix(':')
-                .ok_or_else(|| bad("expected [address]:port"))?;
-            (host, port)
-        } else {
-            text.rsplit_once(':')
-                .ok_or_else(|| bad("expected host:port"))?
-        };
-        if host.is_empty() {
-            return Err(bad("the host is empty"));
-        }
-        if !text.starts_with('[') && host.contains(':') {
-            return Err(bad("write IPv6 addresses as [address]:port"));
-        }
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| bad("the port must be a number from 1 to 65535"))?;
-        Ok(Self {
-            host: host.to_string(),
-            port,
-        })
-    }
-
-    /// The socket address when the host is an IP literal (no lookup needed).
-    pub fn literal(&self) -> Option<SocketAddr> {
-        self.host
-            .parse::<std::net::IpAddr>()
-            .ok()
-            .map(|ip| SocketAddr::new(ip, self.port))
-    }
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Parses a comma-separated `remote_address` value; at least one address is required.
-pub fn parse_address_list(raw: &str) -> Result<Vec<HostPort>, TargetError> {
-    let mut out = Vec::new();
-    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let hp = HostPort::parse(part)?;
-        if !out.contains(&hp) {
-            out.push(hp);
-        }
-    }
-    if out.is_empty() {
-        return Err(TargetError::Address {
-            address: raw.to_string(),
-            reason: "no address given".into(),
-        });
-    }
-    Ok(out)
-}
 
 /// Where the endpoints come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,7 +39,9 @@ impl Source {
         file: &Path,
     ) -> Result<Self, TargetError> {
         match config.get(REMOTE_ADDRESS_KEY).map(|v| v.trim()) {
-            Some(raw) if !raw.is_empty() => parse_address_list(raw).map(Source::Addresses),
+            Some(raw) if !raw.is_empty() => parse_address_list(raw)
+                .map(Source::Addresses)
+                .map_err(TargetError::from),
             _ => Ok(Source::Published {
                 file: file.to_path_buf(),
                 name: name.to_string(),
@@ -167,22 +82,9 @@ pub fn published(file: &EndpointsFile, name: &str) -> Result<Published, TargetEr
             name: name.to_string(),
             known: file.plugins.keys().cloned().collect(),
         })?;
-    // The operator lists healthy endpoints; the address is the fallback it always sets.
-    let raw: Vec<&str> = if plugin.endpoints.is_empty() {
-        vec![plugin.address.as_str()]
-    } else {
-        plugin.endpoints.iter().map(String::as_str).collect()
-    };
-    let mut targets = Vec::new();
-    for r in raw {
-        let hp = HostPort::parse(r)?;
-        if !targets.contains(&hp) {
-            targets.push(hp);
-        }
-    }
     Ok(Published {
         plugin_type: plugin.plugin_type.clone(),
-        targets,
+        targets: published_targets(plugin)?,
     })
 }
 
@@ -211,42 +113,6 @@ pub fn program_name(argv0: Option<&std::ffi::OsStr>) -> String {
 mod tests {
     use super::*;
     use hector_plugin_sdk::endpoints::{PublishedPlugin, SCHEMA_VERSION};
-
-    #[test]
-    fn host_ports_parse_in_the_usual_spellings() {
-        let hp = HostPort::parse("echo.agents.svc:50051").expect("dns name");
-        assert_eq!((hp.host.as_str(), hp.port), ("echo.agents.svc", 50051));
-        assert_eq!(hp.literal(), None);
-        let ip = HostPort::parse(" http://10.1.2.3:7/ ").expect("ip");
-        assert_eq!(ip.literal(), Some(SocketAddr::from(([10, 1, 2, 3], 7))));
-        let v6 = HostPort::parse("[::1]:9").expect("v6");
-        assert_eq!(v6.to_string(), "[::1]:9");
-        assert!(v6.literal().is_some());
-        for bad in [
-            "host",
-            ":80",
-            "host:0",
-            "host:99999",
-            "::1:9",
-            "[::1]9",
-            "dns:///x:1",
-        ] {
-            assert!(HostPort::parse(bad).is_err(), "{bad:?}");
-        }
-        let err = HostPort::parse("host:abc").unwrap_err().to_string();
-        assert!(err.contains("host:abc") && err.contains("port"), "{err}");
-    }
-
-    #[test]
-    fn address_lists_split_on_commas() {
-        let list = parse_address_list("a:1, b:2,,a:1").expect("list");
-        assert_eq!(
-            list.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["a:1", "b:2"]
-        );
-        assert!(parse_address_list(" , ").is_err());
-        assert!(parse_address_list("a:1,b").is_err());
-    }
 
     #[test]
     fn the_source_is_the_address_or_the_program_name() {

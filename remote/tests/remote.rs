@@ -878,7 +878,8 @@ fn metadata_deadlines_and_statuses_pass_through_to_a_go_plugin() -> TestResult {
         ],
         &[],
     );
-    assert_eq!(line(&lines, "generate")["code"], "DeadlineExceeded");
+    let late = line(&lines, "generate");
+    assert_eq!(late["code"], "DeadlineExceeded", "{late}");
 
     // Loaded as another plugin type, Initialize fails: the remote serves no such service.
     let (lines, _) = load(
@@ -919,5 +920,40 @@ fn started_by_hand_it_explains_itself() -> TestResult {
         help.contains("install") && help.contains("remote_address"),
         "{help}"
     );
+    Ok(())
+}
+
+#[test]
+fn install_binary_copies_a_working_executable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let target = dir.path().join("bin");
+    let out = Command::new(remote_bin())
+        .arg("install-binary")
+        .arg(&target)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = target.join("hector-plugin-remote");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("installed {}", copy.display())
+    );
+    let version = Command::new(&copy).arg("--version").output()?;
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("hector-plugin-remote "),
+        "the copy runs"
+    );
+    // A file where the directory should be: exit code 2 and the path in the message.
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, "x")?;
+    let out = Command::new(remote_bin())
+        .arg("install-binary")
+        .arg(&blocked)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&blocked.display().to_string()));
     Ok(())
 }

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hector_operator::cli;
 
-/// Validate, convert, discover and call Hector plugins.
+/// Validate, convert, discover and call Hector plugins; list and call the plugins the
+/// operator published.
 #[derive(Parser)]
 #[command(version, about, propagate_version = true)]
 struct Cli {
@@ -19,8 +20,10 @@ enum Command {
     Manifest(cli::manifest::ManifestCommand),
     /// Find `*.plugin.yaml` manifests the way Hector's plugin discovery does.
     Discover(cli::discover::DiscoverArgs),
-    /// Call a plugin over gRPC.
+    /// Call a plugin over gRPC: at an address, or a published plugin by name (balanced).
     Call(cli::call::CallArgs),
+    /// List the plugins the operator published in a namespace (its hector-plugins ConfigMap).
+    Endpoints(cli::endpoints::EndpointsArgs),
 }
 
 #[tokio::main]
@@ -30,6 +33,7 @@ async fn main() -> ExitCode {
         Command::Manifest(cmd) => cli::manifest::run(cmd),
         Command::Discover(args) => cli::discover::run(args),
         Command::Call(args) => cli::call::run(args).await,
+        Command::Endpoints(args) => cli::endpoints::run(args).await,
     };
     match result {
         Ok(code) => code,

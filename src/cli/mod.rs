@@ -2,4 +2,5 @@
 
 pub mod call;
 pub mod discover;
+pub mod endpoints;
 pub mod manifest;

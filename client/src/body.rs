@@ -1,13 +1,13 @@
-//! HTTP bodies for forwarding: the host's request read into memory (so an attempt that never
-//! reached an endpoint can be sent to another), and the remote's response passed through
-//! with a lost connection turned into a gRPC `UNAVAILABLE` status.
+//! HTTP bodies for forwarding: the caller's request read into memory (so an attempt that
+//! never reached an endpoint can be sent to another), and the remote's response passed
+//! through with a lost connection turned into a gRPC `UNAVAILABLE` status.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, HeaderValue};
-use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::body::{Body, Bytes, Frame};
 use tonic::{Code, Status};
 
 /// Why a request body could not be read.
@@ -19,18 +19,25 @@ pub enum ReadError {
         /// The limit.
         limit: usize,
     },
-    /// The host's stream failed.
+    /// The caller's stream failed.
     #[error("reading the request failed: {0}")]
-    Stream(#[from] hyper::Error),
+    Stream(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Reads a whole request body (plugin RPCs send one message, never a client stream).
-pub async fn read_all(mut body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+/// Reads a whole request body (plugin RPCs send one message, never a client stream, so
+/// nothing waits for a body that is still being written).
+pub async fn read_all<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut body = std::pin::pin!(body);
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
     let mut total = 0usize;
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-        let Ok(data) = frame?.into_data() else {
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| ReadError::Stream(e.into()))?;
+        let Ok(data) = frame.into_data() else {
             // Request trailers carry nothing gRPC uses.
             continue;
         };
@@ -65,7 +72,7 @@ enum Phase {
 }
 
 /// The remote's response body, read straight from its HTTP/2 stream (flow-control credit is
-/// returned as data is passed on). If the connection fails mid-way, the host gets trailers
+/// returned as data is passed on). If the connection fails mid-way, the caller gets trailers
 /// with a gRPC status instead of a reset stream, so it sees `UNAVAILABLE` like any outage.
 pub struct Remote {
     stream: h2::RecvStream,
@@ -108,7 +115,7 @@ impl Body for Remote {
             match self.stream.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(data))) => {
-                    // The host has it now; let the remote send more.
+                    // The caller has it now; let the remote send more.
                     let _ = self.stream.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -185,5 +192,32 @@ mod tests {
             r.headers().get("grpc-status").and_then(|v| v.to_str().ok()),
             Some("14")
         );
+    }
+
+    #[tokio::test]
+    async fn whole_bodies_are_read_up_to_the_limit() {
+        let body = tonic::body::Body::new(http_body_full("hello"));
+        assert_eq!(read_all(body, 10).await.expect("read").as_ref(), b"hello");
+        let body = tonic::body::Body::new(http_body_full("too long for it"));
+        assert!(matches!(
+            read_all(body, 4).await,
+            Err(ReadError::TooLarge { limit: 4 })
+        ));
+    }
+
+    /// A body of one frame.
+    fn http_body_full(text: &'static str) -> impl Body<Data = Bytes, Error = Infallible> {
+        struct Once(Option<Bytes>);
+        impl Body for Once {
+            type Data = Bytes;
+            type Error = Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+                Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+            }
+        }
+        Once(Some(Bytes::from_static(text.as_bytes())))
     }
 }

@@ -1,6 +1,8 @@
-//! Calls to the remote plugin's endpoints: one HTTP/2 connection per endpoint, opened when
+//! Calls to a remote plugin's endpoints: one HTTP/2 connection per endpoint, opened when
 //! first needed and reopened when it dies, each call sent to the endpoint the balancer picks
-//! and retried elsewhere only when it provably never reached the one that failed.
+//! and retried elsewhere only when it provably never reached the one that failed. Both the
+//! library's [`crate::PluginChannel`] and the `hector-plugin-remote` executable send their
+//! calls through this.
 //!
 //! The HTTP/2 client is `h2` itself rather than hyper's wrapper: it sends a call's headers
 //! and message in one write (hyper waits for flow-control credit between the two, which
@@ -25,6 +27,7 @@ use hector_plugin_sdk::proto::{HealthRequest, HealthResponse};
 use crate::balance::{EndpointSet, Failure, Observed, Stage};
 use crate::body::{Remote, status_response};
 use crate::deadline;
+use crate::socket::{SharedStream, peer_closed};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +40,17 @@ const MAX_HEALTH_BYTES: usize = 64 * 1024;
 
 type Body = tonic::body::Body;
 
+/// Which endpoint answered a call; every response [`Pool::forward`] returns carries it in its
+/// extensions (tonic hands them on: `response.extensions().get::<Served>()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Served {
+    /// The endpoint the call was sent to.
+    pub endpoint: SocketAddr,
+    /// This side's address of the connection it went over. Through a Service's virtual IP,
+    /// the endpoint is that IP, and this is what tells connections apart.
+    pub local: Option<SocketAddr>,
+}
+
 /// A failed attempt on one endpoint.
 #[derive(Debug)]
 pub struct AttemptError {
@@ -46,7 +60,7 @@ pub struct AttemptError {
     pub detail: String,
 }
 
-/// The parts of the host's request that every attempt reuses.
+/// The parts of the caller's request that every attempt reuses.
 #[derive(Clone, Debug)]
 pub struct Call {
     /// `/service/method`.
@@ -94,10 +108,19 @@ impl Call {
     }
 }
 
+/// An open connection: its sender, this side's address of it, and its socket (to see a
+/// peer's close before a call is sent over it).
+#[derive(Clone)]
+struct Conn {
+    sender: SendRequest<Bytes>,
+    local: Option<SocketAddr>,
+    socket: Arc<tokio::net::TcpStream>,
+}
+
 /// One endpoint's connection, shared by every call to it.
 struct Slot {
     authority: Authority,
-    conn: tokio::sync::Mutex<Option<SendRequest<Bytes>>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
 }
 
 /// The endpoints of the remote plugin and their connections.
@@ -195,8 +218,8 @@ impl Pool {
             .clone()
     }
 
-    /// Forwards one call, balancing and retrying as [`crate::balance`] decides, and returns
-    /// the response for the host (errors become gRPC statuses).
+    /// Sends one call, balancing and retrying as [`crate::balance`] decides, and returns the
+    /// response (errors become trailers-only gRPC statuses; successes carry [`Served`]).
     pub async fn forward(&self, call: Call) -> Response<Body> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
@@ -217,10 +240,15 @@ impl Pool {
                 None => None,
             };
             match self.attempt(addr, &call, left).await {
-                Ok(response) => {
+                Ok((response, local)) => {
                     self.mark_up(addr);
                     let endpoint = addr.to_string();
-                    return response.map(|b| Body::new(Remote::new(b, endpoint)));
+                    let mut response = response.map(|b| Body::new(Remote::new(b, endpoint)));
+                    response.extensions_mut().insert(Served {
+                        endpoint: addr,
+                        local,
+                    });
+                    return response;
                 }
                 Err(e) => {
                     if e.failure.endpoint_down() {
@@ -232,10 +260,7 @@ impl Pool {
                         failures.push(format!("{addr}: {}", e.detail));
                         continue;
                     }
-                    return status_response(Status::unavailable(format!(
-                        "remote plugin at {addr} failed during the call: {}",
-                        e.detail
-                    )));
+                    return status_response(sent_call_failed(&call, addr, &e));
                 }
             }
         }
@@ -252,32 +277,35 @@ impl Pool {
         ))
     }
 
-    /// One attempt on one endpoint. A cached connection found dead before the call was
-    /// handed to it is replaced once, on the same endpoint.
+    /// One attempt on one endpoint: the response head and this side's address of the
+    /// connection. A cached connection found dead before the call was handed to it is
+    /// replaced once, on the same endpoint.
     async fn attempt(
         &self,
         addr: SocketAddr,
         call: &Call,
         left: Option<Duration>,
-    ) -> Result<Response<h2::RecvStream>, AttemptError> {
+    ) -> Result<(Response<h2::RecvStream>, Option<SocketAddr>), AttemptError> {
         let slot = self.slot(addr);
         let connect_within = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
-        let (sender, reused) = live_sender(&slot, addr, false, connect_within).await?;
-        let sender = match sender.ready().await {
-            Ok(s) => s,
+        let (conn, reused) = live_conn(&slot, addr, false, connect_within).await?;
+        let (sender, local) = match conn.sender.ready().await {
+            Ok(s) => (s, conn.local),
             Err(e) if reused => {
                 tracing::debug!(endpoint = %addr, error = %e, "connection closed; reconnecting");
-                let (fresh, _) = live_sender(&slot, addr, true, connect_within).await?;
-                fresh.ready().await.map_err(|e| not_sent(&e))?
+                let (fresh, _) = live_conn(&slot, addr, true, connect_within).await?;
+                let sender = fresh.sender.ready().await.map_err(|e| not_sent(&e))?;
+                (sender, fresh.local)
             }
             Err(e) => return Err(not_sent(&e)),
         };
-        send(
+        let response = send(
             sender,
             call.request(&slot.authority, left),
             call.body.clone(),
         )
-        .await
+        .await?;
+        Ok((response, local))
     }
 
     /// Calls the plugin's own `Health` RPC of `service` on one endpoint.
@@ -299,7 +327,7 @@ impl Pool {
             deadline: None,
         };
         let run = async {
-            let response = self
+            let (response, _) = self
                 .attempt(addr, &call, Some(timeout))
                 .await
                 .map_err(|e| e.detail)?;
@@ -312,6 +340,28 @@ impl Pool {
                 timeout.as_millis()
             )),
         }
+    }
+}
+
+/// The status for a call that failed after it was sent (it is not retried). Once the caller's
+/// deadline has passed, that is what the failure means (a gRPC server cancels the stream when
+/// the deadline it was given passes); a peer's cancel is a cancel; anything else is the
+/// plugin becoming unreachable.
+fn sent_call_failed(call: &Call, addr: SocketAddr, e: &AttemptError) -> Status {
+    if call.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Status::deadline_exceeded(format!(
+            "deadline exceeded while remote plugin at {addr} handled the call ({})",
+            e.detail
+        ));
+    }
+    match e.failure {
+        Failure::Cancelled => {
+            Status::cancelled(format!("remote plugin at {addr} cancelled the call"))
+        }
+        _ => Status::unavailable(format!(
+            "remote plugin at {addr} failed during the call: {}",
+            e.detail
+        )),
     }
 }
 
@@ -394,23 +444,29 @@ fn status_text(s: &Status) -> String {
 
 /// The endpoint's live connection, opening one if there is none or `fresh` asks for a new
 /// one; the flag returned tells whether an existing connection was reused.
-async fn live_sender(
+async fn live_conn(
     slot: &Slot,
     addr: SocketAddr,
     fresh: bool,
     timeout: Duration,
-) -> Result<(SendRequest<Bytes>, bool), AttemptError> {
+) -> Result<(Conn, bool), AttemptError> {
     let mut guard = slot.conn.lock().await;
-    if !fresh && let Some(s) = guard.as_ref() {
-        return Ok((s.clone(), true));
+    // A connection the peer has closed is replaced before a call goes out on it: the HTTP/2
+    // client would see the close only when its connection task next reads, and a call sent
+    // meanwhile would count as lost although it cannot have reached the plugin.
+    if !fresh
+        && let Some(c) = guard.as_ref()
+        && !peer_closed(&c.socket)
+    {
+        return Ok((c.clone(), true));
     }
-    let sender = connect(addr, timeout).await?;
-    *guard = Some(sender.clone());
-    Ok((sender, false))
+    let conn = connect(addr, timeout).await?;
+    *guard = Some(conn.clone());
+    Ok((conn, false))
 }
 
 /// Opens a TCP connection and starts HTTP/2 on it.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Bytes>, AttemptError> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, AttemptError> {
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -430,6 +486,9 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Byte
     };
     // Calls are small request/response exchanges: send each at once.
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let stream = SharedStream::new(stream);
+    let socket = stream.peer();
     let (sender, conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -444,7 +503,11 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Byte
             tracing::debug!(endpoint = %addr, error = %describe(&e), "remote connection ended");
         }
     });
-    Ok(sender)
+    Ok(Conn {
+        sender,
+        local,
+        socket,
+    })
 }
 
 /// The connection refused a new stream: the call was never sent.
@@ -547,6 +610,38 @@ mod tests {
             Some(&b"10S"[..]),
             "without a deadline of ours the header passes unchanged"
         );
+    }
+
+    #[test]
+    fn failures_after_sending_become_the_right_status() {
+        let addr: SocketAddr = ([10, 0, 0, 1], 50051).into();
+        let call = |deadline| Call {
+            path: PathAndQuery::from_static("/hector.plugin.LLMProvider/Generate"),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            deadline,
+        };
+        let err = |failure| AttemptError {
+            failure,
+            detail: "stream error received: stream no longer needed".into(),
+        };
+        let s = sent_call_failed(&call(None), addr, &err(Failure::Lost));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(
+            s.message()
+                .contains("10.0.0.1:50051 failed during the call"),
+            "{s:?}"
+        );
+        let s = sent_call_failed(&call(None), addr, &err(Failure::Cancelled));
+        assert_eq!(s.code(), tonic::Code::Cancelled);
+        let later = Instant::now() + Duration::from_secs(60);
+        let s = sent_call_failed(&call(Some(later)), addr, &err(Failure::Lost));
+        assert_eq!(s.code(), tonic::Code::Unavailable, "time was left");
+        let past = Instant::now() - Duration::from_millis(1);
+        for failure in [Failure::Cancelled, Failure::Lost] {
+            let s = sent_call_failed(&call(Some(past)), addr, &err(failure));
+            assert_eq!(s.code(), tonic::Code::DeadlineExceeded, "{failure}");
+        }
     }
 
     #[test]

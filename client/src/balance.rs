@@ -10,6 +10,9 @@ use std::net::SocketAddr;
 /// HTTP/2 error code REFUSED_STREAM (RFC 9113 §7): the stream was closed before any
 /// application processing.
 pub const REFUSED_STREAM: u32 = 0x7;
+/// HTTP/2 error code CANCEL: the stream is no longer needed (a gRPC server sends it when the
+/// call's deadline passes or the handler gave up).
+pub const CANCEL: u32 = 0x8;
 
 /// Whether an endpoint takes calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +209,9 @@ pub enum Failure {
     RefusedStream,
     /// The peer's GOAWAY covers this stream: it was not processed.
     GoAway,
+    /// The peer cancelled the stream after taking it (RST_STREAM CANCEL): it may have run,
+    /// and the endpoint is alive.
+    Cancelled,
     /// The request may have reached the plugin before the connection failed.
     Lost,
 }
@@ -225,6 +231,9 @@ impl Failure {
             // The HTTP/2 client reports the peer's GOAWAY to streams above its last stream id
             // only (and to streams opened after it): those were not processed.
             Stage::Send if o.h2_remote && o.h2_go_away => Failure::GoAway,
+            Stage::Send if o.h2_remote && o.h2_reset && o.h2_reason == Some(CANCEL) => {
+                Failure::Cancelled
+            }
             Stage::Send => Failure::Lost,
         }
     }
@@ -232,7 +241,7 @@ impl Failure {
     /// Whether the call may be sent to another endpoint: only when this one provably never
     /// received it, so no call runs twice.
     pub fn retry_safe(self) -> bool {
-        !matches!(self, Failure::Lost)
+        !matches!(self, Failure::Lost | Failure::Cancelled)
     }
 
     /// Whether the endpoint should leave the rotation. A refused stream or a GOAWAY is the
@@ -253,6 +262,7 @@ impl fmt::Display for Failure {
             Failure::NotSent => "connection closed before the call was sent",
             Failure::RefusedStream => "call refused before processing",
             Failure::GoAway => "connection going away before the call was processed",
+            Failure::Cancelled => "call cancelled by the plugin side",
             Failure::Lost => "connection lost after the call was sent",
         })
     }
@@ -407,12 +417,28 @@ mod tests {
             }),
             Failure::Lost
         );
-        // A peer's reset with another code, e.g. CANCEL or INTERNAL_ERROR.
+        // A peer's reset with another code, e.g. INTERNAL_ERROR.
         assert_eq!(
             send(|o| {
                 o.h2_remote = true;
                 o.h2_reset = true;
-                o.h2_reason = Some(0x8);
+                o.h2_reason = Some(0x2);
+            }),
+            Failure::Lost
+        );
+        // The peer's CANCEL: it took the call (and may have run it), and it is alive.
+        let cancelled = send(|o| {
+            o.h2_remote = true;
+            o.h2_reset = true;
+            o.h2_reason = Some(CANCEL);
+        });
+        assert_eq!(cancelled, Failure::Cancelled);
+        assert!(!cancelled.retry_safe() && !cancelled.endpoint_down());
+        // Our own CANCEL is no statement about the peer.
+        assert_eq!(
+            send(|o| {
+                o.h2_reset = true;
+                o.h2_reason = Some(CANCEL);
             }),
             Failure::Lost
         );
