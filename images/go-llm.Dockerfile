@@ -18,7 +18,8 @@ COPY proto/ proto/
 COPY tests/plugins/go-llm/ tests/plugins/go-llm/
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
-    tests/plugins/go-llm/build.sh /out/go-llm
+    tests/plugins/go-llm/build.sh /out/go-llm && \
+    tests/plugins/go-llm/build.sh /out/go-loader ./cmd/loader
 
 # Started by hector-plugin-launcher with the go-plugin handshake, as Hector would start it.
 FROM scratch AS go-llm
@@ -30,5 +31,7 @@ LABEL org.opencontainers.image.title="go-llm" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="${LICENSES}"
 COPY --from=build /out/go-llm /plugin/go-llm
+# A go-plugin host that loads plugins as Hector's loader does (for tests in agent Pods).
+COPY --from=build /out/go-loader /usr/local/bin/go-loader
 USER 65532:65532
 ENTRYPOINT ["/plugin/go-llm"]

@@ -368,11 +368,12 @@ fn agent_container(agent: &Value, name: &str, command: &[&str]) -> Value {
 /// calls the published plugin from inside the cluster; (g) `hectorctl endpoints` and `call
 /// --plugin` from here.
 ///
-/// No image with a go-plugin host runs in the cluster, so the agent's containers run
-/// `hectorctl` (from the operator's image) in place of Hector: `call --plugin` through the
-/// Kubernetes API (the example's ServiceAccount and Role), `call --plugin` through the
-/// mounted endpoints.json, `endpoints`, `discover` on the laid-out directory, and the copied
-/// `hector-plugin-remote` at the path the published plugins.yaml names.
+/// The agent's containers run, in place of one Hector: a go-plugin host that loads plugins as
+/// Hector's loader does (from the go-llm test image) through `hector-plugin-remote` at the
+/// path the published plugins.yaml names and through the discovered copy; and `hectorctl`
+/// (from the operator's image): `call --plugin` through the Kubernetes API (the example's
+/// ServiceAccount and Role), `call --plugin` through the mounted endpoints.json, `endpoints`,
+/// `discover` on the laid-out directory.
 #[tokio::test]
 async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
     let client = client().await;
@@ -474,6 +475,21 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
             "remote",
             &["/usr/local/bin/hector-plugin-remote", "--version"]
         ),
+        // A go-plugin host doing what Hector's loader does, inside the agent Pod: it executes
+        // hector-plugin-remote at the path the published plugins.yaml names, with that
+        // entry's remote_address (the Service's DNS name)...
+        hector_container(
+            &agent,
+            "hector",
+            &[
+                "-config",
+                &json!({"remote_address": format!("echo.{}.svc:50051", ns.name)}).to_string(),
+                "/usr/local/bin/hector-plugin-remote",
+            ]
+        ),
+        // ...and the copy laid out for plugin discovery, which finds its plugin by its own name
+        // in the mounted endpoints.json.
+        hector_container(&agent, "hector-discovered", &["/opt/hector/plugins/echo"]),
     ]);
     spec["restartPolicy"] = json!("Never");
     let pod: Pod = serde_json::from_value(json!({
@@ -503,6 +519,8 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
         "endpoints",
         "discover",
         "remote",
+        "hector",
+        "hector-discovered",
     ] {
         let lp = LogParams {
             container: Some(c.to_string()),
@@ -554,7 +572,34 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
         logs["remote"].starts_with("hector-plugin-remote "),
         "{logs:#?}"
     );
+    for host in ["hector", "hector-discovered"] {
+        let lines: Vec<Value> = logs[host]
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert_llm_session(&lines, &logs[host], "agent: hello from the agent pod");
+    }
     Ok(())
+}
+
+/// A container of the agent Pod running the go-plugin host from the go-llm test image (it
+/// loads plugins exactly as Hector's loader does) on an LLM session, then `Kill`.
+fn hector_container(agent: &Value, name: &str, args: &[&str]) -> Value {
+    let mut command = vec![
+        "/usr/local/bin/go-loader",
+        "-op",
+        "generate:hello from the agent pod",
+        "-op",
+        "stream:hello from the agent pod",
+        "-op",
+        "health",
+    ];
+    command.extend(args);
+    let mut c = agent_container(agent, name, &command);
+    c["image"] = json!(format!("hector.dev/go-llm:{IMAGE_TAG}"));
+    c["imagePullPolicy"] = json!("Never");
+    c
 }
 
 /// The Pod IP behind each connection from this machine to `service_ip:port`, read from the
