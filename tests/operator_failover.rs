@@ -216,12 +216,14 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() -> TestResul
         Duration::from_secs(60),
         || async {
             let text = pod_get(&client, &new_leader, 8080, "/metrics").await?;
-            (metric(&text, "hector_operator_reconciles_total{result=\"ok\"}") >= 2.0)
+            // Reconciled both plugins and probed them (the probes' first results are in).
+            (metric(&text, "hector_operator_reconciles_total{result=\"ok\"}") >= 2.0
+                && metric(&text, "hector_operator_probe_duration_seconds_count") >= 2.0)
                 .then_some(text)
         },
     )
     .await;
-    assert!(reconciled.contains("hector_operator_probe_duration_seconds"));
+    assert!(reconciled.contains("hector_operator_probe_duration_seconds_count"));
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = versions(api.clone(), cms.clone()).await;
     assert_eq!(
