@@ -690,8 +690,17 @@ async fn calls_are_balanced_per_call_over_replicas_and_survive_a_killed_one() ->
         .spec
         .and_then(|s| s.cluster_ip)
         .ok_or("the Service has no ClusterIP")?;
-    let via_service =
-        PluginChannel::connect(&format!("{cluster_ip}:50051"), PluginType::LlmProvider).await?;
+    // kube-proxy programs a new Service's rules a moment after its endpoints appear; until
+    // then the ClusterIP refuses connections.
+    let via_service = eventually("the ClusterIP to answer", Duration::from_secs(30), || {
+        let address = format!("{cluster_ip}:50051");
+        async move {
+            PluginChannel::connect(&address, PluginType::LlmProvider)
+                .await
+                .ok()
+        }
+    })
+    .await;
     let mut via = via_service.llm()?;
     let mut connections: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..300 {
