@@ -703,8 +703,22 @@ async fn calls_are_balanced_per_call_over_replicas_and_survive_a_killed_one() ->
     .await;
     let mut via = via_service.llm()?;
     let mut connections: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refused = 0;
     for i in 0..300 {
-        let r = via.generate(ask(&format!("service {i}"))).await?;
+        // While kube-proxy still rewrites the Service's rules, a new connection can be
+        // refused; such a call reached no Pod, so trying it again does not bias the count.
+        let mut attempt = 0;
+        let r = loop {
+            match via.generate(ask(&format!("service {i}"))).await {
+                Ok(r) => break r,
+                Err(s) if s.code() == tonic::Code::Unavailable && attempt < 40 => {
+                    attempt += 1;
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        };
         let Served { local, .. } = served(&r).ok_or("no Served")?;
         let local = local.ok_or("no local address")?;
         *connections.entry(local.to_string()).or_default() += 1;
@@ -718,7 +732,7 @@ async fn calls_are_balanced_per_call_over_replicas_and_survive_a_killed_one() ->
         *by_pod.entry(format!("{pod}:50051")).or_default() += n;
     }
     eprintln!(
-        "through ClusterIP {cluster_ip} ({} connection(s)), 300 calls: {}",
+        "through ClusterIP {cluster_ip} ({} connection(s), {refused} refused and tried again), 300 calls: {}",
         connections.len(),
         shares(&by_pod)
     );
