@@ -16,20 +16,15 @@ use hector_plugin_sdk::proto::{
     embedder_provider_client::EmbedderProviderClient, llm_provider_client::LlmProviderClient,
     reasoning_strategy_client::ReasoningStrategyClient, tool_provider_client::ToolProviderClient,
 };
-use http::uri::PathAndQuery;
 use tonic::Status;
 
-use crate::body::{ReadError, read_all, status_response};
-use crate::deadline;
+use crate::body::status_response;
 use crate::directory::{Directory, TaskGuard};
 use crate::error::ClientError;
 use crate::follow::{self, Target};
 use crate::pool::{Call, Pool, Served};
 use crate::resolve::Resolver;
 use crate::target::{HostPort, parse_address_list};
-
-/// The largest request sent (plugin RPCs carry one message each).
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 type Body = tonic::body::Body;
 
@@ -216,33 +211,11 @@ impl PluginChannel {
 
     /// Sends one call (what the tower `Service` does for every request).
     async fn send(pool: Arc<Pool>, request: http::Request<Body>) -> http::Response<Body> {
-        let received = Instant::now();
-        let (parts, body) = request.into_parts();
-        // tonic puts the caller's timeout into `grpc-timeout`; it bounds every attempt.
-        let deadline = parts
-            .headers
-            .get(deadline::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(deadline::parse)
-            .map(|d| received + d);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let body = match read_all(body, MAX_REQUEST_BYTES).await {
-            Ok(b) => b,
-            Err(e @ ReadError::TooLarge { .. }) => {
-                return status_response(Status::resource_exhausted(e.to_string()));
-            }
-            Err(e) => return status_response(Status::cancelled(e.to_string())),
+        let call = match Call::read(request, Instant::now()).await {
+            Ok(c) => c,
+            Err(response) => return response,
         };
-        let call = Call {
-            path,
-            headers: parts.headers,
-            body,
-            deadline,
-        };
+        let deadline = call.deadline;
         // Nothing else enforces the deadline on this side (tonic's own `Channel` would), and a
         // peer that vanished without closing its connection would otherwise hold the call.
         match deadline {

@@ -25,7 +25,7 @@ use tonic::Status;
 use hector_plugin_sdk::proto::{HealthRequest, HealthResponse};
 
 use crate::balance::{EndpointSet, Failure, Observed, Stage};
-use crate::body::{Remote, status_response};
+use crate::body::{ReadError, Remote, read_all, status_response};
 use crate::deadline;
 use crate::socket::{SharedStream, peer_closed};
 
@@ -73,7 +73,48 @@ pub struct Call {
     pub deadline: Option<Instant>,
 }
 
+/// The largest request message forwarded (plugin messages are small; this bounds memory).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 impl Call {
+    /// A call from a gRPC request received at `received`: its path, headers, whole message
+    /// and the deadline its `grpc-timeout` sets; or the error response to send back.
+    pub async fn read<B>(
+        request: Request<B>,
+        received: Instant,
+    ) -> Result<Self, Response<tonic::body::Body>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let (parts, body) = request.into_parts();
+        // The caller's timeout bounds every attempt.
+        let deadline = parts
+            .headers
+            .get(deadline::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(deadline::parse)
+            .map(|d| received + d);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let body = match read_all(body, MAX_REQUEST_BYTES).await {
+            Ok(b) => b,
+            Err(e @ ReadError::TooLarge { .. }) => {
+                return Err(status_response(Status::resource_exhausted(e.to_string())));
+            }
+            Err(e) => return Err(status_response(Status::cancelled(e.to_string()))),
+        };
+        Ok(Call {
+            path,
+            headers: parts.headers,
+            body,
+            deadline,
+        })
+    }
+
     /// The request head for one attempt on `authority`, with the time left as its timeout.
     fn request(&self, authority: &Authority, left: Option<Duration>) -> Request<()> {
         let mut request = Request::new(());

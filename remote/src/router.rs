@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::PathAndQuery;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tonic::Status;
@@ -15,14 +14,11 @@ use tonic::codegen::Service;
 use tonic::server::{Grpc, UnaryService};
 use tonic::service::Routes;
 
-use hector_plugin_client::body::{ReadError, read_all, status_response};
-use hector_plugin_client::deadline;
+use hector_plugin_client::body::status_response;
 use hector_plugin_client::pool::Call;
 
 use crate::session::Session;
 
-/// The largest request passed on (plugin RPCs carry one message each).
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 /// The package of every plugin service.
 const PLUGIN_PACKAGE: &str = "hector.plugin.";
 
@@ -157,35 +153,10 @@ impl Router {
                 "not initialized: the host must call Initialize first",
             ));
         }
-        let received = Instant::now();
-        let (parts, body) = request.into_parts();
-        let deadline = parts
-            .headers
-            .get(deadline::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(deadline::parse)
-            .map(|d| received + d);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let body = match read_all(body, MAX_REQUEST_BYTES).await {
-            Ok(b) => b,
-            Err(e @ ReadError::TooLarge { .. }) => {
-                return status_response(Status::resource_exhausted(e.to_string()));
-            }
-            Err(e) => return status_response(Status::cancelled(e.to_string())),
-        };
-        self.session
-            .pool()
-            .forward(Call {
-                path,
-                headers: parts.headers,
-                body,
-                deadline,
-            })
-            .await
+        match Call::read(request, Instant::now()).await {
+            Ok(call) => self.session.pool().forward(call).await,
+            Err(response) => response,
+        }
     }
 }
 
