@@ -73,6 +73,12 @@ pub struct Args {
     #[arg(long, default_value_t = 20.0, value_parser = parse_non_negative_seconds, env = "HECTOR_LAUNCHER_DRAIN_TIMEOUT")]
     pub drain_timeout: f64,
 
+    /// How often the config directories are compared with the configuration the plugin runs
+    /// with; on a difference a new plugin is started with the new values and replaces the
+    /// running one (seconds; 0 turns watching off).
+    #[arg(long, default_value_t = 2.0, value_parser = parse_non_negative_seconds, env = "HECTOR_LAUNCHER_CONFIG_POLL_INTERVAL")]
+    pub config_poll_interval: f64,
+
     /// How calls reach the plugin: `connection` routes each connection by its first
     /// request and splices plugin connections byte for byte (fastest); `request` re-frames
     /// every request.
@@ -121,15 +127,21 @@ impl Args {
         Duration::from_secs_f64(seconds)
     }
 
-    /// Prefix for the plugin's relayed output: `[name]`, from the executable's file name.
-    pub fn output_prefix(&self) -> String {
+    /// Prefix for the plugin's relayed output: `[name]`, from the executable's file name, and
+    /// `[name#N]` for the Nth plugin started after configuration changes, so that the old and
+    /// the new plugin can be told apart while both run.
+    pub fn output_prefix(&self, generation: u64) -> String {
         let name = self
             .command
             .first()
             .and_then(|c| std::path::Path::new(c).file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
-        format!("[{name}]")
+        if generation > 1 {
+            format!("[{name}#{generation}]")
+        } else {
+            format!("[{name}]")
+        }
     }
 
     /// Starts logging to stderr in the chosen format; `RUST_LOG` filters.
@@ -175,12 +187,14 @@ mod tests {
         assert_eq!(a.launch, Launch::Network);
         assert_eq!(a.config_dirs.len(), 2);
         assert_eq!(a.command, vec!["/bin/p", "--flag"]);
-        assert_eq!(a.output_prefix(), "[p]");
+        assert_eq!(a.output_prefix(1), "[p]");
+        assert_eq!(a.output_prefix(3), "[p#3]");
         assert_eq!((a.drain_delay, a.drain_timeout), (5.0, 20.0));
+        assert_eq!(a.config_poll_interval, 2.0);
     }
 
     #[test]
-    fn drain_waits_may_be_zero_but_not_negative() {
+    fn waits_may_be_zero_but_not_negative() {
         let parse = |flag: &str, value: &str| {
             Args::try_parse_from(["l", "--type", "llm_provider", flag, value, "--", "/p"])
         };
@@ -197,6 +211,9 @@ mod tests {
             assert!(parse("--drain-timeout", bad).is_err(), "{bad}");
         }
         assert!(parse("--shutdown-grace", "1e300").is_err());
+        let off = parse("--config-poll-interval", "0").expect("watching off");
+        assert_eq!(off.config_poll_interval, 0.0);
+        assert!(parse("--config-poll-interval", "-2").is_err());
     }
 
     #[test]

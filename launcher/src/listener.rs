@@ -1,7 +1,10 @@
 //! The launcher's server loop: accept, route each connection (see [`crate::sniff`]), and
 //! either serve it locally (health, plus request-by-request forwarding) or splice it to the
 //! plugin. When the launcher drains, every connection is asked to go away (HTTP/2 GOAWAY)
-//! and may finish what it has in flight.
+//! and may finish what it has in flight. A spliced connection belongs to the plugin that was
+//! current when it was routed; when that plugin is replaced after a configuration change,
+//! its connections are asked to go away the same way, and their clients connect again, to
+//! the new plugin.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::backend::Backends;
 use crate::drain::{Closing, Drain};
 use crate::frames::{Downstream, GOAWAY};
 use crate::sniff::{EMPTY_SETTINGS, Next, Route, Sniffer};
@@ -36,7 +40,7 @@ const IDLE_GOAWAY_AFTER: Duration = Duration::from_millis(100);
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
-    plugin_address: String,
+    backends: Backends,
     mode: ForwardMode,
     drain: Drain,
 ) {
@@ -57,11 +61,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let plugin_address = plugin_address.clone();
+        let backends = backends.clone();
         let open = drain.track();
         let closing = drain.closing();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, router, &plugin_address, mode, closing).await {
+            if let Err(e) = handle(stream, router, &backends, mode, closing).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(open);
@@ -72,7 +76,7 @@ pub async fn serve(
 async fn handle(
     mut stream: TcpStream,
     router: axum::Router,
-    plugin_address: &str,
+    backends: &Backends,
     mode: ForwardMode,
     mut closing: Closing,
 ) -> std::io::Result<()> {
@@ -98,17 +102,34 @@ async fn handle(
             conn.await.map_err(std::io::Error::other)
         }
         Route::Plugin => {
+            // Counted as the plugin's until the splice ends, so that a retiring plugin is
+            // stopped only once its clients have left.
+            let (backend, _counted) = backends.pick();
+            let closing = Either(closing, backend.drain.closing());
             let client = stream.into_std()?;
-            if let Some(path) = plugin_address.strip_prefix("unix:") {
+            if let Some(path) = backend.address.strip_prefix("unix:") {
                 let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
                     .await?
                     .into_std()?;
                 splice(client, plugin, replay, goaway_sent, closing).await
             } else {
-                let plugin = TcpStream::connect(plugin_address).await?;
+                let plugin = TcpStream::connect(&backend.address).await?;
                 plugin.set_nodelay(true)?;
                 splice(client, plugin.into_std()?, replay, goaway_sent, closing).await
             }
+        }
+    }
+}
+
+/// Whichever of two reasons to go away comes first: the launcher draining, or the plugin
+/// being replaced.
+struct Either(Closing, Closing);
+
+impl Either {
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.0.wait() => {}
+            _ = self.1.wait() => {}
         }
     }
 }
@@ -149,7 +170,7 @@ async fn splice<P: Duplex>(
     mut plugin: P,
     replay: Vec<u8>,
     goaway_sent: bool,
-    mut closing: Closing,
+    mut closing: Either,
 ) -> std::io::Result<()> {
     client.blocking()?;
     plugin.blocking()?;

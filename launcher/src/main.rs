@@ -4,6 +4,7 @@
 //! `grpc.health.v1`, forwarding every other call to the plugin.
 
 mod args;
+mod backend;
 mod child;
 mod config_dir;
 mod drain;
@@ -11,7 +12,9 @@ mod frames;
 mod goplugin;
 mod handshake;
 mod listener;
+mod plugin;
 mod proxy;
+mod reload;
 mod run;
 mod sniff;
 

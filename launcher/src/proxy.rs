@@ -9,9 +9,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::body::{Body, Bytes, HttpBody};
 use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::{Frame, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::backend::Backends;
+use crate::drain::Tracked;
 
 /// Why the plugin connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +120,72 @@ impl tower::Service<Request<axum::body::Body>> for Forward {
                 Err(e) => Ok(trailers_only(unreachable(&e))),
             }
         })
+    }
+}
+
+/// Forwards each request to the plugin that is current when the request arrives, so that
+/// after a configuration change the next request on any connection reaches the new plugin,
+/// while requests already sent finish on the old one, which waits for them.
+#[derive(Clone, Debug)]
+pub struct Switch {
+    backends: Backends,
+}
+
+impl Switch {
+    /// Forwards to whichever of `backends` is current.
+    pub fn new(backends: Backends) -> Self {
+        Self { backends }
+    }
+}
+
+impl tower::Service<Request<Body>> for Switch {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let (backend, tracked) = self.backends.pick();
+        let mut forward = backend.forward.clone();
+        Box::pin(async move {
+            let response = tower::Service::call(&mut forward, request).await?;
+            // Counted until the last byte of the answer (a stream's trailers) has gone out.
+            Ok(response.map(|body| {
+                Body::new(Counted {
+                    body,
+                    _tracked: tracked,
+                })
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its call counted as in flight until it is dropped.
+struct Counted {
+    body: Body,
+    _tracked: Tracked,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

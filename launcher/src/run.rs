@@ -1,26 +1,83 @@
-//! The launcher's life: start the plugin, connect, initialize, serve, and stop.
+//! The launcher's life: start the plugin, connect, initialize, serve, replace the plugin
+//! when its configuration changes, and stop.
+//!
+//! A configuration change is applied blue/green: a second plugin process is started and
+//! initialized with the new values while the first one keeps serving; only once the new one
+//! has accepted them do new connections and requests go to it, and the old one is stopped
+//! after its clients have moved over (HTTP/2 GOAWAY) and its calls in flight have finished,
+//! bounded by the drain timeout. Holding calls while a single plugin restarts would be
+//! simpler, but every caller would wait for the plugin's start and `Initialize` (seconds, for
+//! a plugin that loads a model or opens a pool), and a configuration the plugin refuses would
+//! leave nothing serving; blue/green costs a second process for the length of the swap.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hector_plugin_sdk::{LifecycleClient, client::error_chain};
 use tokio::process::Child;
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tracing::Instrument;
 
-use crate::args::{Args, Launch};
+use crate::args::Args;
+use crate::backend::{Backend, Backends};
+use crate::config_dir::{self, Config};
 use crate::drain::Drain;
-use crate::{child, config_dir, goplugin, proxy};
+use crate::plugin::{self, EXIT_UNAVAILABLE, StartError, Started};
+use crate::reload::{Event, KeyChanges, Watcher};
 
 /// Exit code for bad configuration (sysexits' EX_CONFIG).
 const EXIT_CONFIG: i32 = 78;
-/// Exit code when the plugin could not be started or reached.
-const EXIT_UNAVAILABLE: i32 = 69;
-/// Exit code when the plugin refused `Initialize`.
-const EXIT_INIT_REFUSED: i32 = 3;
+
+/// The `grpc.health.v1` service name that reports whether the plugin runs with the
+/// configuration in the files: NOT_SERVING after a change could not be applied (the plugin
+/// keeps its previous configuration), SERVING otherwise. Probes check `""`, so this never
+/// takes the Pod out of service.
+pub const CONFIG_HEALTH_SERVICE: &str = "hector.launcher.Config";
+
+/// A plugin process and the launcher's handles on it.
+struct Generation {
+    child: Child,
+    channel: Channel,
+    lifecycle: LifecycleClient,
+    backend: Arc<Backend>,
+}
+
+impl Generation {
+    fn new(started: Started, generation: u64) -> Self {
+        let backend = Arc::new(Backend {
+            generation,
+            address: started.address,
+            forward: started.forward,
+            lifecycle: started.lifecycle.clone(),
+            drain: Drain::default(),
+        });
+        Self {
+            child: started.child,
+            channel: started.channel,
+            lifecycle: started.lifecycle,
+            backend,
+        }
+    }
+}
+
+/// A plugin being started with a changed configuration, and what it is started with.
+struct Attempt {
+    generation: u64,
+    config: Config,
+    keys: KeyChanges,
+    result: Result<Started, StartError>,
+}
+
+type Starting = Pin<Box<dyn Future<Output = Attempt>>>;
 
 /// Runs the launcher to completion and returns the process exit code.
 pub async fn run(args: Args) -> i32 {
+    let args = Arc::new(args);
     let config = match config_dir::read(&args.config_dirs) {
         Ok(c) => c,
         Err(e) => {
@@ -33,91 +90,23 @@ pub async fn run(args: Args) -> i32 {
     // Key names only: values may be secrets.
     tracing::info!(?keys, "configuration loaded");
 
-    let prefix = args.output_prefix();
-    let mut env: Vec<(String, String)> = Vec::new();
-    let mut network_addr = None;
-    match args.launch {
-        Launch::GoPlugin => env.extend(
-            child::GO_PLUGIN_ENV
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        ),
-        Launch::Network => {
-            let addr = match free_loopback_port() {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot find a free loopback port");
-                    return EXIT_UNAVAILABLE;
-                }
-            };
-            env.push((hector_plugin_sdk::PLUGIN_ADDR_ENV.to_string(), addr.clone()));
-            network_addr = Some(addr);
-        }
-    }
-
-    let mut plugin = match child::spawn(
-        &args.command,
-        &env,
-        &prefix,
-        args.launch == Launch::GoPlugin,
-    ) {
-        Ok(p) => p,
+    let started = match plugin::start(&args, 1, config.clone(), None).await {
+        Ok(s) => s,
         Err(e) => {
-            tracing::error!(command = ?args.command, error = %e, "cannot start plugin");
-            return EXIT_UNAVAILABLE;
+            tracing::error!(error = %e, "cannot start the plugin");
+            return e.exit_code();
         }
     };
-    tracing::info!(command = ?args.command, pid = plugin.child.id(), launch = ?args.launch, "plugin started");
-
-    let start_deadline = tokio::time::Instant::now() + Args::duration(args.start_timeout);
-    let address = match network_addr {
-        Some(a) => a,
-        None => {
-            let outcome = tokio::select! {
-                hs = tokio::time::timeout_at(start_deadline, &mut plugin.handshake) => hs,
-                status = plugin.child.wait() => {
-                    tracing::error!(status = ?status, "plugin exited before its handshake (is it a Hector go-plugin binary?)");
-                    return exit_code_of(status.ok());
-                }
-            };
-            match outcome {
-                Ok(Ok(Ok(address))) => address.to_connect_string(),
-                Ok(Ok(Err(e))) => {
-                    tracing::error!(error = %e, "plugin printed an unusable handshake");
-                    return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tracing::error!(
-                        timeout_seconds = args.start_timeout,
-                        "plugin printed no handshake in time"
-                    );
-                    return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
-                }
-            }
-        }
-    };
-
-    let channel = match wait_until_serving(&address, &args, &mut plugin.child, start_deadline).await
-    {
-        Ok(c) => c,
-        Err(code) => return stop_and(&mut plugin.child, &args, code).await,
-    };
-    tracing::info!(%address, "plugin is serving");
-    if args.launch == Launch::GoPlugin {
-        tokio::spawn(goplugin::relay_stdio(channel.clone(), prefix.clone()));
-    }
-
-    let lifecycle = LifecycleClient::new(channel.clone(), args.plugin_type);
-    if let Err(e) = lifecycle.initialize(config).await {
-        tracing::error!(error = %e, "plugin initialization failed");
-        return stop_and(&mut plugin.child, &args, EXIT_INIT_REFUSED).await;
-    }
-    tracing::info!("plugin initialized");
+    let mut current = Generation::new(started, 1);
+    let backends = Backends::new(current.backend.clone());
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(CONFIG_HEALTH_SERVICE, ServingStatus::Serving)
+        .await;
     let service = args.plugin_type.service_name();
     let mirror = tokio::spawn(mirror_health(
-        lifecycle.clone(),
+        backends.clone(),
         reporter.clone(),
         service,
         Args::duration(args.health_interval),
@@ -127,60 +116,183 @@ pub async fn run(args: Args) -> i32 {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listen = %args.listen, error = %e, "cannot listen");
-            return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
-        }
-    };
-    let forward = match proxy::Forward::connect(&address).await {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the forwarding connection");
-            return stop_and(&mut plugin.child, &args, EXIT_UNAVAILABLE).await;
+            return plugin::stop_and(&mut current.child, &args, EXIT_UNAVAILABLE).await;
         }
     };
     let drain = Drain::default();
     let router = tonic::service::Routes::new(health_service)
         .into_axum_router()
-        .fallback_service(forward);
+        .fallback_service(crate::proxy::Switch::new(backends.clone()));
     // Not tonic's server: it would enforce `grpc-timeout` itself and answer CANCELLED;
     // forwarded, the plugin enforces it and answers as it does.
     let mut server = tokio::spawn(crate::listener::serve(
         listener,
         router,
-        address,
+        backends.clone(),
         args.forward,
         drain.clone(),
     ));
     let mut signals = Signals::new();
     tracing::info!(listen = %args.listen, service, "launcher serving");
 
+    let mut watcher = Watcher::new(
+        args.config_dirs.clone(),
+        Args::duration(args.config_poll_interval),
+        config,
+    );
+    let mut starting: Option<Starting> = None;
+    let mut retiring: JoinSet<()> = JoinSet::new();
+    let mut next_generation = 2;
     let mut server_done = false;
-    let code = tokio::select! {
-        _ = signals.next() => {
-            mirror.abort();
-            match drain_connections(&drain, &reporter, service, &args, &mut signals, &mut plugin.child).await {
-                Some(code) => code,
-                None => {
-                    tracing::info!("shutting the plugin down");
-                    graceful_shutdown(&lifecycle, &channel, &args, &mut plugin.child).await
-                }
+    let mut graceful = false;
+    let code = loop {
+        tokio::select! {
+            _ = signals.next() => {
+                graceful = true;
+                // A plugin still starting never served anyone: killing it loses nothing.
+                starting = None;
+                mirror.abort();
+                break match drain_connections(&drain, &reporter, service, &args, &mut signals, &mut current.child).await {
+                    Some(code) => code,
+                    None => {
+                        tracing::info!("shutting the plugin down");
+                        plugin::stop_gracefully(&current.lifecycle, &current.channel, &args, &mut current.child).await;
+                        0
+                    }
+                };
             }
-        }
-        status = plugin.child.wait() => {
-            tracing::error!(status = ?status, "plugin exited; exiting so the container restarts");
-            exit_code_of(status.ok())
-        }
-        result = &mut server => {
-            server_done = true;
-            tracing::error!(result = ?result.map_err(|e| error_chain(&e)), "gRPC server stopped");
-            stop_and(&mut plugin.child, &args, 1).await
+            status = current.child.wait() => {
+                tracing::error!(status = ?status, generation = current.backend.generation, "plugin exited; exiting so the container restarts");
+                break plugin::exit_code_of(status.ok());
+            }
+            result = &mut server => {
+                server_done = true;
+                tracing::error!(result = ?result.map_err(|e| error_chain(&e)), "gRPC server stopped");
+                break plugin::stop_and(&mut current.child, &args, 1).await;
+            }
+            // While a plugin is starting, the files are not compared: once it is done, the
+            // next poll compares them with what then runs, so a change made meanwhile is
+            // applied next rather than lost.
+            event = watcher.next_event(), if starting.is_none() => match event {
+                Event::Changed { config, keys } => {
+                    let generation = next_generation;
+                    next_generation += 1;
+                    tracing::info!(
+                        generation,
+                        added = ?keys.added,
+                        removed = ?keys.removed,
+                        changed = ?keys.changed,
+                        "configuration changed: starting a new plugin with it while the running one keeps serving"
+                    );
+                    starting = Some(Box::pin(start_with(args.clone(), generation, config, keys)));
+                }
+                Event::BackToRunning => {
+                    tracing::info!("the configuration files are back to the configuration the plugin runs with");
+                    reporter.set_service_status(CONFIG_HEALTH_SERVICE, ServingStatus::Serving).await;
+                }
+            },
+            attempt = finished(&mut starting) => match attempt.result {
+                Ok(started) => {
+                    let next = Generation::new(started, attempt.generation);
+                    backends.switch(next.backend.clone());
+                    let old = std::mem::replace(&mut current, next);
+                    watcher.applied(attempt.config);
+                    reporter.set_service_status(CONFIG_HEALTH_SERVICE, ServingStatus::Serving).await;
+                    tracing::info!(
+                        generation = attempt.generation,
+                        old_generation = old.backend.generation,
+                        changed = ?attempt.keys.changed,
+                        added = ?attempt.keys.added,
+                        removed = ?attempt.keys.removed,
+                        "configuration applied: new connections and calls go to the new plugin; the old one drains"
+                    );
+                    let span = tracing::info_span!("retire", generation = old.backend.generation);
+                    retiring.spawn(retire(old, args.clone()).instrument(span));
+                }
+                Err(e) => {
+                    // `Initialize` refusals are redacted where they are read; this also covers
+                    // whatever else a plugin may have said about its values.
+                    let error = config_dir::redact(&e.to_string(), attempt.config.values());
+                    tracing::error!(
+                        generation = attempt.generation,
+                        error = %error,
+                        changed = ?attempt.keys.changed,
+                        added = ?attempt.keys.added,
+                        removed = ?attempt.keys.removed,
+                        running_generation = current.backend.generation,
+                        "configuration change not applied: the running plugin keeps serving with its previous configuration; trying again when the files change"
+                    );
+                    watcher.refused(attempt.config);
+                    reporter.set_service_status(CONFIG_HEALTH_SERVICE, ServingStatus::NotServing).await;
+                }
+            },
+            Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
         }
     };
     mirror.abort();
     drain.close();
+    drop(starting);
+    if graceful {
+        // Every connection was asked to go away: the old plugins' drains end soon, and each
+        // is bounded by the drain timeout.
+        while retiring.join_next().await.is_some() {}
+    } else {
+        // Exiting with an error: their processes are killed with the launcher.
+        retiring.shutdown().await;
+    }
     if !server_done {
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     }
     code
+}
+
+/// Starts generation `generation` with `config`. Its `Initialize` is bounded by the start
+/// timeout: the running plugin serves meanwhile, but a later change waits for this one.
+async fn start_with(args: Arc<Args>, generation: u64, config: Config, keys: KeyChanges) -> Attempt {
+    let limit = Some(Args::duration(args.start_timeout));
+    let result = plugin::start(&args, generation, config.clone(), limit).await;
+    Attempt {
+        generation,
+        config,
+        keys,
+        result,
+    }
+}
+
+/// The outcome of the plugin being started, if one is; never resolves otherwise.
+async fn finished(starting: &mut Option<Starting>) -> Attempt {
+    let attempt = match starting.as_mut() {
+        Some(s) => s.await,
+        None => std::future::pending().await,
+    };
+    *starting = None;
+    attempt
+}
+
+/// Stops a replaced plugin once it has nothing left to do: its spliced connections are asked
+/// to go away (HTTP/2 GOAWAY, between two frames as in the drain on SIGTERM) and their
+/// clients connect again, to the new plugin; requests forwarded to it one by one finish.
+/// Then, or after the drain timeout, it is stopped as at shutdown.
+async fn retire(mut old: Generation, args: Arc<Args>) {
+    let drain = &old.backend.drain;
+    drain.close();
+    tracing::info!(
+        open = drain.open_connections(),
+        "asked the old plugin's connections to go away (HTTP/2 GOAWAY); waiting for its calls in flight"
+    );
+    tokio::select! {
+        _ = drain.all_closed() => tracing::info!("the old plugin's connections and calls are done"),
+        _ = tokio::time::sleep(Args::duration(args.drain_timeout)) => tracing::warn!(
+            open = drain.open_connections(),
+            "drain timeout: stopping the old plugin with connections or calls still open"
+        ),
+        status = old.child.wait() => {
+            tracing::warn!(status = ?status, "the old plugin exited on its own while draining");
+            return;
+        }
+    }
+    plugin::stop_gracefully(&old.lifecycle, &old.channel, &args, &mut old.child).await;
+    tracing::info!("old plugin stopped");
 }
 
 /// SIGTERM and SIGINT, listened for from when the launcher serves, so that a second signal
@@ -279,86 +391,22 @@ fn exited_while_draining(status: Option<std::process::ExitStatus>) -> i32 {
     tracing::info!(status = ?status, "plugin exited during the drain");
     match status.and_then(|s| s.code()) {
         Some(0) => 0,
-        _ => exit_code_of(status),
+        _ => plugin::exit_code_of(status),
     }
 }
 
-/// Shutdown RPC, then go-plugin's controller, then SIGTERM and, after the grace period, SIGKILL.
-async fn graceful_shutdown(
-    lifecycle: &LifecycleClient,
-    channel: &Channel,
-    args: &Args,
-    child: &mut Child,
-) -> i32 {
-    match tokio::time::timeout(Duration::from_secs(5), lifecycle.shutdown()).await {
-        Ok(Ok(())) => tracing::info!("plugin acknowledged Shutdown"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "plugin Shutdown failed"),
-        Err(_) => tracing::warn!("plugin Shutdown timed out"),
-    }
-    if args.launch == Launch::GoPlugin {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            goplugin::controller_shutdown(channel.clone()),
-        )
-        .await;
-    }
-    // Give the plugin a moment to exit on its own before signalling it.
-    let exited = tokio::time::timeout(Duration::from_secs(2), child.wait())
-        .await
-        .is_ok();
-    if !exited && let Err(e) = child::stop(child, Args::duration(args.shutdown_grace)).await {
-        tracing::warn!(error = %e, "stopping the plugin failed");
-    }
-    0
-}
-
-/// Stops the child and returns `code`.
-async fn stop_and(child: &mut Child, args: &Args, code: i32) -> i32 {
-    let _ = child::stop(child, Args::duration(args.shutdown_grace)).await;
-    code
-}
-
-/// Connects and waits until the plugin answers its Health RPC, the child dies, or time runs out.
-async fn wait_until_serving(
-    address: &str,
-    args: &Args,
-    child: &mut Child,
-    deadline: tokio::time::Instant,
-) -> Result<Channel, i32> {
-    let mut last_error = String::from("no attempt yet");
-    loop {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::error!(%address, last_error, "plugin did not start serving in time");
-            return Err(EXIT_UNAVAILABLE);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            tracing::error!(?status, "plugin exited while starting");
-            return Err(exit_code_of(Some(status)));
-        }
-        match hector_plugin_sdk::connect(address, Duration::from_secs(2)).await {
-            Ok(channel) => {
-                let probe = LifecycleClient::new(channel.clone(), args.plugin_type);
-                match tokio::time::timeout(Duration::from_secs(2), probe.health()).await {
-                    Ok(Ok(_)) => return Ok(channel),
-                    Ok(Err(e)) => last_error = e.to_string(),
-                    Err(_) => last_error = "Health timed out".into(),
-                }
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Mirrors the plugin's own Health RPC into `grpc.health.v1` for `""` and the service name.
+/// Mirrors the current plugin's own Health RPC into `grpc.health.v1` for `""` and the service
+/// name. Which plugin is current may change between two calls: a replacement is made current
+/// only once it has accepted its configuration, so the status does not flicker during a swap.
 async fn mirror_health(
-    lifecycle: LifecycleClient,
+    backends: Backends,
     reporter: HealthReporter,
     service: &'static str,
     interval: Duration,
 ) {
     let mut last: Option<(bool, String)> = None;
     loop {
+        let lifecycle = backends.current().lifecycle.clone();
         let (healthy, message) =
             match tokio::time::timeout(interval.max(Duration::from_secs(1)), lifecycle.health())
                 .await
@@ -384,19 +432,4 @@ async fn mirror_health(
         }
         tokio::time::sleep(interval).await;
     }
-}
-
-/// The exit code to report for a child's end: its own code when non-zero, else 1 (a plugin
-/// must not stop on its own, so even a clean exit is a failure of the Pod).
-fn exit_code_of(status: Option<std::process::ExitStatus>) -> i32 {
-    match status.and_then(|s| s.code()) {
-        Some(code) if code != 0 => code,
-        _ => 1,
-    }
-}
-
-/// A loopback address with a port that was free a moment ago.
-fn free_loopback_port() -> std::io::Result<String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.to_string())
 }
