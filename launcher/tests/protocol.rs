@@ -103,6 +103,9 @@ struct Launched {
     child: Child,
     addr: String,
     dir: tempfile::TempDir,
+    /// Everything the launcher printed so far, stdout and stderr, read as it comes.
+    log: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Launched {
@@ -125,13 +128,26 @@ impl Launched {
             let v = v.replace("$DIR", &dir.path().display().to_string());
             std::fs::write(config_dir.join(k), v).expect("config file");
         }
+        Self::spawn(dir, &config_dir, plugin_type, launch, command, extra, env)
+    }
+
+    /// Starts the launcher on `config_dir`, which the caller has laid out.
+    fn spawn(
+        dir: tempfile::TempDir,
+        config_dir: &Path,
+        plugin_type: &str,
+        launch: &str,
+        command: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_hector-plugin-launcher"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hector-plugin-launcher"))
             .args(["--listen", &addr, "--type", plugin_type, "--launch", launch])
             .args(["--health-interval", "0.2", "--start-timeout", "60"])
             .args(extra)
             .arg("--config-dir")
-            .arg(&config_dir)
+            .arg(config_dir)
             .arg("--")
             .args(command)
             // Tests that do not look at the drain should not wait for it; the others pass
@@ -142,7 +158,34 @@ impl Launched {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start launcher");
-        Launched { child, addr, dir }
+        // Read as it comes: a test can wait for a line, and a chatty launcher never blocks
+        // on a full pipe.
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as _),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let log = log.clone();
+            readers.push(std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut log) = log.lock() {
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                }
+            }));
+        }
+        Launched {
+            child,
+            addr,
+            dir,
+            log,
+            readers,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -193,15 +236,34 @@ impl Launched {
 
     /// Everything the launcher printed (after it exited).
     fn output(&mut self) -> String {
-        use std::io::Read;
-        let mut text = String::new();
-        if let Some(mut out) = self.child.stdout.take() {
-            let _ = out.read_to_string(&mut text);
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
         }
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = err.read_to_string(&mut text);
+        self.log_so_far()
+    }
+
+    /// What the launcher printed so far.
+    fn log_so_far(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the launcher has printed a line containing `needle`.
+    async fn wait_for_log(&mut self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log_so_far().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "launcher exited ({status}) before logging {needle:?}: {}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the launcher did not log {needle:?} within {within:?}:\n{}",
+                self.log_so_far()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        text
     }
 }
 
@@ -1069,5 +1131,601 @@ async fn drain_sends_goaway_so_a_looping_client_never_fails() -> TestResult {
 async fn drain_sends_goaway_so_a_single_threaded_plain_channel_never_fails() -> TestResult {
     let o = loop_through_a_drain(false).await?;
     assert_never_failed(&o);
+    Ok(())
+}
+
+/// A config directory laid out as the kubelet lays out a ConfigMap, Secret or projected
+/// volume, and updated as it updates one: the files live in a hidden timestamped directory,
+/// `..data` links to it, and each key is a symlink `KEY -> ..data/KEY`. An update writes a
+/// new timestamped directory, points `..data_tmp` at it and renames that over `..data` (the
+/// atomic step), then adds the symlinks of new keys, removes those of removed keys and
+/// deletes the old directory.
+struct KubeletDir {
+    path: PathBuf,
+    snapshot: Option<String>,
+    keys: Vec<String>,
+    updates: u32,
+}
+
+impl KubeletDir {
+    fn new(path: PathBuf, config: &[(&str, &str)]) -> Self {
+        std::fs::create_dir(&path).expect("config dir");
+        let mut dir = Self {
+            path,
+            snapshot: None,
+            keys: Vec::new(),
+            updates: 0,
+        };
+        dir.publish(config);
+        dir
+    }
+
+    fn publish(&mut self, config: &[(&str, &str)]) {
+        use std::os::unix::fs::symlink;
+        self.updates += 1;
+        let snapshot = format!(
+            "..2026_11_30_07_00_{:02}.{:06}",
+            self.updates % 60,
+            self.updates
+        );
+        std::fs::create_dir(self.path.join(&snapshot)).expect("snapshot dir");
+        for (k, v) in config {
+            std::fs::write(self.path.join(&snapshot).join(k), v).expect("config file");
+        }
+        let tmp = self.path.join("..data_tmp");
+        symlink(&snapshot, &tmp).expect("..data_tmp");
+        std::fs::rename(&tmp, self.path.join("..data")).expect("swap ..data");
+        let keys: Vec<String> = config.iter().map(|(k, _)| k.to_string()).collect();
+        for k in &keys {
+            if !self.keys.contains(k) {
+                symlink(format!("..data/{k}"), self.path.join(k)).expect("key symlink");
+            }
+        }
+        for k in &self.keys {
+            if !keys.contains(k) {
+                std::fs::remove_file(self.path.join(k)).expect("remove key symlink");
+            }
+        }
+        if let Some(old) = self.snapshot.replace(snapshot) {
+            std::fs::remove_dir_all(self.path.join(old)).expect("remove old snapshot");
+        }
+        self.keys = keys;
+    }
+}
+
+/// The processes whose parent is `pid`, zombies included: a child the launcher has not
+/// reaped is still its child.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may contain spaces and parentheses.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Waits until the launcher has exactly one child process and returns it.
+async fn only_child(l: &Launched, not: Option<u32>, within: Duration) -> u32 {
+    let pid = l.child.id();
+    let deadline = Instant::now() + within;
+    loop {
+        let children = children_of(pid);
+        if let [only] = children[..]
+            && Some(only) != not
+        {
+            return only;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the launcher still has children {children:?} (old plugin {not:?}) after {within:?}:\n{}",
+            l.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How a client loop reaches the launcher.
+#[derive(Clone)]
+enum Caller {
+    /// Unary Generate calls over one long-lived Channel; with `--forward request` several
+    /// loops may share it.
+    Reused(Channel),
+    /// Unary Generate calls over one long-lived Channel that other loops use at the same
+    /// time, on a spliced connection. When the GOAWAY that moves the connection to the new
+    /// plugin arrives while another loop's call is still open on it, hyper hands the next
+    /// call queued on it back unsent (`Canceled`, "connection closed"): the connection stays
+    /// up for the open call but takes no new one, and tonic does not retry. gRPC's own
+    /// libraries and hector-plugin-client retry such a call, as this loop does, once.
+    Shared(Channel),
+    /// GenerateStreaming over one long-lived Channel.
+    Streaming(Channel),
+    /// A new connection for every call.
+    Fresh(String),
+}
+
+/// What one client loop saw: which configuration each answer came from, in order, and the
+/// calls that failed.
+#[derive(Debug, Default)]
+struct Seen {
+    answers: Vec<usize>,
+    failures: Vec<String>,
+    /// Calls hyper handed back unsent and that were retried ([`Caller::Shared`] only).
+    retried: Vec<String>,
+}
+
+/// Client loops calling the launcher while its configuration is rotated, plus a probe loop
+/// that checks health on a fresh connection each time, as the kubelet does.
+struct Workload {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    loops: Vec<(String, Arc<Mutex<Seen>>)>,
+    probe_failures: Arc<Mutex<Vec<String>>>,
+    probes: Arc<std::sync::atomic::AtomicU32>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// `prefixes` are the configured prefixes in the order they are rotated in.
+    fn start(addr: &str, callers: Vec<(&str, Caller)>, prefixes: &'static [&'static str]) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut loops = Vec::new();
+        let mut tasks = Vec::new();
+        let started = Instant::now();
+        for (name, caller) in callers {
+            let seen = Arc::new(Mutex::new(Seen::default()));
+            loops.push((name.to_string(), seen.clone()));
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut retried = None;
+                    let result = match &caller {
+                        Caller::Reused(ch) => {
+                            generate_within(&mut LlmProviderClient::new(ch.clone()), "loop").await
+                        }
+                        Caller::Shared(ch) => {
+                            let mut client = LlmProviderClient::new(ch.clone());
+                            match generate_within(&mut client, "loop").await {
+                                Err(status) if never_sent(&status) => {
+                                    retried =
+                                        Some(format!("after {:?}: {status:?}", started.elapsed()));
+                                    generate_within(&mut client, "loop").await
+                                }
+                                other => other,
+                            }
+                        }
+                        Caller::Streaming(ch) => {
+                            streamed_within(&mut LlmProviderClient::new(ch.clone()), "loop").await
+                        }
+                        Caller::Fresh(addr) => {
+                            match hector_plugin_sdk::connect(addr, Duration::from_secs(5)).await {
+                                Ok(ch) => {
+                                    generate_within(&mut LlmProviderClient::new(ch), "loop").await
+                                }
+                                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                            }
+                        }
+                    };
+                    let mut seen = seen.lock().expect("seen");
+                    seen.retried.extend(retried);
+                    match result {
+                        Ok(text) => {
+                            match prefixes.iter().position(|p| text == format!("{p}loop")) {
+                                Some(i) => seen.answers.push(i),
+                                None => seen.failures.push(format!("unexpected answer {text:?}")),
+                            }
+                        }
+                        Err(status) => seen
+                            .failures
+                            .push(format!("after {:?}: {status:?}", started.elapsed())),
+                    }
+                }
+            }));
+        }
+        let probe_failures = Arc::new(Mutex::new(Vec::new()));
+        let probes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        tasks.push(tokio::spawn({
+            let (stop, failures, probes) = (stop.clone(), probe_failures.clone(), probes.clone());
+            let addr = addr.to_string();
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let status =
+                        match hector_plugin_sdk::connect(&addr, Duration::from_secs(5)).await {
+                            Ok(ch) => health(&ch, "").await,
+                            Err(_) => None,
+                        };
+                    probes.fetch_add(1, Ordering::Relaxed);
+                    if status != Some(ServingStatus::Serving)
+                        && let Ok(mut f) = failures.lock()
+                    {
+                        f.push(format!("after {:?}: {status:?}", started.elapsed()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+        Self {
+            stop,
+            loops,
+            probe_failures,
+            probes,
+            tasks,
+        }
+    }
+
+    /// Waits until every loop has had `count` answers from configuration `config`, and
+    /// returns how long that took.
+    async fn wait_answers(&self, config: usize, count: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let behind: Vec<String> = self
+                .loops
+                .iter()
+                .filter_map(|(name, seen)| {
+                    let seen = seen.lock().expect("seen");
+                    let n = seen.answers.iter().filter(|&&a| a == config).count();
+                    (n < count).then(|| format!("{name}: {n} answers from #{config}, {seen:?}"))
+                })
+                .collect();
+            if behind.is_empty() {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "after {within:?} some loops still lack answers from configuration #{config}: {behind:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the loops and checks what they saw: no failed call, no failed probe, and per
+    /// loop the configurations in rotation order (never an old one after a newer one).
+    async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("client loops end")
+                .expect("client loop task");
+        }
+        let probe_failures = self.probe_failures.lock().expect("probes").clone();
+        let probes = self.probes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            probe_failures.is_empty(),
+            "{} of {probes} health probes were not SERVING: {probe_failures:#?}",
+            probe_failures.len()
+        );
+        assert!(probes > 0, "no health probe ran");
+        for (name, seen) in &self.loops {
+            let seen = seen.lock().expect("seen");
+            assert!(
+                seen.failures.is_empty(),
+                "{name}: {} failed calls of {}: {:#?}",
+                seen.failures.len(),
+                seen.failures.len() + seen.answers.len(),
+                seen.failures
+            );
+            // One configuration change: a shared channel connects again right after it.
+            assert!(
+                seen.retried.len() <= 1,
+                "{name}: more than one call handed back unsent: {:#?}",
+                seen.retried
+            );
+            assert!(
+                seen.answers.windows(2).all(|w| w[0] <= w[1]),
+                "{name}: answers went back to an older configuration: {:?}",
+                seen.answers
+            );
+            eprintln!(
+                "{name}: {} calls, {} retried unsent, answers per configuration {:?}",
+                seen.answers.len(),
+                seen.retried.len(),
+                (0..=seen.answers.iter().copied().max().unwrap_or(0))
+                    .map(|c| seen.answers.iter().filter(|&&a| a == c).count())
+                    .collect::<Vec<_>>()
+            );
+        }
+        eprintln!("{probes} health probes, all SERVING");
+    }
+}
+
+/// One GenerateStreaming call, its chunks joined, bounded in time.
+async fn streamed_within(
+    client: &mut LlmProviderClient<Channel>,
+    text: &str,
+) -> Result<String, tonic::Status> {
+    let call = async {
+        let mut stream = client.generate_streaming(user(text)).await?.into_inner();
+        let mut joined = String::new();
+        let mut done = false;
+        while let Some(chunk) = stream.message().await? {
+            match ChunkType::try_from(chunk.r#type) {
+                Ok(ChunkType::Text) => joined.push_str(&chunk.text),
+                Ok(ChunkType::Done) => done = true,
+                other => return Err(tonic::Status::internal(format!("chunk {other:?}"))),
+            }
+        }
+        if done {
+            Ok(joined)
+        } else {
+            Err(tonic::Status::internal(format!(
+                "no DONE chunk after {joined:?}"
+            )))
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(result) => result,
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 10 s")),
+    }
+}
+
+/// The launcher flags of the rotation tests: poll often, and bound the old plugin's drain.
+const ROTATION_FLAGS: [&str; 4] = ["--config-poll-interval", "0.2", "--drain-timeout", "10"];
+
+/// Starts echo-llm behind the launcher with a kubelet-style config directory.
+fn launch_rotating(
+    launch: &str,
+    command: &[&str],
+    config: &[(&str, &str)],
+    extra: &[&str],
+) -> (Launched, KubeletDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_dir = KubeletDir::new(dir.path().join("config"), config);
+    let mut flags = ROTATION_FLAGS.to_vec();
+    flags.extend_from_slice(extra);
+    let path = config_dir.path.clone();
+    let l = Launched::spawn(dir, &path, "llm_provider", launch, command, &flags, &[]);
+    (l, config_dir)
+}
+
+/// A rotated value reaches the plugin, and no client call fails on the way: reused
+/// connections (unary and streaming) are moved over, fresh connections reach the new plugin,
+/// the kubelet's probe keeps seeing SERVING, the old plugin is stopped, and neither value is
+/// ever logged.
+async fn rotation_without_failed_calls(launch: &str, forward: &str) -> TestResult {
+    const PREFIXES: &[&str] = &["s3cr3t-old: ", "s3cr3t-new: "];
+    let bin = sibling_bin("echo-llm");
+    let (mut l, mut config) = launch_rotating(
+        launch,
+        &[bin.to_str().ok_or("path")?],
+        &[("prefix", PREFIXES[0]), ("model", "echo-rotating")],
+        &["--forward", forward],
+    );
+    let _ = l.channel().await;
+    let old = only_child(&l, None, Duration::from_secs(10)).await;
+    let shared = l.plugin_channel().await;
+    let mut callers = vec![
+        (
+            "reused connection",
+            Caller::Reused(l.plugin_channel().await),
+        ),
+        ("streaming", Caller::Streaming(l.plugin_channel().await)),
+        ("fresh connection per call", Caller::Fresh(l.addr.clone())),
+    ];
+    if forward == "request" {
+        // Served by the launcher, the connection never has to go away: the next request
+        // simply goes to the new plugin. A plain tonic Channel shared by two loops loses
+        // nothing.
+        callers.push((
+            "shared connection, caller A",
+            Caller::Reused(shared.clone()),
+        ));
+        callers.push(("shared connection, caller B", Caller::Reused(shared)));
+    } else {
+        callers.push((
+            "second reused connection",
+            Caller::Reused(l.plugin_channel().await),
+        ));
+        callers.push((
+            "shared connection, caller A",
+            Caller::Shared(shared.clone()),
+        ));
+        callers.push(("shared connection, caller B", Caller::Shared(shared)));
+    }
+    let work = Workload::start(&l.addr, callers, PREFIXES);
+    work.wait_answers(0, 20, Duration::from_secs(20)).await;
+
+    config.publish(&[("prefix", PREFIXES[1]), ("model", "echo-rotating")]);
+    let took = work.wait_answers(1, 1, Duration::from_secs(20)).await;
+    eprintln!("every loop answered with the new prefix {took:?} after the rotation");
+    // The old plugin is stopped once its clients have moved over, long before the drain
+    // timeout (10 s) would stop it anyway.
+    let new = only_child(&l, Some(old), Duration::from_secs(20)).await;
+    work.wait_answers(1, 20, Duration::from_secs(20)).await;
+    work.finish().await;
+    assert!(
+        children_of(l.child.id()) == [new],
+        "only the new plugin runs"
+    );
+
+    l.signal_term();
+    let status = l.wait_exit(Duration::from_secs(30)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    for step in [
+        "configuration changed: starting a new plugin",
+        "configuration applied",
+        "changed=[\"prefix\"]",
+        "the old plugin's connections and calls are done",
+        "old plugin stopped",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("s3cr3t"),
+        "a configuration value was logged:\n{out}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn rotated_config_reaches_a_go_plugin_child_without_failed_calls() -> TestResult {
+    rotation_without_failed_calls("go-plugin", "connection").await
+}
+
+#[tokio::test]
+async fn rotated_config_reaches_a_network_child_without_failed_calls() -> TestResult {
+    // Request by request: every connection is served by the launcher, and each request goes
+    // to the plugin that is current when it arrives.
+    rotation_without_failed_calls("network", "request").await
+}
+
+/// A configuration the plugin refuses is not applied: the old plugin keeps answering with
+/// the old values, the failure is logged with key names and exposed in health, and the next
+/// change is applied.
+#[tokio::test]
+async fn refused_rotation_keeps_the_old_plugin_and_a_later_one_applies() -> TestResult {
+    const PREFIXES: &[&str] = &["old: ", "refused: ", "newer: "];
+    const CONFIG_SERVICE: &str = "hector.launcher.Config";
+    let bin = sibling_bin("echo-llm");
+    let (mut l, mut config) = launch_rotating(
+        "network",
+        &[bin.to_str().ok_or("path")?],
+        &[("prefix", PREFIXES[0]), ("max_tokens", "64")],
+        &[],
+    );
+    let probe = l.channel().await;
+    assert_eq!(
+        health(&probe, CONFIG_SERVICE).await,
+        Some(ServingStatus::Serving)
+    );
+    let old = only_child(&l, None, Duration::from_secs(10)).await;
+    let work = Workload::start(
+        &l.addr,
+        vec![
+            ("reused", Caller::Reused(l.plugin_channel().await)),
+            ("fresh connection per call", Caller::Fresh(l.addr.clone())),
+        ],
+        PREFIXES,
+    );
+    work.wait_answers(0, 10, Duration::from_secs(20)).await;
+
+    // echo-llm refuses a max_tokens that is not a number, quoting it.
+    config.publish(&[
+        ("prefix", PREFIXES[1]),
+        ("max_tokens", "s3cr3t-not-a-number"),
+    ]);
+    wait_health(&probe, CONFIG_SERVICE, ServingStatus::NotServing).await;
+    assert_eq!(
+        children_of(l.child.id()),
+        [old],
+        "the refused plugin was stopped, the old one runs"
+    );
+    // Calls made after the refusal still reach the old plugin, with its values.
+    work.wait_answers(0, 30, Duration::from_secs(20)).await;
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
+    assert_eq!(generate_within(&mut client, "loop").await?, "old: loop");
+    let info = client.get_model_info(Empty {}).await?.into_inner();
+    assert_eq!(info.max_tokens, 64);
+    assert_eq!(health(&probe, "").await, Some(ServingStatus::Serving));
+
+    config.publish(&[("prefix", PREFIXES[2]), ("max_tokens", "128")]);
+    work.wait_answers(2, 1, Duration::from_secs(20)).await;
+    only_child(&l, Some(old), Duration::from_secs(20)).await;
+    wait_health(&probe, CONFIG_SERVICE, ServingStatus::Serving).await;
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
+    let info = client.get_model_info(Empty {}).await?.into_inner();
+    assert_eq!(info.max_tokens, 128, "the new values are used");
+    work.wait_answers(2, 10, Duration::from_secs(20)).await;
+    let refused_answers: usize = work
+        .loops
+        .iter()
+        .map(|(_, seen)| {
+            seen.lock()
+                .map(|s| s.answers.iter().filter(|&&a| a == 1).count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        refused_answers, 0,
+        "nothing answered with the refused configuration"
+    );
+    work.finish().await;
+
+    l.signal_term();
+    let status = l.wait_exit(Duration::from_secs(30)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    let refusal = out
+        .lines()
+        .find(|line| line.contains("configuration change not applied"))
+        .ok_or_else(|| format!("no refusal logged:\n{out}"))?;
+    assert!(refusal.contains("ERROR"), "logged as an error: {refusal}");
+    assert!(
+        refusal.contains("max_tokens") && refusal.contains("[redacted]"),
+        "names the key and the plugin's reason, without the value: {refusal}"
+    );
+    assert!(
+        !out.contains("s3cr3t"),
+        "a configuration value was logged:\n{out}"
+    );
+    Ok(())
+}
+
+/// A change made while a new plugin is starting is applied after that swap, not lost. The
+/// plugin is started through `sh -c 'sleep 2; exec …'`, so each start takes two seconds and
+/// the second change surely lands during the first swap.
+#[tokio::test]
+async fn change_during_a_swap_is_applied_after_it() -> TestResult {
+    const PREFIXES: &[&str] = &["zero: ", "one: ", "two: "];
+    let bin = sibling_bin("echo-llm");
+    let (mut l, mut config) = launch_rotating(
+        "go-plugin",
+        &[
+            "sh",
+            "-c",
+            "sleep 2; exec \"$0\"",
+            bin.to_str().ok_or("path")?,
+        ],
+        &[("prefix", PREFIXES[0])],
+        &[],
+    );
+    let _ = l.channel().await;
+    let old = only_child(&l, None, Duration::from_secs(10)).await;
+    let work = Workload::start(
+        &l.addr,
+        vec![("reused", Caller::Reused(l.plugin_channel().await))],
+        PREFIXES,
+    );
+    work.wait_answers(0, 10, Duration::from_secs(20)).await;
+
+    config.publish(&[("prefix", PREFIXES[1])]);
+    l.wait_for_log(
+        "configuration changed: starting a new plugin",
+        Duration::from_secs(10),
+    )
+    .await;
+    config.publish(&[("prefix", PREFIXES[2])]);
+    work.wait_answers(2, 10, Duration::from_secs(40)).await;
+    only_child(&l, Some(old), Duration::from_secs(20)).await;
+    work.finish().await;
+
+    l.signal_term();
+    let status = l.wait_exit(Duration::from_secs(30)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    let applied: Vec<&str> = out
+        .lines()
+        .filter(|line| line.contains("configuration applied"))
+        .collect();
+    assert_eq!(applied.len(), 2, "two swaps, one per change:\n{out}");
+    assert!(
+        applied[0].contains("generation=2") && applied[1].contains("generation=3"),
+        "{applied:#?}"
+    );
     Ok(())
 }
