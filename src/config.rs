@@ -20,9 +20,6 @@ pub struct ResolvedConfig {
     pub secrets: BTreeMap<String, SecretKeyRef>,
     /// Keys the manifest does not declare (passed through).
     pub undeclared: Vec<String>,
-    /// resourceVersion of each referenced Secret, by Secret name (filled in by the
-    /// reconciler), so a changed secret value rolls the Pods.
-    pub secret_versions: BTreeMap<String, String>,
 }
 
 /// Why a configuration cannot be used.
@@ -110,7 +107,6 @@ pub fn resolve(
             values,
             secrets,
             undeclared,
-            secret_versions: BTreeMap::new(),
         })
     } else {
         Err(errors)

@@ -1,8 +1,15 @@
 //! Leader election on a `coordination.k8s.io` Lease, so that of several replicas exactly
 //! one reconciles. Expiry is judged by the local clock from the moment this replica last saw
-//! the lease change (as client-go does), so clock skew between nodes does not matter.
+//! the lease change (as client-go does), so clock skew between nodes does not matter. Every
+//! successful renewal opens the [`Fence`] that gates the operator's writes until the renew
+//! deadline, counted from the moment the renewal started; every lease request has its own
+//! deadline, so a hung request cannot keep the leader writing past it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::fence::Fence;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -38,6 +45,12 @@ impl LeaseConfig {
     pub fn renew_deadline(&self) -> Duration {
         self.duration * 2 / 3
     }
+
+    /// How long one lease request may take: short enough that a renewal attempt (a read and
+    /// a write) ends well inside the renew deadline.
+    pub fn request_timeout(&self) -> Duration {
+        (self.duration / 5).max(Duration::from_millis(500))
+    }
 }
 
 /// Whether this replica may take the lease: it holds it already, nobody does, or the holder
@@ -62,6 +75,19 @@ pub enum LeaseError {
     /// Leadership was lost: renewals failed for longer than the renew deadline.
     #[error("lost the leader lease: not renewed for {0:?}")]
     Lost(Duration),
+    /// Another replica holds the lease now.
+    #[error("lost the leader lease: {0} holds it now")]
+    Taken(String),
+    /// A lease request did not answer within its deadline.
+    #[error("lease {namespace}/{name}: no answer within {timeout:?}")]
+    Timeout {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// The deadline.
+        timeout: Duration,
+    },
 }
 
 /// Takes and keeps the lease.
@@ -69,16 +95,40 @@ pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+    fence: Fence,
+    holder: String,
 }
 
 impl Elector {
-    /// An elector for `config`.
-    pub fn new(client: Client, config: LeaseConfig) -> Self {
+    /// An elector for `config`; `client` must not be fenced (the lease is how the fence opens).
+    pub fn new(client: Client, config: LeaseConfig, fence: Fence) -> Self {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
+            fence,
+            holder: String::new(),
         }
+    }
+
+    /// The lease's configuration.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// Runs one lease request within the request deadline.
+    async fn timed<T>(
+        &self,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, LeaseError> {
+        let timeout = self.config.request_timeout();
+        tokio::time::timeout(timeout, request)
+            .await
+            .map_err(|_| LeaseError::Timeout {
+                namespace: self.config.namespace.clone(),
+                name: self.config.name.clone(),
+                timeout,
+            })
     }
 
     fn err(&self, source: kube::Error) -> LeaseError {
@@ -101,12 +151,22 @@ impl Elector {
         }
     }
 
-    /// One attempt to take or renew the lease; `Ok(true)` while this replica holds it.
+    /// One attempt to take or renew the lease; `Ok(true)` while this replica holds it, and
+    /// then the fence is open until the renew deadline counted from the attempt's start.
     pub async fn try_once(&mut self) -> Result<bool, LeaseError> {
+        let started = Instant::now();
+        let held = self.attempt().await?;
+        if held {
+            self.fence
+                .open_until(started + self.config.renew_deadline());
+        }
+        Ok(held)
+    }
+
+    async fn attempt(&mut self) -> Result<bool, LeaseError> {
         let Some(lease) = self
-            .api
-            .get_opt(&self.config.name)
-            .await
+            .timed(self.api.get_opt(&self.config.name))
+            .await?
             .map_err(|e| self.err(e))?
         else {
             let lease = Lease {
@@ -117,7 +177,10 @@ impl Elector {
                 },
                 spec: Some(self.spec(None, 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self
+                .timed(self.api.create(&PostParams::default(), &lease))
+                .await?
+            {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(self.err(e)),
@@ -134,6 +197,7 @@ impl Elector {
             }
         };
         let holder = spec.holder_identity.clone().unwrap_or_default();
+        self.holder.clone_from(&holder);
         let their_duration = spec
             .lease_duration_seconds
             .and_then(|s| u64::try_from(s).ok())
@@ -159,9 +223,11 @@ impl Elector {
             spec: Some(self.spec(acquired, transitions)),
         };
         match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &updated)
-            .await
+            .timed(
+                self.api
+                    .replace(&self.config.name, &PostParams::default(), &updated),
+            )
+            .await?
         {
             Ok(_) => {
                 if !mine {
@@ -187,22 +253,31 @@ impl Elector {
         }
     }
 
-    /// Renews until a renewal fails for longer than the renew deadline; returns why.
+    /// Renews until a renewal fails for longer than the renew deadline, or another replica
+    /// took the lease; closes the fence and returns why.
     pub async fn keep(&mut self) -> LeaseError {
+        let lost = self.renew_while_held().await;
+        self.fence.close();
+        lost
+    }
+
+    async fn renew_while_held(&mut self) -> LeaseError {
         let mut renewed = Instant::now();
         loop {
             let wait = self.config.renew_every();
             tokio::time::sleep(wait).await;
             loop {
+                let started = Instant::now();
                 match self.try_once().await {
                     Ok(true) => {
-                        renewed = Instant::now();
+                        renewed = started;
                         break;
                     }
-                    Ok(false) => return LeaseError::Lost(renewed.elapsed()),
+                    Ok(false) => return LeaseError::Taken(self.holder.clone()),
                     Err(e) => tracing::warn!(error = %e, "renewing the leader lease failed"),
                 }
-                if renewed.elapsed() > self.config.renew_deadline() {
+                // The fence is what stops writes; this only decides when to stand down.
+                if !self.fence.is_open() {
                     return LeaseError::Lost(renewed.elapsed());
                 }
                 tokio::time::sleep(self.config.retry_every()).await;
@@ -212,7 +287,8 @@ impl Elector {
 
     /// Gives the lease up (on shutdown), so another replica takes over at once.
     pub async fn release(&self) {
-        let Ok(Some(lease)) = self.api.get_opt(&self.config.name).await else {
+        self.fence.close();
+        let Ok(Ok(Some(lease))) = self.timed(self.api.get_opt(&self.config.name)).await else {
             return;
         };
         let spec = lease.spec.clone().unwrap_or_default();
@@ -229,11 +305,14 @@ impl Elector {
             }),
         };
         match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &released)
+            .timed(
+                self.api
+                    .replace(&self.config.name, &PostParams::default(), &released),
+            )
             .await
         {
-            Ok(_) => tracing::info!("released the leader lease"),
+            Ok(Ok(_)) => tracing::info!("released the leader lease"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the leader lease failed"),
             Err(e) => tracing::warn!(error = %e, "releasing the leader lease failed"),
         }
     }
@@ -268,5 +347,7 @@ mod tests {
         assert!(c.renew_every() < c.renew_deadline());
         assert!(c.renew_deadline() < c.duration);
         assert!(c.retry_every() < c.renew_every());
+        // A renewal is a read and a write; both must end before the renew deadline.
+        assert!(c.request_timeout() * 2 < c.renew_deadline());
     }
 }

@@ -31,6 +31,8 @@ pub struct Metrics {
     endpoints_published: Family<Labels, Gauge>,
     configmap_writes: Family<Labels, Counter>,
     api_writes: Family<Labels, Counter>,
+    fenced_writes: Counter,
+    watch_errors: Family<Labels, Counter>,
     leader: Gauge,
     rss: Gauge,
     phases: Mutex<HashMap<PluginKey, Phase>>,
@@ -83,6 +85,18 @@ impl Default for Metrics {
             "Write requests to the Kubernetes API, by resource",
             api_writes.clone(),
         );
+        let fenced_writes = Counter::default();
+        registry.register(
+            "fenced_writes",
+            "Write requests refused or cut short because this replica did not hold the lease",
+            fenced_writes.clone(),
+        );
+        let watch_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Failed list or watch requests, by resource",
+            watch_errors.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -106,6 +120,8 @@ impl Default for Metrics {
             endpoints_published,
             configmap_writes,
             api_writes,
+            fenced_writes,
+            watch_errors,
             leader,
             phases: Mutex::default(),
         }
@@ -176,6 +192,18 @@ impl Metrics {
     /// One write request to the API for `resource`.
     pub fn api_write(&self, resource: &str) {
         self.api_writes
+            .get_or_create(&vec![("resource", resource.to_string())])
+            .inc();
+    }
+
+    /// A write was refused or cut short by the lease fence.
+    pub fn fenced_write(&self) {
+        self.fenced_writes.inc();
+    }
+
+    /// A list or watch of `resource` failed.
+    pub fn watch_error(&self, resource: &str) {
+        self.watch_errors
             .get_or_create(&vec![("resource", resource.to_string())])
             .inc();
     }

@@ -7,16 +7,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::apply::{FIELD_MANAGER, apply};
@@ -25,9 +27,12 @@ use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
 use crate::index::{Facts, PluginKey};
 use crate::metrics::Metrics;
+use crate::mounts;
+use crate::ownership::{self, conflict_message, controlled_by};
 use crate::probe::{Identity, ProbeSpec, Prober};
 use crate::publish;
-use crate::status::{self, ConfigVerdict, Inputs, Rollout};
+use crate::readiness::Readiness;
+use crate::status::{self, ConfigVerdict, Failure, Inputs, Rollout};
 
 /// Label on everything the operator writes, so its watches see only its own objects.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=hector-operator";
@@ -56,6 +61,14 @@ pub struct Shared {
     pub changes: broadcast::Sender<PluginKey>,
     /// The last status written per plugin: the watch lags behind our own writes.
     pub written: Mutex<HashMap<PluginKey, HectorPluginStatus>>,
+    /// What `/readyz` reports; the watches record whether they listed.
+    pub readiness: Arc<Readiness>,
+    /// Plugins the publisher could not publish, with the reason and message.
+    pub left_out: Mutex<HashMap<PluginKey, (&'static str, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The namespaces one controller covers.
@@ -92,10 +105,11 @@ pub struct Ctx {
     shared: Arc<Shared>,
     plugins: Store<HectorPlugin>,
     pods: Store<Pod>,
-    secrets: Store<PartialObjectMeta<Secret>>,
+    replicasets: Store<ReplicaSet>,
     deployments: Store<Deployment>,
     services: Store<Service>,
     configmaps: Store<ConfigMap>,
+    mount_events: Store<CoreEvent>,
     publish: mpsc::UnboundedSender<String>,
 }
 
@@ -118,8 +132,55 @@ pub enum ReconcileError {
 impl ReconcileError {
     fn kind(&self) -> &'static str {
         match self {
+            ReconcileError::Api { .. } if self.is_fenced() => "fenced",
             ReconcileError::Api { .. } => "api_error",
             ReconcileError::Build(_) => "build_error",
+        }
+    }
+
+    /// Whether the write was refused because this replica no longer leads: nothing to
+    /// report on the resource, the next leader does the work.
+    fn is_fenced(&self) -> bool {
+        match self {
+            ReconcileError::Api {
+                source: kube::Error::Service(e),
+                ..
+            } => e.is::<crate::fence::Fenced>() || e.to_string().contains("leader lease"),
+            _ => false,
+        }
+    }
+
+    /// How the resource shows this failure.
+    fn failure(&self) -> Failure {
+        match self {
+            ReconcileError::Build(e) => Failure {
+                reason: "BuildFailed",
+                message: e.to_string(),
+                permanent: true,
+            },
+            ReconcileError::Api {
+                action,
+                source: kube::Error::Api(s),
+            } => {
+                // 409 and 429 pass with time; other 4xx need a change; 5xx are the server's.
+                let (reason, permanent) = match s.code {
+                    403 => ("Forbidden", true),
+                    409 => ("Conflict", false),
+                    429 => ("Throttled", false),
+                    400..=499 => ("ApplyRejected", true),
+                    _ => ("ApiError", false),
+                };
+                Failure {
+                    reason,
+                    message: format!("{action}: {} ({} {})", s.message, s.code, s.reason),
+                    permanent,
+                }
+            }
+            ReconcileError::Api { action, source } => Failure {
+                reason: "ApiError",
+                message: format!("{action}: {source}"),
+                permanent: false,
+            },
         }
     }
 }
@@ -136,14 +197,12 @@ fn key_of(plugin: &HectorPlugin) -> PluginKey {
     }
 }
 
-/// The configuration verdict, with the resolved configuration when valid.
-fn resolve_config(
-    plugin: &HectorPlugin,
-    secrets: &Store<PartialObjectMeta<Secret>>,
-) -> (ConfigVerdict, Option<ResolvedConfig>) {
+/// The configuration verdict, with the resolved configuration when valid. Whether the
+/// referenced Secrets exist is not known here (the operator cannot read Secrets); the kubelet
+/// tells, through the Pods (see [`mounts`]).
+fn resolve_config(plugin: &HectorPlugin) -> (ConfigVerdict, Option<ResolvedConfig>) {
     let spec = &plugin.spec;
-    let ns = plugin.namespace().unwrap_or_default();
-    let mut resolved = match resolve(
+    let resolved = match resolve(
         &spec.manifest.config_schema,
         &spec.config,
         &spec.secret_config,
@@ -158,30 +217,6 @@ fn resolve_config(
             return (ConfigVerdict::Invalid(reason, text.join("; ")), None);
         }
     };
-    let mut missing = BTreeSet::new();
-    for (config_key, secret) in &resolved.secrets {
-        match secrets.get(&ObjectRef::new(&secret.name).within(&ns)) {
-            Some(meta) => {
-                resolved.secret_versions.insert(
-                    secret.name.clone(),
-                    meta.resource_version().unwrap_or_default(),
-                );
-            }
-            None => {
-                missing.insert(format!(
-                    "Secret {:?} (for config key {config_key:?}) not found in namespace {ns}",
-                    secret.name
-                ));
-            }
-        }
-    }
-    if !missing.is_empty() {
-        let text: Vec<String> = missing.into_iter().collect();
-        return (
-            ConfigVerdict::Invalid("SecretNotFound", text.join("; ")),
-            None,
-        );
-    }
     let mut message = format!(
         "{} key(s), {} from Secrets",
         resolved.values.len() + resolved.secrets.len(),
@@ -194,6 +229,14 @@ fn resolve_config(
         ));
     }
     (ConfigVerdict::Valid(message), Some(resolved))
+}
+
+/// Whether the child may be written: absent (create it), ours (update it), or someone
+/// else's (leave it alone).
+enum Claim<K> {
+    Free,
+    Ours(K),
+    Taken(String),
 }
 
 fn pod_ready(p: &Pod) -> bool {
@@ -247,20 +290,40 @@ impl Ctx {
     /// Waits until every watch cache has its first full list (instant afterwards).
     async fn caches_ready(&self) -> bool {
         self.pods.wait_until_ready().await.is_ok()
-            && self.secrets.wait_until_ready().await.is_ok()
+            && self.replicasets.wait_until_ready().await.is_ok()
             && self.deployments.wait_until_ready().await.is_ok()
             && self.services.wait_until_ready().await.is_ok()
             && self.configmaps.wait_until_ready().await.is_ok()
+            && self.mount_events.wait_until_ready().await.is_ok()
     }
 
+    /// The plugin's Deployment from the cache, if the plugin controls it.
+    fn own_deployment(&self, plugin: &HectorPlugin) -> Option<Arc<Deployment>> {
+        let uid = plugin.uid().unwrap_or_default();
+        self.deployments
+            .get(
+                &ObjectRef::new(&plugin.name_any()).within(&plugin.namespace().unwrap_or_default()),
+            )
+            .filter(|d| controlled_by(&d.metadata, &uid))
+    }
+
+    /// The plugin's Pods: only those of its own ReplicaSets, never a Pod for its label alone.
     fn plugin_pods(&self, plugin: &HectorPlugin) -> Vec<Arc<Pod>> {
         let ns = plugin.namespace();
         let name = plugin.name_any();
-        self.pods.state_filter(|p| {
+        let deployment = self.own_deployment(plugin);
+        let sets = self.replicasets.state();
+        let labelled = self.pods.state_filter(|p| {
             p.namespace() == ns
                 && p.labels().get(PLUGIN_LABEL) == Some(&name)
                 && p.metadata.deletion_timestamp.is_none()
-        })
+        });
+        ownership::owned_pods(
+            &plugin.uid().unwrap_or_default(),
+            deployment.as_deref(),
+            sets.iter().filter(|rs| rs.namespace() == ns),
+            labelled,
+        )
     }
 
     fn rollout(&self, plugin: &HectorPlugin, deployment: Option<&Deployment>) -> Rollout {
@@ -293,6 +356,33 @@ impl Ctx {
         }
     }
 
+    /// Missing Secrets or Secret keys, as the kubelet reports them for the plugin's Pods
+    /// that cannot mount their configuration.
+    fn secret_problems(&self, plugin: &HectorPlugin) -> Vec<String> {
+        if plugin.spec.secret_config.is_empty() {
+            return vec![];
+        }
+        let ns = plugin.namespace().unwrap_or_default();
+        let events = self
+            .mount_events
+            .state_filter(|e| e.namespace().as_deref() == Some(ns.as_str()));
+        let mut out = Vec::new();
+        for pod in self.plugin_pods(plugin) {
+            if mounts::volumes_mounted(&pod) {
+                continue;
+            }
+            let messages = mounts::kubelet_messages(&pod, &events);
+            out.extend(mounts::secret_problems(
+                &ns,
+                &plugin.spec.secret_config,
+                &messages,
+            ));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Endpoints of the plugin's started Pods, with whether each Pod is Ready.
     fn pod_endpoints(&self, plugin: &HectorPlugin) -> BTreeMap<String, bool> {
         self.plugin_pods(plugin)
@@ -313,11 +403,10 @@ impl Ctx {
                 EventType::Normal
             },
             reason: t.reason.clone(),
-            note: Some(format!("{} is {}: {}", t.type_, t.status, t.message)),
+            note: Some(t.note()),
             action: t.type_.clone(),
             secondary: None,
         };
-        self.shared.metrics.api_write("event");
         if let Err(e) = self
             .shared
             .recorder
@@ -328,82 +417,176 @@ impl Ctx {
         }
     }
 
-    /// Applies the plugin's objects; returns the live Deployment (if any) afterwards.
+    /// Whether the child `name` may be written for `plugin`: looked up in the watch cache
+    /// (which holds only labelled objects), else read from the API, since an object of that
+    /// name without our label may exist and must not be taken over.
+    async fn claim<K>(
+        &self,
+        api: &Api<K>,
+        kind: &str,
+        name: &str,
+        cached: Option<Arc<K>>,
+        plugin: &HectorPlugin,
+    ) -> Result<Claim<K>, ReconcileError>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let ns = plugin.namespace().unwrap_or_default();
+        let live = match cached {
+            Some(c) => Some((*c).clone()),
+            None => api
+                .get_opt(name)
+                .await
+                .map_err(api_err(format!("read {kind} {ns}/{name}")))?,
+        };
+        let uid = plugin.uid().unwrap_or_default();
+        Ok(match live {
+            None => Claim::Free,
+            Some(obj) if controlled_by(obj.meta(), &uid) => Claim::Ours(obj),
+            Some(obj) => Claim::Taken(conflict_message(kind, obj.meta())),
+        })
+    }
+
+    /// Creates, updates or leaves alone the child `name`; returns whether it wrote, or the
+    /// name conflict that keeps it from writing.
+    async fn put<K>(
+        &self,
+        api: &Api<K>,
+        kind: &str,
+        name: &str,
+        desired: &K,
+        claim: Claim<K>,
+    ) -> Result<Result<bool, String>, ReconcileError>
+    where
+        K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    {
+        let ns = desired.meta().namespace.clone().unwrap_or_default();
+        match claim {
+            Claim::Taken(conflict) => Ok(Err(conflict)),
+            // A plain create: it fails if the name was taken since we looked, where an apply
+            // would merge into the other object.
+            Claim::Free => {
+                let params = PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                match api.create(&params, desired).await {
+                    Ok(_) => Ok(Ok(true)),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(Err(format!(
+                        "{kind} {ns}/{name} was created by someone else just now; \
+                         the operator leaves it untouched"
+                    ))),
+                    Err(e) => Err(api_err(format!("create {kind} {ns}/{name}"))(e)),
+                }
+            }
+            Claim::Ours(live) => {
+                // The uid makes the apply fail, rather than merge, if the object was replaced
+                // by someone else's since the cache saw it.
+                let mut desired = desired.clone();
+                desired.meta_mut().uid = live.meta().uid.clone();
+                apply(api, name, &desired, Some(&live))
+                    .await
+                    .map(Ok)
+                    .map_err(api_err(format!("apply {kind} {ns}/{name}")))
+            }
+        }
+    }
+
+    /// Applies the plugin's objects; returns the live Deployment (if any) afterwards, or the
+    /// name conflicts that kept objects from being written.
     async fn apply_children(
         &self,
         plugin: &HectorPlugin,
         config: &ResolvedConfig,
-    ) -> Result<Option<Deployment>, ReconcileError> {
+    ) -> Result<(Option<Deployment>, Vec<String>), ReconcileError> {
         let client = &self.shared.client;
         let ns = plugin.namespace().unwrap_or_default();
-        let metrics = &self.shared.metrics;
+        let mut conflicts = Vec::new();
 
         let cm = build::config_map(plugin, config)?;
         let cm_name = build::config_map_name(plugin);
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-        let live_cm = self.configmaps.get(&ObjectRef::new(&cm_name).within(&ns));
-        if apply(&cms, &cm_name, &cm, live_cm.as_deref())
-            .await
-            .map_err(api_err(format!("apply ConfigMap {ns}/{cm_name}")))?
-        {
-            metrics.api_write("configmap");
+        let cached = self.configmaps.get(&ObjectRef::new(&cm_name).within(&ns));
+        let claim = self
+            .claim(&cms, "ConfigMap", &cm_name, cached, plugin)
+            .await?;
+        if let Err(c) = self.put(&cms, "ConfigMap", &cm_name, &cm, claim).await? {
+            conflicts.push(c);
         }
 
         let name = plugin.name_any();
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-        let live_d = self.deployments.get(&ObjectRef::new(&name).within(&ns));
-        let live_s = self.services.get(&ObjectRef::new(&name).within(&ns));
-        let mut deployment = live_d.as_deref().cloned();
+        let cached_d = self.deployments.get(&ObjectRef::new(&name).within(&ns));
+        let cached_s = self.services.get(&ObjectRef::new(&name).within(&ns));
+        let uid = plugin.uid().unwrap_or_default();
+        let mut deployment = None;
         match build::deployment(plugin, config, &self.shared.settings)? {
             Some(d) => {
-                if apply(&deployments, &name, &d, live_d.as_deref())
-                    .await
-                    .map_err(api_err(format!("apply Deployment {ns}/{name}")))?
+                let claim = self
+                    .claim(&deployments, "Deployment", &name, cached_d, plugin)
+                    .await?;
+                let live = match &claim {
+                    Claim::Ours(l) => Some(l.clone()),
+                    _ => None,
+                };
+                match self
+                    .put(&deployments, "Deployment", &name, &d, claim)
+                    .await?
                 {
-                    metrics.api_write("deployment");
-                    tracing::info!(plugin = %key_of(plugin), "applied Deployment");
-                    // The cache catches up shortly; until then judge by what we applied.
-                    deployment = Some(d);
+                    Ok(true) => {
+                        tracing::info!(plugin = %key_of(plugin), "applied Deployment");
+                        // The cache catches up shortly; until then judge by what we applied.
+                        deployment = Some(d);
+                    }
+                    Ok(false) => deployment = live,
+                    Err(c) => conflicts.push(c),
                 }
             }
+            // Only an object of ours is removed; without one in the cache there is none.
             None => {
-                if live_d.is_some() {
-                    self.delete(&deployments, &name, "deployment").await?;
+                if let Some(live) = cached_d.filter(|d| controlled_by(&d.metadata, &uid)) {
+                    self.delete(&deployments, "Deployment", &*live).await?;
                 }
-                deployment = None;
             }
         }
         match build::service(plugin)? {
-            Some(s) => {
-                let wrote = apply(&services, &name, &s, live_s.as_deref())
-                    .await
-                    .map_err(api_err(format!("apply Service {ns}/{name}")))?;
-                if wrote {
-                    metrics.api_write("service");
-                    tracing::info!(plugin = %key_of(plugin), "applied Service");
+            Some(svc) => {
+                let claim = self
+                    .claim(&services, "Service", &name, cached_s, plugin)
+                    .await?;
+                match self.put(&services, "Service", &name, &svc, claim).await? {
+                    Ok(true) => tracing::info!(plugin = %key_of(plugin), "applied Service"),
+                    Ok(false) => {}
+                    Err(c) => conflicts.push(c),
                 }
             }
-            None if live_s.is_some() => self.delete(&services, &name, "service").await?,
-            None => {}
+            None => {
+                if let Some(live) = cached_s.filter(|s| controlled_by(&s.metadata, &uid)) {
+                    self.delete(&services, "Service", &*live).await?;
+                }
+            }
         }
-        Ok(deployment)
+        Ok((deployment, conflicts))
     }
 
-    async fn delete<K>(
-        &self,
-        api: &Api<K>,
-        name: &str,
-        resource: &str,
-    ) -> Result<(), ReconcileError>
+    /// Deletes a child of ours, and only that very object (uid precondition).
+    async fn delete<K>(&self, api: &Api<K>, kind: &str, live: &K) -> Result<(), ReconcileError>
     where
-        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     {
-        self.shared.metrics.api_write(resource);
-        match api.delete(name, &DeleteParams::background()).await {
+        let name = live.meta().name.clone().unwrap_or_default();
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: live.meta().uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&name, &params).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(api_err(format!("delete {resource} {name}"))(e)),
+            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => Ok(()),
+            Err(e) => Err(api_err(format!("delete {kind} {name}"))(e)),
         }
     }
 
@@ -419,7 +602,6 @@ impl Ctx {
             "kind": "HectorPlugin",
             "status": status,
         });
-        self.shared.metrics.api_write("status");
         api.patch_status(
             &plugin.name_any(),
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -449,6 +631,16 @@ impl Ctx {
         let Some(plugin) = self.plugins.get(&ObjectRef::new(name).within(&ns)) else {
             return;
         };
+        // Only the plugin's own Pods count, not every Pod carrying its label.
+        let owned = ownership::owned_pods(
+            &plugin.uid().unwrap_or_default(),
+            self.own_deployment(&plugin).as_deref(),
+            self.replicasets.state().iter(),
+            [Arc::new(pod.clone())],
+        );
+        if owned.is_empty() {
+            return;
+        }
         let key = key_of(&plugin);
         if self.shared.prober.index().set_ready(
             &key,
@@ -464,11 +656,8 @@ impl Ctx {
         let key = key_of(plugin);
         self.shared.prober.forget(&key);
         self.shared.metrics.set_phase(&key, None);
-        self.shared
-            .written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
+        lock(&self.shared.written).remove(&key);
+        lock(&self.shared.left_out).remove(&key);
         let _ = self.publish.send(key.namespace);
     }
 }
@@ -484,6 +673,10 @@ async fn reconcile(plugin: Arc<HectorPlugin>, ctx: Arc<Ctx>) -> Result<Action, R
     result
 }
 
+/// How soon a plugin whose name is taken by someone else's object looks again (the object
+/// is not watched: it carries none of our labels).
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
+
 async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, ReconcileError> {
     let key = key_of(plugin);
     // Judging from half-filled caches would rewrite objects and status that are fine.
@@ -495,17 +688,39 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         return Ok(Action::await_change());
     }
     let spec = &plugin.spec;
-    let (verdict, resolved) = resolve_config(plugin, &ctx.secrets);
+    let (mut verdict, resolved) = resolve_config(plugin);
     let external = spec.endpoint.is_some();
 
+    // A failed apply is kept to be shown on the resource; the status is still written.
+    let mut error = None;
+    let mut conflicts = Vec::new();
     let deployment = match &resolved {
-        Some(config) => ctx.apply_children(plugin, config).await?,
+        Some(config) => match ctx.apply_children(plugin, config).await {
+            Ok((d, c)) => {
+                conflicts = c;
+                d
+            }
+            Err(e) if e.is_fenced() => return Err(e),
+            Err(e) => {
+                error = Some(e);
+                ctx.own_deployment(plugin).as_deref().cloned()
+            }
+        },
         // Invalid configuration: nothing new is applied; what already runs keeps running.
-        None => ctx
-            .deployments
-            .get(&ObjectRef::new(&key.name).within(&key.namespace))
-            .as_deref()
-            .cloned(),
+        None => ctx.own_deployment(plugin).as_deref().cloned(),
+    };
+    let secret_problems = ctx.secret_problems(plugin);
+    if !secret_problems.is_empty() && resolved.is_some() {
+        verdict = ConfigVerdict::Invalid("SecretNotFound", secret_problems.join("; "));
+    }
+    let failure = if !conflicts.is_empty() {
+        Some(Failure {
+            reason: "NameConflict",
+            message: conflicts.join("; "),
+            permanent: true,
+        })
+    } else {
+        error.as_ref().map(ReconcileError::failure)
     };
     let rollout = if external {
         Rollout::External
@@ -546,6 +761,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
     );
 
     let state = ctx.shared.prober.index().get(&key);
+    let publication = lock(&ctx.shared.left_out).get(&key).cloned();
     let inputs = Inputs {
         generation: plugin.metadata.generation,
         config: verdict,
@@ -553,45 +769,85 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         probes: state.as_ref(),
         address: Some(publish::address(plugin)),
         configmap: &ctx.shared.configmap,
+        failure,
+        publication,
     };
     let desired = status::compute(&inputs, current.as_ref(), Timestamp::now());
     ctx.shared.metrics.set_phase(&key, desired.phase);
     // The publisher renders from the same index, in its own task: agents learn of a change
     // without waiting for the status write and its Events.
     let _ = ctx.publish.send(key.namespace.clone());
-    let already_written = ctx
-        .shared
-        .written
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        == Some(&desired);
+    let already_written = lock(&ctx.shared.written).get(&key) == Some(&desired);
     if current.as_ref() != Some(&desired) && !already_written {
-        let baseline = ctx
-            .shared
-            .written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let baseline = lock(&ctx.shared.written)
             .get(&key)
             .cloned()
             .or(current.clone());
         ctx.write_status(plugin, &desired).await?;
         tracing::info!(plugin = %key, phase = ?desired.phase, endpoints = desired.endpoints.len(), "status updated");
-        ctx.shared
-            .written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), desired.clone());
+        lock(&ctx.shared.written).insert(key.clone(), desired.clone());
         for t in status::transitions(baseline.as_ref(), &desired) {
             ctx.record_event(plugin, &t).await;
         }
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if !conflicts.is_empty() {
+        return Ok(Action::requeue(CONFLICT_RECHECK));
     }
     Ok(Action::requeue(RESYNC))
 }
 
 fn error_policy(plugin: Arc<HectorPlugin>, error: &ReconcileError, _ctx: Arc<Ctx>) -> Action {
+    if error.is_fenced() {
+        tracing::debug!(plugin = %key_of(&plugin), "not leading; write dropped");
+        return Action::await_change();
+    }
     tracing::warn!(plugin = %key_of(&plugin), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
+}
+
+/// Retries of failed publications, one per namespace: a burst of failures for a namespace
+/// coalesces into one retry, and each failure in a row doubles its wait (to a cap).
+#[derive(Default)]
+struct Retries {
+    due: BTreeMap<String, (tokio::time::Instant, u32)>,
+}
+
+impl Retries {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+
+    fn failed(&mut self, ns: &str) -> Duration {
+        let attempts = self.due.get(ns).map_or(0, |(_, a)| *a);
+        let wait = Self::FIRST
+            .saturating_mul(1 << attempts.min(6))
+            .min(Self::MAX);
+        self.due.insert(
+            ns.to_string(),
+            (tokio::time::Instant::now() + wait, attempts + 1),
+        );
+        wait
+    }
+
+    fn succeeded(&mut self, ns: &str) {
+        self.due.remove(ns);
+    }
+
+    fn next(&self) -> Option<tokio::time::Instant> {
+        self.due.values().map(|(at, _)| *at).min()
+    }
+
+    /// Namespaces whose retry is due (they stay scheduled until they succeed).
+    fn ready(&self) -> Vec<String> {
+        let now = tokio::time::Instant::now();
+        self.due
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(ns, _)| ns.clone())
+            .collect()
+    }
 }
 
 /// Writes the endpoints ConfigMap of every namespace it is told about, when its content
@@ -608,9 +864,11 @@ async fn publish_loop(
         return;
     }
     let mut written = publish::WrittenByNamespace::new();
+    let mut retries = Retries::default();
     let mut tick = tokio::time::interval(PUBLISH_RESYNC);
     loop {
         let mut namespaces = BTreeSet::new();
+        let retry_at = retries.next();
         tokio::select! {
             _ = shutdown.changed() => return,
             ns = dirty.recv() => match ns {
@@ -628,18 +886,33 @@ async fn publish_loop(
                 );
                 collect_garbage(&ctx, &scope);
             }
+            _ = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         while let Ok(ns) = dirty.try_recv() {
             namespaces.insert(ns);
         }
+        namespaces.extend(retries.ready());
         for ns in namespaces {
-            if let Err(e) = publish_namespace(&ctx, &ns, &mut written).await {
-                tracing::warn!(namespace = %ns, error = %e, "cannot write the endpoints ConfigMap; retrying");
-                let retry = ctx.publish.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    let _ = retry.send(ns);
-                });
+            // A namespace waiting for its retry is written only when the retry is due.
+            if retries
+                .due
+                .get(&ns)
+                .is_some_and(|(at, _)| *at > tokio::time::Instant::now())
+            {
+                continue;
+            }
+            match publish_namespace(&ctx, &ns, &mut written).await {
+                Ok(()) => retries.succeeded(&ns),
+                Err(e) if e.to_string().contains("leader lease") => return,
+                Err(e) => {
+                    let wait = retries.failed(&ns);
+                    tracing::warn!(namespace = %ns, error = %e, retry_in = ?wait, "cannot write the endpoints ConfigMap");
+                }
             }
         }
     }
@@ -652,6 +925,51 @@ fn collect_garbage(ctx: &Ctx, scope: &Scope) {
     for key in known {
         if scope.covers(&key.namespace) && !present.contains(&key) {
             ctx.shared.prober.forget(&key);
+        }
+    }
+}
+
+/// Labels that mark the endpoints ConfigMap as the operator's own.
+fn endpoints_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "hector-operator".to_string(),
+        ),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "plugin-endpoints".to_string(),
+        ),
+    ])
+}
+
+/// Whether `cm` is an endpoints ConfigMap this operator made.
+fn is_our_endpoints(cm: &ConfigMap) -> bool {
+    let labels = cm.labels();
+    endpoints_labels()
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Records which plugins of `ns` could not be published and why; wakes the plugins whose
+/// verdict changed so their status says it.
+fn set_left_out(
+    ctx: &Ctx,
+    ns: &str,
+    plugins: &[Arc<HectorPlugin>],
+    left_out: BTreeMap<String, (&'static str, String)>,
+) {
+    let mut map = lock(&ctx.shared.left_out);
+    for p in plugins {
+        let key = key_of(p);
+        let now = left_out.get(&key.name).cloned();
+        let before = match &now {
+            Some(v) => map.insert(key.clone(), v.clone()),
+            None => map.remove(&key),
+        };
+        if before != now {
+            tracing::info!(namespace = %ns, plugin = %key.name, left_out = ?now, "publication verdict changed");
+            let _ = ctx.shared.changes.send(key);
         }
     }
 }
@@ -669,9 +987,32 @@ async fn publish_namespace(
         let index = ctx.shared.prober.index();
         plugins.iter().map(|p| index.get(&key_of(p))).collect()
     };
-    let current = ctx.configmaps.get(&ObjectRef::new(name).within(ns));
+    let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), ns);
+    let mut current = ctx
+        .configmaps
+        .get(&ObjectRef::new(name).within(ns))
+        .filter(|c| is_our_endpoints(c));
     if plugins.is_empty() && current.is_none() {
         return Ok(());
+    }
+    if current.is_none() {
+        // Not in the cache (which holds only our labelled objects): someone else's ConfigMap
+        // of that name must not be taken over.
+        if let Some(other) = api.get_opt(name).await? {
+            if !is_our_endpoints(&other) {
+                let message = format!(
+                    "not published: {}",
+                    conflict_message("ConfigMap", &other.metadata)
+                );
+                let left: BTreeMap<String, (&'static str, String)> = plugins
+                    .iter()
+                    .map(|p| (p.name_any(), ("NameConflict", message.clone())))
+                    .collect();
+                set_left_out(ctx, ns, &plugins, left);
+                return Ok(());
+            }
+            current = Some(Arc::new(other));
+        }
     }
     let sources: Vec<publish::Source<'_>> = plugins
         .iter()
@@ -684,6 +1025,7 @@ async fn publish_namespace(
     let previous = current.as_deref().and_then(publish::parse_existing);
     let file = publish::render(ns, &sources, previous.as_ref(), Timestamp::now());
     let data = publish::configmap_data(&file, &ctx.shared.remote_path);
+    set_left_out(ctx, ns, &plugins, BTreeMap::new());
     let published: usize = file.plugins.values().map(|p| p.endpoints.len()).sum();
     ctx.shared.metrics.set_published(ns, published);
     let empty = BTreeMap::new();
@@ -700,30 +1042,32 @@ async fn publish_namespace(
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(ns.to_string()),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "hector-operator".to_string(),
-                ),
-                (
-                    "app.kubernetes.io/component".to_string(),
-                    "plugin-endpoints".to_string(),
-                ),
-            ])),
+            labels: Some(endpoints_labels()),
             ..Default::default()
         },
         data: Some(data.clone()),
         ..Default::default()
     };
-    let api: Api<ConfigMap> = Api::namespaced(ctx.shared.client.clone(), ns);
-    ctx.shared.metrics.api_write("configmap");
-    let after = api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&cm),
-        )
-        .await?;
+    let after = match &current {
+        // A plain create: it fails, instead of merging, if someone made the name meanwhile.
+        None => {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            api.create(&params, &cm).await?
+        }
+        Some(live) => {
+            let mut cm = cm;
+            cm.metadata.uid = live.metadata.uid.clone();
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await?
+        }
+    };
     ctx.shared.metrics.configmap_written(ns);
     tracing::info!(namespace = %ns, configmap = %name, plugins = file.plugins.len(), endpoints = published, "published endpoints");
     written.insert(
@@ -738,6 +1082,33 @@ async fn publish_namespace(
     Ok(())
 }
 
+/// Records in `/readyz`, the log and the metrics whether a watch lists and watches; a
+/// failing one is an error naming the resource (typically a missing permission or CRD).
+fn observed<K, S>(
+    stream: S,
+    resource: &'static str,
+    shared: &Arc<Shared>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K, S>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    K: Send,
+{
+    let shared = Arc::clone(shared);
+    shared.readiness.watch_started(resource);
+    stream.inspect(move |event| match event {
+        Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+            shared.readiness.watch_ok(resource)
+        }
+        Ok(_) => {}
+        Err(e) => {
+            shared.metrics.watch_error(resource);
+            if shared.readiness.watch_failed(resource, e.to_string()) {
+                tracing::error!(resource, error = %e, "cannot list or watch {resource}: the operator works from incomplete caches until this is fixed (check its RBAC and that the CRD is installed)");
+            }
+        }
+    })
+}
+
 /// Runs the controller and the publisher for one scope until `shutdown` turns true.
 pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Receiver<bool>) {
     let client = shared.client.clone();
@@ -746,25 +1117,31 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
 
     let (plugins, plugins_writer) = reflector::store();
     let (pods, pods_writer) = reflector::store();
-    let (secrets, secrets_writer) = reflector::store();
+    let (replicasets, replicasets_writer) = reflector::store();
     let (deployments, deployments_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
     let (configmaps, configmaps_writer) = reflector::store();
+    let (mount_events, events_writer) = reflector::store();
     let ctx = Arc::new(Ctx {
         shared: Arc::clone(&shared),
         plugins: plugins.clone(),
-        pods,
-        secrets,
+        pods: pods.clone(),
+        replicasets,
         deployments,
         services,
         configmaps,
+        mount_events,
         publish: publish_tx,
     });
 
     let forget_ctx = Arc::clone(&ctx);
-    let plugin_stream = watcher(
-        scope.api::<HectorPlugin>(&client),
-        watcher::Config::default(),
+    let plugin_stream = observed(
+        watcher(
+            scope.api::<HectorPlugin>(&client),
+            watcher::Config::default(),
+        ),
+        "hectorplugins",
+        &shared,
     )
     .default_backoff()
     .inspect(move |event| {
@@ -776,47 +1153,76 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     .reflect(plugins_writer)
     .applied_objects();
     let ready_ctx = Arc::clone(&ctx);
-    let pod_stream = watcher(
-        scope.api::<Pod>(&client),
-        watcher::Config::default().labels(PLUGIN_LABEL),
+    let pod_stream = observed(
+        watcher(
+            scope.api::<Pod>(&client),
+            watcher::Config::default().labels(PLUGIN_LABEL),
+        ),
+        "pods",
+        &shared,
     )
     .default_backoff()
     .reflect(pods_writer)
     .inspect(move |event| ready_ctx.pod_readiness(event))
     .touched_objects();
-    // Metadata only: secret values never enter the operator's memory.
-    let secret_stream = watcher(
-        scope.api::<PartialObjectMeta<Secret>>(&client),
-        watcher::Config::default(),
+    // The owner chain Pod → ReplicaSet → Deployment decides which Pods are endpoints.
+    let replicaset_stream = observed(
+        watcher(scope.api::<ReplicaSet>(&client), managed.clone()),
+        "replicasets",
+        &shared,
     )
     .default_backoff()
-    .reflect(secrets_writer)
+    .reflect(replicasets_writer)
     .touched_objects();
-    let deployment_stream = watcher(scope.api::<Deployment>(&client), managed.clone())
-        .default_backoff()
-        .reflect(deployments_writer)
-        .touched_objects();
-    let service_stream = watcher(scope.api::<Service>(&client), managed.clone())
-        .default_backoff()
-        .reflect(services_writer)
-        .touched_objects();
+    // What the kubelet says when a Pod cannot mount its configuration (a missing Secret or
+    // key): the operator cannot read Secrets, so this is how it learns.
+    let event_stream = observed(
+        watcher(
+            scope.api::<CoreEvent>(&client),
+            watcher::Config::default().fields("reason=FailedMount,involvedObject.kind=Pod"),
+        ),
+        "events",
+        &shared,
+    )
+    .default_backoff()
+    .reflect(events_writer)
+    .touched_objects();
+    let deployment_stream = observed(
+        watcher(scope.api::<Deployment>(&client), managed.clone()),
+        "deployments",
+        &shared,
+    )
+    .default_backoff()
+    .reflect(deployments_writer)
+    .touched_objects();
+    let service_stream = observed(
+        watcher(scope.api::<Service>(&client), managed.clone()),
+        "services",
+        &shared,
+    )
+    .default_backoff()
+    .reflect(services_writer)
+    .touched_objects();
     let endpoints_name = shared.configmap.clone();
     let cm_publish = ctx.publish.clone();
-    let configmap_stream = watcher(scope.api::<ConfigMap>(&client), managed)
-        .default_backoff()
-        .reflect(configmaps_writer)
-        .touched_objects()
-        .inspect(move |cm| {
-            // Someone else changed or deleted the endpoints ConfigMap: render it again.
-            if let Ok(cm) = cm
-                && cm.name_any() == endpoints_name
-                && let Some(ns) = cm.namespace()
-            {
-                let _ = cm_publish.send(ns);
-            }
-        });
+    let configmap_stream = observed(
+        watcher(scope.api::<ConfigMap>(&client), managed),
+        "configmaps",
+        &shared,
+    )
+    .default_backoff()
+    .reflect(configmaps_writer)
+    .touched_objects()
+    .inspect(move |cm| {
+        // Someone else changed or deleted the endpoints ConfigMap: render it again.
+        if let Ok(cm) = cm
+            && cm.name_any() == endpoints_name
+            && let Some(ns) = cm.namespace()
+        {
+            let _ = cm_publish.send(ns);
+        }
+    });
 
-    let mapper_plugins = plugins.clone();
     let scope_for_trigger = scope.clone();
     let trigger =
         tokio_stream_wrapper(shared.changes.subscribe()).filter_map(move |key| {
@@ -827,6 +1233,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         });
 
     let mut stop = shutdown.clone();
+    let event_pods = pods.clone();
     let controller = Controller::for_stream(plugin_stream, plugins.clone())
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
@@ -836,21 +1243,17 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
             let name = pod.labels().get(PLUGIN_LABEL)?.clone();
             Some(ObjectRef::new(&name).within(&ns))
         })
-        .watches_stream(secret_stream, move |secret: PartialObjectMeta<Secret>| {
-            let ns = secret.namespace();
-            let name = secret.name_any();
-            mapper_plugins
-                .state()
-                .iter()
-                .filter(|p| {
-                    p.namespace() == ns
-                        && p.spec
-                            .secret_config
-                            .iter()
-                            .any(|s| s.secret_key_ref.name == name)
-                })
-                .map(|p| ObjectRef::from_obj(&**p))
-                .collect::<Vec<_>>()
+        .watches_stream(replicaset_stream, |rs: ReplicaSet| {
+            let ns = rs.namespace()?;
+            let name = rs.labels().get(PLUGIN_LABEL)?.clone();
+            Some(ObjectRef::new(&name).within(&ns))
+        })
+        .watches_stream(event_stream, move |event: CoreEvent| {
+            let ns = event.namespace()?;
+            let pod = event.involved_object.name.as_deref()?;
+            let pod = event_pods.get(&ObjectRef::new(pod).within(&ns))?;
+            let name = pod.labels().get(PLUGIN_LABEL)?.clone();
+            Some(ObjectRef::new(&name).within(&ns))
         })
         .reconcile_on(trigger)
         .graceful_shutdown_on(async move {

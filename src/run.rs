@@ -3,22 +3,24 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use kube::Client;
+use kube::client::ClientBuilder;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{broadcast, watch};
 
 use crate::build::Settings;
 use crate::crd::ImagePullPolicy;
+use crate::fence::{Fence, FenceLayer};
 use crate::index::Index;
-use crate::leader::{Elector, LeaseConfig};
+use crate::leader::{Elector, LeaseConfig, LeaseError};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
+use crate::readiness::{Readiness, Role};
 use crate::reconcile::{Scope, Shared, run_scope};
 
 /// Log line format.
@@ -106,6 +108,9 @@ pub enum RunError {
     /// No usable Kubernetes configuration.
     #[error("cannot reach the Kubernetes API: {0}")]
     Client(#[from] kube::Error),
+    /// No Kubernetes configuration found.
+    #[error("no Kubernetes configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
     /// A listen address was unusable.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -121,12 +126,6 @@ pub enum RunError {
     #[error(transparent)]
     Lease(#[from] crate::leader::LeaseError),
 }
-
-/// Readiness states served by `/readyz`.
-const STARTING: u8 = 0;
-const STANDBY: u8 = 1;
-const LEADING: u8 = 2;
-const STOPPING: u8 = 3;
 
 /// Sets up logging to stderr.
 pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), RunError> {
@@ -204,11 +203,33 @@ async fn launcher_image(client: &Client, args: &RunArgs) -> String {
     }
 }
 
-/// Runs the operator until SIGTERM/SIGINT (then exits cleanly) or lost leadership (error).
+/// Why a leadership term ended.
+enum TermEnd {
+    /// SIGTERM/SIGINT.
+    Signal,
+    /// The lease was lost.
+    Lost(LeaseError),
+    /// The controllers stopped by themselves (a panic): hand over rather than lead blind.
+    Ended,
+}
+
+/// Runs the operator until SIGTERM/SIGINT. A replica that loses the lease stops writing at
+/// once (the fence), stops its controllers and stands by again; it does not exit, so an API
+/// server outage costs no restart.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let client = Client::try_default().await?;
+    let config = kube::Config::infer().await?;
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(AtomicU8::new(STARTING));
+    let fence = if args.leader_elect {
+        Fence::closed()
+    } else {
+        Fence::always_open()
+    };
+    // Lease requests go out unfenced; everything else the operator writes passes the fence.
+    let plain = Client::try_from(config.clone())?;
+    let fenced = ClientBuilder::try_from(config)?
+        .with_layer(&FenceLayer::new(fence.clone(), Arc::clone(&metrics)))
+        .build();
+    let readiness = Arc::new(Readiness::default());
 
     let m = Arc::clone(&metrics);
     let metrics_server = serve(
@@ -222,7 +243,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ),
     )
     .await?;
-    let ready_state = Arc::clone(&state);
+    let ready = Arc::clone(&readiness);
     let health_server = serve(
         args.health_addr,
         Router::new()
@@ -230,14 +251,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             .route(
                 "/readyz",
                 get(move || {
-                    let s = ready_state.load(Ordering::Relaxed);
+                    let (code, body) = ready.report();
                     async move {
-                        match s {
-                            STANDBY => (StatusCode::OK, "standby"),
-                            LEADING => (StatusCode::OK, "leading"),
-                            STOPPING => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
-                            _ => (StatusCode::SERVICE_UNAVAILABLE, "starting"),
-                        }
+                        (
+                            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                            body,
+                        )
                     }
                 }),
             ),
@@ -248,7 +267,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut elector = args.leader_elect.then(|| {
         Elector::new(
-            client.clone(),
+            plain.clone(),
             LeaseConfig {
                 name: args.lease_name.clone(),
                 namespace: args
@@ -258,100 +277,130 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 identity: identity.clone(),
                 duration: Duration::from_secs(args.lease_duration),
             },
+            fence.clone(),
         )
     });
+    let settings = Settings {
+        launcher_image: launcher_image(&plain, &args).await,
+        launcher_pull_policy: args.launcher_pull_policy,
+    };
+    let recorder = Recorder::new(
+        fenced.clone(),
+        Reporter {
+            controller: "hector-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
 
     let signal = hector_plugin_sdk::serve::termination_signal();
     tokio::pin!(signal);
-    if let Some(e) = elector.as_mut() {
-        state.store(STANDBY, Ordering::Relaxed);
-        tracing::info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
-        tokio::select! {
-            _ = e.acquire() => {}
-            _ = &mut signal => {
-                tracing::info!("termination signal while standing by; exiting");
-                return Ok(());
+    loop {
+        if let Some(e) = elector.as_mut() {
+            readiness.set_role(Role::Standby);
+            tracing::info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
+            tokio::select! {
+                _ = e.acquire() => {}
+                _ = &mut signal => {
+                    tracing::info!("termination signal while standing by; exiting");
+                    break;
+                }
             }
         }
-    }
-    state.store(LEADING, Ordering::Relaxed);
-    metrics.set_leader(true);
-    tracing::info!(%identity, "leading: starting controllers");
+        readiness.set_role(Role::Leading);
+        metrics.set_leader(true);
+        tracing::info!(%identity, "leading: starting controllers");
 
-    let (changes, _) = broadcast::channel(4096);
-    let prober = Prober::new(
-        Arc::new(std::sync::Mutex::new(Index::default())),
-        changes.clone(),
-        Arc::clone(&metrics),
-    );
-    let shared = Arc::new(Shared {
-        client: client.clone(),
-        settings: Settings {
-            launcher_image: launcher_image(&client, &args).await,
-            launcher_pull_policy: args.launcher_pull_policy,
-        },
-        configmap: args.endpoints_configmap.clone(),
-        remote_path: args.remote_path.clone(),
-        prober: Arc::clone(&prober),
-        metrics: Arc::clone(&metrics),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "hector-operator".into(),
-                instance: Some(identity.clone()),
+        let (changes, _) = broadcast::channel(4096);
+        let prober = Prober::new(
+            Arc::new(std::sync::Mutex::new(Index::default())),
+            changes.clone(),
+            Arc::clone(&metrics),
+        );
+        let shared = Arc::new(Shared {
+            client: fenced.clone(),
+            settings: settings.clone(),
+            configmap: args.endpoints_configmap.clone(),
+            remote_path: args.remote_path.clone(),
+            prober: Arc::clone(&prober),
+            metrics: Arc::clone(&metrics),
+            recorder: recorder.clone(),
+            changes,
+            written: Default::default(),
+            readiness: Arc::clone(&readiness),
+            left_out: Default::default(),
+        });
+        let scopes: Vec<Scope> = if args.namespaces.iter().all(|n| n.trim().is_empty()) {
+            vec![Scope::All]
+        } else {
+            args.namespaces
+                .iter()
+                .map(|n| n.trim())
+                .filter(|n| !n.is_empty())
+                .map(|n| Scope::Namespace(n.to_string()))
+                .collect()
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The controllers run on their own tasks, so no reconcile can delay a lease renewal.
+        let mut controllers = tokio::spawn(futures::future::join_all(
+            scopes
+                .into_iter()
+                .map(|scope| run_scope(Arc::clone(&shared), scope, stop_rx.clone())),
+        ));
+        let end = {
+            let keep = async {
+                match elector.as_mut() {
+                    Some(e) => e.keep().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut signal => TermEnd::Signal,
+                lost = keep => TermEnd::Lost(lost),
+                _ = &mut controllers => TermEnd::Ended,
+            }
+        };
+        match &end {
+            TermEnd::Signal => {
+                tracing::info!("termination signal: stopping controllers");
+                readiness.set_role(Role::Stopping);
+            }
+            TermEnd::Lost(lost) => {
+                // The fence closed before any other replica could take the lease: nothing
+                // from this term is written any more, in-flight work included.
+                tracing::error!(error = %lost, "leadership lost: stopping controllers and standing by");
+            }
+            TermEnd::Ended => {
+                tracing::error!("controllers stopped unexpectedly: handing the lease over");
+            }
+        }
+        let _ = stop_tx.send(true);
+        // In-flight reconciles finish; a stuck one does not hold the handover up.
+        if tokio::time::timeout(Duration::from_secs(10), &mut controllers)
+            .await
+            .is_err()
+        {
+            controllers.abort();
+        }
+        prober.stop_all();
+        metrics.set_leader(false);
+        match end {
+            TermEnd::Signal => {
+                if let Some(e) = elector.as_ref() {
+                    e.release().await;
+                }
+                break;
+            }
+            TermEnd::Ended => match elector.as_ref() {
+                Some(e) => e.release().await,
+                None => break,
             },
-        ),
-        changes,
-        written: Default::default(),
-    });
-    let scopes: Vec<Scope> = if args.namespaces.iter().all(|n| n.trim().is_empty()) {
-        vec![Scope::All]
-    } else {
-        args.namespaces
-            .iter()
-            .map(|n| n.trim())
-            .filter(|n| !n.is_empty())
-            .map(|n| Scope::Namespace(n.to_string()))
-            .collect()
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let controllers = futures::future::join_all(
-        scopes
-            .into_iter()
-            .map(|scope| run_scope(Arc::clone(&shared), scope, stop_rx.clone())),
-    );
-    tokio::pin!(controllers);
-
-    let keep = async {
-        match elector.as_mut() {
-            Some(e) => e.keep().await,
-            None => std::future::pending().await,
+            TermEnd::Lost(_) if elector.is_none() => break,
+            TermEnd::Lost(_) => {}
         }
-    };
-    let outcome = tokio::select! {
-        _ = &mut signal => {
-            tracing::info!("termination signal: stopping controllers");
-            Ok(())
-        }
-        lost = keep => {
-            tracing::error!(error = %lost, "leadership lost; exiting so another replica takes over");
-            Err(RunError::Lease(lost))
-        }
-        _ = &mut controllers => Ok(()),
-    };
-    state.store(STOPPING, Ordering::Relaxed);
-    let _ = stop_tx.send(true);
-    // In-flight reconciles finish; a stuck one does not hold the shutdown up.
-    let _ = tokio::time::timeout(Duration::from_secs(10), &mut controllers).await;
-    prober.stop_all();
-    if outcome.is_ok()
-        && let Some(e) = elector.as_ref()
-    {
-        e.release().await;
     }
-    metrics.set_leader(false);
+    readiness.set_role(Role::Stopping);
     metrics_server.abort();
     health_server.abort();
     tracing::info!("stopped");
-    outcome
+    Ok(())
 }

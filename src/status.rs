@@ -60,6 +60,22 @@ pub struct Inputs<'a> {
     pub address: Option<String>,
     /// Name of the endpoints ConfigMap, for messages.
     pub configmap: &'a str,
+    /// Why the plugin's objects could not be applied this time, if they could not.
+    pub failure: Option<Failure>,
+    /// Why the publisher left the plugin out of the endpoints ConfigMap, if it did:
+    /// a reason (`PublicationTooLarge`, `NameConflict`) and a message.
+    pub publication: Option<(&'static str, String)>,
+}
+
+/// A failure to apply the plugin's objects, as the resource shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// CamelCase reason of the `Deployed=False` condition, e.g. `NameConflict`.
+    pub reason: &'static str,
+    /// What happened, with the API's own message where there is one.
+    pub message: String,
+    /// Whether only a change by a person helps (phase `Failed`) rather than time (`Degraded`).
+    pub permanent: bool,
 }
 
 /// A condition that changed, for an Event.
@@ -80,6 +96,31 @@ impl Transition {
     pub fn is_warning(&self) -> bool {
         self.status == "False" && !matches!(self.reason.as_str(), "ScaledToZero" | "Probing")
     }
+
+    /// The Event note, cut to the API's limit on notes.
+    pub fn note(&self) -> String {
+        truncate_note(&format!(
+            "{} is {}: {}",
+            self.type_, self.status, self.message
+        ))
+    }
+}
+
+/// The API rejects Event notes over 1 KiB; a longer text is cut at a character boundary and
+/// marked as cut.
+pub const NOTE_LIMIT: usize = 1024;
+
+/// `text`, cut to [`NOTE_LIMIT`] bytes.
+pub fn truncate_note(text: &str) -> String {
+    if text.len() <= NOTE_LIMIT {
+        return text.to_string();
+    }
+    const MARK: &str = " …(cut)";
+    let mut end = NOTE_LIMIT - MARK.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &text[..end])
 }
 
 struct Cond {
@@ -118,45 +159,12 @@ pub fn compute(
         ConfigVerdict::Valid(m) => cond(CONFIG_VALID, "True", "Resolved", m.clone()),
         ConfigVerdict::Invalid(r, m) => cond(CONFIG_VALID, "False", r, m.clone()),
     };
-    let deployed = match &inputs.rollout {
-        Rollout::External => cond(
-            DEPLOYED,
-            "True",
-            "ExternalEndpoint",
-            "the plugin runs outside the cluster (spec.endpoint); no Pods".into(),
-        ),
-        Rollout::NotApplied => cond(
-            DEPLOYED,
-            "False",
-            "ConfigInvalid",
-            "no Pods are created until the configuration is valid".into(),
-        ),
-        Rollout::Pods { desired: 0, .. } => cond(
-            DEPLOYED,
-            "True",
-            "ScaledToZero",
-            "spec.replicas is 0".into(),
-        ),
-        Rollout::Pods {
-            desired,
-            updated,
-            ready,
-            waiting,
-        } => {
-            let mut message = format!("{ready}/{desired} Pods ready, {updated} up to date");
-            if !waiting.is_empty() {
-                message.push_str(&format!("; waiting: {}", waiting.join(", ")));
-            }
-            if ready >= desired && updated >= desired {
-                cond(DEPLOYED, "True", "PodsReady", message)
-            } else if updated < desired {
-                cond(DEPLOYED, "False", "RollingOut", message)
-            } else {
-                cond(DEPLOYED, "False", "PodsNotReady", message)
-            }
-        }
+    let deployed = match (&inputs.failure, &inputs.rollout) {
+        (Some(f), _) => cond(DEPLOYED, "False", f.reason, f.message.clone()),
+        (None, rollout) => deployed_condition(rollout),
     };
     let total = views.len();
+
     let healthy = if scaled_to_zero {
         cond(
             HEALTHY,
@@ -201,7 +209,9 @@ pub fn compute(
             format!("{}/{total} endpoints pass their probes", published.len()),
         )
     };
-    let publish = if !published.is_empty() {
+    let publish = if let Some((reason, message)) = &inputs.publication {
+        cond(PUBLISHED, "False", reason, message.clone())
+    } else if !published.is_empty() {
         cond(
             PUBLISHED,
             "True",
@@ -237,6 +247,17 @@ pub fn compute(
 
     let (phase, message) = if let ConfigVerdict::Invalid(_, m) = &inputs.config {
         (Phase::Failed, m.clone())
+    } else if let Some(f) = &inputs.failure {
+        let phase = if f.permanent {
+            Phase::Failed
+        } else {
+            Phase::Degraded
+        };
+        (phase, f.message.clone())
+    } else if let Some((_, m)) = &inputs.publication
+        && !published.is_empty()
+    {
+        (Phase::Degraded, m.clone())
     } else if scaled_to_zero {
         (Phase::Pending, "scaled to zero".to_string())
     } else if !unhealthy.is_empty() {
@@ -292,6 +313,48 @@ pub fn compute(
             .map(|f| f.to_status())
             .filter(|p| p != &Default::default()),
         message: Some(message),
+    }
+}
+
+/// `Deployed` from the state of the Pods alone.
+fn deployed_condition(rollout: &Rollout) -> Cond {
+    match rollout {
+        Rollout::External => cond(
+            DEPLOYED,
+            "True",
+            "ExternalEndpoint",
+            "the plugin runs outside the cluster (spec.endpoint); no Pods".into(),
+        ),
+        Rollout::NotApplied => cond(
+            DEPLOYED,
+            "False",
+            "ConfigInvalid",
+            "no Pods are created until the configuration is valid".into(),
+        ),
+        Rollout::Pods { desired: 0, .. } => cond(
+            DEPLOYED,
+            "True",
+            "ScaledToZero",
+            "spec.replicas is 0".into(),
+        ),
+        Rollout::Pods {
+            desired,
+            updated,
+            ready,
+            waiting,
+        } => {
+            let mut message = format!("{ready}/{desired} Pods ready, {updated} up to date");
+            if !waiting.is_empty() {
+                message.push_str(&format!("; waiting: {}", waiting.join(", ")));
+            }
+            if ready >= desired && updated >= desired {
+                cond(DEPLOYED, "True", "PodsReady", message)
+            } else if updated < desired {
+                cond(DEPLOYED, "False", "RollingOut", message)
+            } else {
+                cond(DEPLOYED, "False", "PodsNotReady", message)
+            }
+        }
     }
 }
 
@@ -355,6 +418,8 @@ mod tests {
             probes,
             address: Some("p.ns.svc:50051".into()),
             configmap: "hector-plugins",
+            failure: None,
+            publication: None,
         }
     }
 
@@ -411,6 +476,74 @@ mod tests {
         assert_eq!(condition(&s, DEPLOYED).status, "False");
         assert_eq!(condition(&s, PUBLISHED).reason, "ConfigInvalid");
         assert_eq!(s.message.as_deref(), Some("Secret s not found"));
+    }
+
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        let long = "é".repeat(2000);
+        let cut = truncate_note(&long);
+        assert!(cut.len() <= NOTE_LIMIT, "{}", cut.len());
+        assert!(cut.ends_with("(cut)"));
+        assert_eq!(truncate_note("short"), "short");
+        let t = Transition {
+            type_: DEPLOYED.into(),
+            status: "False".into(),
+            reason: "ApplyRejected".into(),
+            message: "x".repeat(5000),
+        };
+        assert!(t.note().len() <= NOTE_LIMIT);
+    }
+
+    #[test]
+    fn an_apply_failure_is_on_the_resource_never_an_empty_status() {
+        let mut i = inputs(Rollout::NotApplied, None);
+        i.failure = Some(Failure {
+            reason: "NameConflict",
+            message: "ConfigMap ns/p-config exists and was not created by this HectorPlugin".into(),
+            permanent: true,
+        });
+        let s = compute(&i, None, now());
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(condition(&s, DEPLOYED).status, "False");
+        assert_eq!(condition(&s, DEPLOYED).reason, "NameConflict");
+        assert!(s.message.as_deref().is_some_and(|m| m.contains("p-config")));
+        let t = transitions(None, &s);
+        assert!(
+            t.iter()
+                .any(|t| t.reason == "NameConflict" && t.is_warning()),
+            "a Warning Event: {t:?}"
+        );
+        i.failure = Some(Failure {
+            reason: "ApiError",
+            message: "apply Deployment ns/p: 503 etcd unavailable".into(),
+            permanent: false,
+        });
+        let s = compute(&i, None, now());
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        assert_eq!(condition(&s, DEPLOYED).reason, "ApiError");
+    }
+
+    #[test]
+    fn a_plugin_left_out_of_the_configmap_is_not_published() {
+        let mut index = Index::default();
+        index.set_endpoints(
+            &key(),
+            &BTreeMap::from([("10.0.0.1:50051".to_string(), true)]),
+            3,
+            &[],
+            None,
+        );
+        index.record(&key(), "10.0.0.1:50051", &ProbeOutcome::Healthy(None));
+        let state = index.get(&key()).expect("known");
+        let mut i = inputs(pods(1, 1), Some(&state));
+        i.publication = Some((
+            "PublicationTooLarge",
+            "left out of ConfigMap hector-plugins: it would exceed 1000000 bytes".into(),
+        ));
+        let s = compute(&i, None, now());
+        assert_eq!(condition(&s, PUBLISHED).status, "False");
+        assert_eq!(condition(&s, PUBLISHED).reason, "PublicationTooLarge");
+        assert_eq!(s.phase, Some(Phase::Degraded));
     }
 
     #[test]

@@ -1317,7 +1317,7 @@ mod cluster {
     }
 
     /// A namespaced install (`watchNamespaces: [x]`) may work with HectorPlugins and what runs
-    /// them in x, and nowhere else; Secrets only as metadata; its Lease only at home.
+    /// them in x, and nowhere else; no Secret at all, anywhere; its Lease only at home.
     #[tokio::test]
     async fn namespaced_install_is_confined_to_its_namespace() {
         let client = client().await;
@@ -1347,11 +1347,16 @@ mod cluster {
             ("update", "hectorplugins.hector.dev", home, false),
             ("create", "deployments.apps", home, true),
             ("delete", "configmaps", home, true),
-            ("list", "secrets", home, true),
+            ("list", "secrets", home, false),
+            ("watch", "secrets", home, false),
             ("get", "secrets", home, false),
+            ("list", "events", home, true),
+            ("create", "events", home, false),
             ("get", "endpointslices.discovery.k8s.io", home, false),
             ("create", "events.events.k8s.io", home, true),
             ("update", "leases.coordination.k8s.io", home, true),
+            ("update", "deployments.apps", home, false),
+            ("list", "replicasets.apps", home, true),
             ("get", "hectorplugins.hector.dev", away, false),
             ("list", "hectorplugins.hector.dev", away, false),
             ("patch", "hectorplugins.hector.dev/status", away, false),
@@ -1361,6 +1366,7 @@ mod cluster {
             ("update", "leases.coordination.k8s.io", away, false),
             ("list", "hectorplugins.hector.dev", None, false),
             ("list", "secrets", None, false),
+            ("get", "secrets", None, false),
         ] {
             assert_eq!(
                 can_i(&sa, verb, resource, ns).await,

@@ -1,7 +1,11 @@
 //! The operator deployed from `deploy/` (namespace `hector-system`, two replicas, leader
 //! election on the Lease `hector-operator`): restarts change nothing, exactly one replica
-//! leads, and a killed leader is replaced. These tests restart the operator, so they live
-//! in their own test binary (cargo runs binaries one after another) and run one at a time.
+//! leads, a killed or frozen leader is replaced by one that reconciles at once, a thawed old
+//! leader writes nothing, and an API server outage costs no restart. These tests restart the
+//! operator and the API server, so they live in their own test binary (cargo runs binaries
+//! one after another) and run one at a time. They need the local cluster of
+//! `tests/cluster/cluster` (they freeze containers through its containerd and stop its API
+//! server).
 
 mod common;
 
@@ -38,18 +42,72 @@ async fn operator_pods(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
     pods.list(&ListParams::default().labels(SELECTOR))
         .await
-        .map(|l| l.items)
-        .unwrap_or_default()
+        .expect("list operator Pods")
+        .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect()
 }
 
-/// GET `path` on `port` of an operator Pod through the API server's proxy.
+/// GET `path` on `port` of an operator Pod through the API server's proxy; `None` while it
+/// does not answer (or answers with an error status).
 async fn pod_get(client: &Client, pod: &str, port: u16, path: &str) -> Option<String> {
     let uri = format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{pod}:{port}/proxy{path}");
     let request = http::Request::get(uri).body(Vec::new()).ok()?;
     client.request_text(request).await.ok()
+}
+
+/// The Prometheus text of an operator Pod; fails the test when it cannot be read.
+async fn metrics_of(client: &Client, pod: &str) -> String {
+    eventually(
+        &format!("metrics of {pod}"),
+        Duration::from_secs(20),
+        || pod_get(client, pod, 8080, "/metrics"),
+    )
+    .await
+}
+
+/// Runs the local cluster's control script (`tests/cluster/cluster ARGS`).
+fn cluster(args: &[&str]) -> String {
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cluster/cluster"
+    ))
+    .args(args)
+    .output()
+    .expect("run tests/cluster/cluster");
+    assert!(
+        out.status.success(),
+        "cluster {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The containerd id of a Pod's `operator` container.
+fn container_id(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "operator"))
+        .and_then(|c| c.container_id.as_deref())
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .expect("the operator container runs under containerd")
+        .to_string()
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or_default()
+}
+
+async fn pod_named(client: &Client, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    pods.get(name).await.expect("operator Pod")
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -87,12 +145,8 @@ async fn exactly_one_replica_leads_and_a_killed_leader_is_replaced() -> TestResu
     let _serial = SERIAL.lock().await;
     let client = client().await;
     let (leader, follower) = settled(&client).await;
-    let leader_metrics = pod_get(&client, &leader, 8080, "/metrics")
-        .await
-        .expect("leader metrics");
-    let follower_metrics = pod_get(&client, &follower, 8080, "/metrics")
-        .await
-        .expect("follower metrics");
+    let leader_metrics = metrics_of(&client, &leader).await;
+    let follower_metrics = metrics_of(&client, &follower).await;
     assert_eq!(metric(&leader_metrics, "hector_operator_leader"), 1.0);
     assert_eq!(metric(&follower_metrics, "hector_operator_leader"), 0.0);
     assert_eq!(
@@ -230,9 +284,7 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() -> TestResul
         before, after,
         "no status or ConfigMap write after a restart"
     );
-    let metrics = pod_get(&client, &new_leader, 8080, "/metrics")
-        .await
-        .unwrap_or_default();
+    let metrics = metrics_of(&client, &new_leader).await;
     let writes = format!(
         "hector_operator_configmap_writes_total{{namespace=\"{}\"}}",
         ns.name
@@ -243,4 +295,284 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() -> TestResul
         "the new leader wrote no endpoints ConfigMap here"
     );
     Ok(())
+}
+
+fn echo_plugin(name: &str, replicas: i32) -> serde_json::Value {
+    plugin(
+        name,
+        json!({
+            "manifest": {"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"},
+            "image": format!("hector.dev/echo-llm:{IMAGE_TAG}"),
+            "imagePullPolicy": "Never",
+            "command": ["/plugin/echo-llm"],
+            "replicas": replicas,
+            "health": {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+        }),
+    )
+}
+
+async fn wait_ready(api: &Api<HectorPlugin>, name: &str) -> HectorPlugin {
+    eventually(
+        &format!("{name} Ready"),
+        Duration::from_secs(120),
+        || async {
+            let p = api.get(name).await.ok()?;
+            (p.status.as_ref()?.phase == Some(Phase::Ready)).then_some(p)
+        },
+    )
+    .await
+}
+
+/// A follower that has stood by for minutes takes over from a leader whose process is frozen
+/// (SIGSTOP through the node's container runtime: no connection is closed, nothing is
+/// released), reconciles a spec change made after the takeover at once, and the old leader,
+/// thawed, writes nothing and stands by.
+#[tokio::test]
+async fn a_frozen_leader_is_replaced_by_one_that_reconciles_and_writes_nothing_after() -> TestResult
+{
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let (leader, follower) = settled(&client).await;
+    // The bug this guards against showed only in a follower that had stood by for minutes.
+    let started = pod_named(&client, &follower)
+        .await
+        .status
+        .and_then(|s| s.start_time)
+        .expect("follower start time");
+    let standing = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_sub(u64::try_from(started.0.as_second()).unwrap_or(0));
+    if standing < 90 {
+        tokio::time::sleep(Duration::from_secs(90 - standing)).await;
+    }
+    assert_eq!(
+        pod_get(&client, &follower, 8081, "/readyz")
+            .await
+            .as_deref(),
+        Some("standby")
+    );
+
+    let ns = TestNamespace::new(&client, "op-freeze").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, echo_plugin("frozen", 1)).await;
+    wait_ready(&api, "frozen").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let old = pod_named(&client, &leader).await;
+    let old_restarts = restarts(&old);
+    let writes_before = metric(
+        &metrics_of(&client, &leader).await,
+        "hector_operator_api_writes_total",
+    );
+
+    let id = container_id(&old);
+    cluster(&["ctr", "task", "kill", "--signal", "SIGSTOP", &id]);
+    let frozen = Instant::now();
+    let thaw = Thaw(id.clone());
+    let new_leader = eventually("a new leader", Duration::from_secs(40), || async {
+        holder(&client).await.filter(|h| *h != leader)
+    })
+    .await;
+    let took = frozen.elapsed();
+    assert_eq!(new_leader, follower, "the standing follower took over");
+    eprintln!("leader handover after a freeze: {took:?}");
+
+    // A change made after the takeover is applied within seconds.
+    let changed = Instant::now();
+    apply(&api, echo_plugin("frozen", 2)).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        "the new leader applied the change",
+        Duration::from_secs(20),
+        || async {
+            let p = api.get("frozen").await.ok()?;
+            let d = deployments.get("frozen").await.ok()?;
+            let observed = p.status.as_ref()?.observed_generation;
+            (observed == p.metadata.generation && d.spec.as_ref()?.replicas == Some(2))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "change applied by the new leader after {:?}",
+        changed.elapsed()
+    );
+    assert_eq!(
+        pod_get(&client, &new_leader, 8081, "/readyz")
+            .await
+            .as_deref(),
+        Some("leading")
+    );
+
+    drop(thaw);
+    let old = pod_named(&client, &leader).await;
+    assert_eq!(
+        restarts(&old),
+        old_restarts,
+        "the old leader was thawed, not restarted (the test must resume the same process)"
+    );
+    eventually(
+        "the thawed leader stands by",
+        Duration::from_secs(30),
+        || async {
+            (pod_get(&client, &leader, 8081, "/readyz").await.as_deref() == Some("standby"))
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = metrics_of(&client, &leader).await;
+    assert_eq!(metric(&after, "hector_operator_leader"), 0.0);
+    assert_eq!(
+        metric(&after, "hector_operator_api_writes_total"),
+        writes_before,
+        "the thawed leader wrote nothing"
+    );
+    assert_eq!(holder(&client).await.as_deref(), Some(new_leader.as_str()));
+    settled(&client).await;
+    Ok(())
+}
+
+/// Resumes a frozen container when dropped, so a failing test never leaves it frozen.
+struct Thaw(String);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cluster/cluster"
+        ))
+        .args(["ctr", "task", "kill", "--signal", "SIGCONT", &self.0])
+        .status();
+    }
+}
+
+/// The API server stopped for 30 s: agents keep calling (the published ConfigMap stays as it
+/// was), no operator replica restarts, and a change made afterwards is published within
+/// seconds.
+#[tokio::test]
+async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResult {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    settled(&client).await;
+    let ns = TestNamespace::new(&client, "op-outage").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, echo_plugin("steady", 1)).await;
+    let ready = wait_ready(&api, "steady").await;
+    let endpoint = ready
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoints.first().cloned())
+        .expect("endpoint");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    eventually("published", Duration::from_secs(30), || async {
+        let cm = cms.get_opt("hector-plugins").await.ok()??;
+        cm.data?
+            .get("endpoints.json")?
+            .contains(&endpoint)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rv_before = cms.get("hector-plugins").await?.resource_version();
+    let restarts_before: Vec<(String, i32)> = operator_pods(&client)
+        .await
+        .iter()
+        .map(|p| (p.name_any(), restarts(p)))
+        .collect();
+
+    // An agent keeps calling the published endpoint throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let caller = {
+        let (stop, calls, failures, endpoint) = (
+            Arc::clone(&stop),
+            Arc::clone(&calls),
+            Arc::clone(&failures),
+            endpoint.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                match generate_text(&endpoint, "still there?").await {
+                    Ok(_) => calls.fetch_add(1, Ordering::SeqCst),
+                    Err(_) => failures.fetch_add(1, Ordering::SeqCst),
+                };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    cluster(&["apiserver-stop"]);
+    let restart = ApiServerBack;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    drop(restart);
+    stop.store(true, Ordering::SeqCst);
+    caller.await?;
+    assert!(calls.load(Ordering::SeqCst) > 50, "the agent kept calling");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no call failed during the outage"
+    );
+
+    let client = common::client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    settled(&client).await;
+    assert_eq!(
+        cms.get("hector-plugins").await?.resource_version(),
+        rv_before,
+        "the published ConfigMap was not rewritten"
+    );
+    for (pod, before) in restarts_before {
+        assert_eq!(
+            restarts(&pod_named(&client, &pod).await),
+            before,
+            "operator Pod {pod} did not restart"
+        );
+    }
+    // A change after the outage is published within seconds.
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(
+        &api,
+        plugin(
+            "alias",
+            json!({
+                "manifest": {"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"},
+                "endpoint": endpoint,
+                "health": {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+            }),
+        ),
+    )
+    .await;
+    let applied = Instant::now();
+    eventually(
+        "the new plugin published",
+        Duration::from_secs(30),
+        || async {
+            let cm = cms.get_opt("hector-plugins").await.ok()??;
+            cm.data?
+                .get("endpoints.json")?
+                .contains("\"alias\"")
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!("published {:?} after the change", applied.elapsed());
+    Ok(())
+}
+
+/// Starts the API server again when dropped, so a failing test never leaves it stopped.
+struct ApiServerBack;
+
+impl Drop for ApiServerBack {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cluster/cluster"
+        ))
+        .arg("apiserver-start")
+        .status();
+    }
 }

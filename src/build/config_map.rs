@@ -23,9 +23,9 @@ pub fn config_map(plugin: &HectorPlugin, config: &ResolvedConfig) -> Result<Conf
     })
 }
 
-/// A stable digest of what the plugin is configured with: plain values, which Secret keys
-/// are mounted where, and the Secrets' resourceVersions (not their contents, which the
-/// operator never reads).
+/// A stable digest of what the plugin is configured with: plain values and which Secret keys
+/// are mounted where. Secret contents are not in it: the operator cannot read Secrets at all;
+/// the launcher notices a rotated Secret in its mounted files and restarts the plugin itself.
 pub(crate) fn config_hash(config: &ResolvedConfig) -> String {
     // FNV-1a: stable across Rust releases and platforms, unlike the std hasher's keys.
     struct Fnv(u64);
@@ -48,7 +48,6 @@ pub(crate) fn config_hash(config: &ResolvedConfig) -> String {
         .map(|(k, r)| (k, (&r.name, &r.key)))
         .collect();
     refs.hash(&mut h);
-    config.secret_versions.hash(&mut h);
     format!("{:016x}", h.finish())
 }
 
@@ -99,11 +98,6 @@ mod tests {
             r.key = "other-key".into();
         }
         assert_ne!(config_hash(&base), config_hash(&moved));
-        let mut rotated = base.clone();
-        rotated
-            .secret_versions
-            .insert("llm-secrets".into(), "42".into());
-        assert_ne!(config_hash(&base), config_hash(&rotated));
     }
 
     #[test]

@@ -100,27 +100,29 @@ differs, so the default rendering runs the same command line as deploy/.
   verbs: ["get", "list", "watch"]
 - apiGroups: ["hector.dev"]
   resources: ["hectorplugins/status"]
-  verbs: ["get", "patch", "update"]
-# What it runs a plugin with.
+  verbs: ["patch"]
+# What it runs a plugin with. `get` reads a name before creating it, so an object the
+# operator did not create is never taken over.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The owner chain Pod -> ReplicaSet -> Deployment decides which Pods are endpoints.
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["list", "watch"]
 # Plugin Services, plugin config ConfigMaps and the endpoints ConfigMap.
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# Secret metadata only (which keys exist); values are mounted into plugin Pods by the kubelet
-# and never read by the operator. No `get`.
+# No permission on Secrets at all: secret values reach plugin Pods through the kubelet
+# only. A missing Secret or key is read from the kubelet's FailedMount Events.
 - apiGroups: [""]
-  resources: ["secrets"]
+  resources: ["events"]
   verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}

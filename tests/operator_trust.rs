@@ -1,0 +1,462 @@
+//! What the operator must never do in a shared cluster, on a live cluster with the operator
+//! that `make test` deploys from `deploy/`: take over or delete a user's object that has a
+//! plugin child's name, publish a Pod for its label alone, hide a failure from the resource,
+//! or hold any permission on Secrets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hector_operator::crd::{HectorPlugin, Phase};
+use hector_plugin_sdk::endpoints::EndpointsFile;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+fn echo_spec() -> serde_json::Value {
+    json!({
+        "manifest": {"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"},
+        "image": format!("hector.dev/echo-llm:{IMAGE_TAG}"),
+        "imagePullPolicy": "Never",
+        "command": ["/plugin/echo-llm"],
+        "config": {"prefix": "t: "},
+        "health": {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+    })
+}
+
+fn condition(p: &HectorPlugin, type_: &str) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_plugin<F>(api: &Api<HectorPlugin>, name: &str, what: &str, check: F) -> HectorPlugin
+where
+    F: Fn(&HectorPlugin) -> bool,
+{
+    eventually(
+        &format!("{name}: {what}"),
+        Duration::from_secs(120),
+        || async { api.get_opt(name).await.ok().flatten().filter(|p| check(p)) },
+    )
+    .await
+}
+
+async fn warning_events(client: &Client, ns: &str, name: &str, reason: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+async fn endpoints_file(client: &Client, ns: &str) -> Option<EndpointsFile> {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm = cms.get_opt("hector-plugins").await.ok()??;
+    EndpointsFile::parse(cm.data?.get("endpoints.json")?).ok()
+}
+
+/// A user's ConfigMap and Service that happen to carry a plugin's child names stay exactly
+/// as they were — while the plugin exists and after it is deleted — and the plugin says why
+/// it cannot run; it heals once the names are free.
+#[tokio::test]
+async fn a_users_objects_with_a_plugins_child_names_are_never_touched() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-names").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "billing-config"},
+            "data": {"important": "user data"},
+        }))?,
+    )
+    .await?;
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "billing"},
+                "spec": {"selector": {"app": "billing"}, "ports": [{"name": "http", "port": 80}]},
+            }))?,
+        )
+        .await?;
+    let cm_before = serde_json::to_value(cms.get("billing-config").await?)?;
+    let svc_before = serde_json::to_value(services.get("billing").await?)?;
+
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("billing", echo_spec())).await;
+    let failed = wait_plugin(&api, "billing", "Deployed=False NameConflict", |p| {
+        condition(p, "Deployed").is_some_and(|(s, r, _)| s == "False" && r == "NameConflict")
+    })
+    .await;
+    let (_, _, message) = condition(&failed, "Deployed").expect("Deployed");
+    assert!(
+        message.contains(&format!("ConfigMap {}/billing-config", ns.name)),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("Service {}/billing", ns.name)),
+        "{message}"
+    );
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Failed)
+    );
+    eventually(
+        "a NameConflict Warning Event",
+        Duration::from_secs(30),
+        || async {
+            (!warning_events(&client, &ns.name, "billing", "NameConflict")
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    // What the operator could create is created; what it must not take is left alone.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(deployments.get_opt("billing").await?.is_some());
+    assert_eq!(
+        serde_json::to_value(cms.get("billing-config").await?)?,
+        cm_before
+    );
+    assert_eq!(
+        serde_json::to_value(services.get("billing").await?)?,
+        svc_before
+    );
+
+    api.delete("billing", &DeleteParams::foreground()).await?;
+    eventually("the plugin is gone", Duration::from_secs(60), || async {
+        api.get_opt("billing").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // The garbage collector has run for the plugin's own Deployment by now.
+    eventually(
+        "its Deployment collected",
+        Duration::from_secs(60),
+        || async {
+            deployments
+                .get_opt("billing")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        serde_json::to_value(cms.get("billing-config").await?)?,
+        cm_before,
+        "the user's ConfigMap is byte for byte unchanged"
+    );
+    assert_eq!(
+        serde_json::to_value(services.get("billing").await?)?,
+        svc_before,
+        "the user's Service is byte for byte unchanged"
+    );
+
+    // Heals when the names are free.
+    apply(&api, plugin("billing", echo_spec())).await;
+    wait_plugin(&api, "billing", "NameConflict", |p| {
+        condition(p, "Deployed").is_some_and(|(_, r, _)| r == "NameConflict")
+    })
+    .await;
+    cms.delete("billing-config", &DeleteParams::default())
+        .await?;
+    services.delete("billing", &DeleteParams::default()).await?;
+    wait_plugin(&api, "billing", "Ready after the names were freed", |p| {
+        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+    Ok(())
+}
+
+/// The endpoints ConfigMap name taken by someone else: the operator does not write it, and
+/// every plugin of the namespace says so.
+#[tokio::test]
+async fn a_foreign_endpoints_configmap_is_not_taken_over() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-cm").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "hector-plugins"},
+            "data": {"mine": "do not touch"},
+        }))?,
+    )
+    .await?;
+    let before = serde_json::to_value(cms.get("hector-plugins").await?)?;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("echo", echo_spec())).await;
+    let p = wait_plugin(&api, "echo", "Published=False NameConflict", |p| {
+        condition(p, "Published").is_some_and(|(s, r, _)| s == "False" && r == "NameConflict")
+    })
+    .await;
+    let (_, _, message) = condition(&p, "Published").expect("Published");
+    assert!(message.contains("hector-plugins"), "{message}");
+    assert_eq!(
+        serde_json::to_value(cms.get("hector-plugins").await?)?,
+        before
+    );
+    Ok(())
+}
+
+/// A Pod that copies a plugin's label (and even runs the same, healthy plugin) is never
+/// probed or published as that plugin.
+#[tokio::test]
+async fn a_pod_that_copies_the_label_is_never_published() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-pod").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("echo", echo_spec())).await;
+    let ready = wait_plugin(&api, "echo", "Ready", |p| {
+        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+    let own = ready.status.expect("status").endpoints;
+    assert_eq!(own.len(), 1);
+
+    // The very Pod template the operator uses, as a bare Pod of the user's.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let template = deployments.get("echo").await?.spec.expect("spec").template;
+    let mut rogue = Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: template.spec,
+        ..Default::default()
+    };
+    rogue.metadata.name = Some("rogue".into());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &rogue).await?;
+    let rogue_ip = eventually("the rogue Pod Ready", Duration::from_secs(120), || async {
+        let p = pods.get("rogue").await.ok()?;
+        if !pod_ready(&p) {
+            return None;
+        }
+        p.status?.pod_ip
+    })
+    .await;
+    // Several probe periods (1 s) and publish passes.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let file = endpoints_file(&client, &ns.name).await.expect("published");
+        let entry = file.plugins.get("echo").expect("echo published");
+        assert!(
+            entry
+                .endpoints
+                .iter()
+                .all(|e| !e.starts_with(&format!("{rogue_ip}:"))),
+            "the rogue Pod {rogue_ip} is published: {:?}",
+            entry.endpoints
+        );
+        assert_eq!(entry.endpoints, own);
+        let status = api.get("echo").await?.status.expect("status");
+        assert_eq!(
+            status.endpoints, own,
+            "status lists only the plugin's own Pod"
+        );
+    }
+    Ok(())
+}
+
+/// An API rejection of a child (here a ResourceQuota that allows no Deployment) is on the
+/// resource: a condition with the API's message, a Warning Event, a phase — never an empty
+/// status.
+#[tokio::test]
+async fn an_api_rejection_is_shown_on_the_resource() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-quota").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns.name);
+    quotas
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "ResourceQuota",
+                "metadata": {"name": "no-deployments"},
+                "spec": {"hard": {"count/deployments.apps": "0"}},
+            }))?,
+        )
+        .await?;
+    // The quota controller must have counted before the quota is enforced.
+    eventually("quota status", Duration::from_secs(30), || async {
+        quotas
+            .get("no-deployments")
+            .await
+            .ok()?
+            .status?
+            .hard
+            .map(|_| ())
+    })
+    .await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("quota", echo_spec())).await;
+    let p = wait_plugin(&api, "quota", "Deployed=False Forbidden", |p| {
+        condition(p, "Deployed").is_some_and(|(s, r, _)| s == "False" && r == "Forbidden")
+    })
+    .await;
+    let (_, _, message) = condition(&p, "Deployed").expect("Deployed");
+    assert!(
+        message.contains("exceeded quota"),
+        "the API's own words: {message}"
+    );
+    assert!(message.contains("Deployment"), "{message}");
+    assert_eq!(p.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
+    eventually(
+        "a Forbidden Warning Event",
+        Duration::from_secs(30),
+        || async {
+            let events = warning_events(&client, &ns.name, "quota", "Forbidden").await;
+            events
+                .iter()
+                .all(|e| e.note.as_deref().is_some_and(|n| n.len() <= 1024))
+                .then_some(())
+                .filter(|_| !events.is_empty())
+        },
+    )
+    .await;
+    // Lifting the quota heals it.
+    quotas
+        .delete("no-deployments", &DeleteParams::default())
+        .await?;
+    wait_plugin(&api, "quota", "Ready after the quota is lifted", |p| {
+        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+    Ok(())
+}
+
+/// A missing Secret, then a Secret without the key: both named on the resource from what the
+/// kubelet reports (the operator cannot read Secrets); the plugin heals once the key exists,
+/// and the secret value is in none of the operator's outputs.
+#[tokio::test]
+async fn missing_secret_and_missing_key_are_reported_then_heal_and_never_leak() -> TestResult {
+    use k8s_openapi::api::core::v1::Secret;
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-secret").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let canary = "canary-5e1d7c0a-secret-value";
+    let mut spec = echo_spec();
+    spec["manifest"]["configSchema"] = json!({"required": ["api_key"], "optional": ["prefix"]});
+    spec["secretConfig"] =
+        json!([{"key": "api_key", "secretKeyRef": {"name": "llm-secret", "key": "api-key"}}]);
+    apply(&api, plugin("sec", spec)).await;
+
+    let failed = wait_plugin(&api, "sec", "ConfigValid=False (no Secret)", |p| {
+        condition(p, "ConfigValid").is_some_and(|(s, r, _)| s == "False" && r == "SecretNotFound")
+    })
+    .await;
+    let (_, _, message) = condition(&failed, "ConfigValid").expect("condition");
+    assert!(
+        message.contains("\"llm-secret\"")
+            && message.contains("api_key")
+            && message.contains("not found"),
+        "{message}"
+    );
+    assert_eq!(
+        failed.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Failed)
+    );
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "llm-secret"},
+                "stringData": {"wrong-key": "x"},
+            }))?,
+        )
+        .await?;
+    let lacking = wait_plugin(&api, "sec", "SecretNotFound naming the key", |p| {
+        condition(p, "ConfigValid")
+            .is_some_and(|(_, r, m)| r == "SecretNotFound" && m.contains("has no key \"api-key\""))
+    })
+    .await;
+    assert_eq!(
+        lacking.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Failed)
+    );
+
+    secrets
+        .replace(
+            "llm-secret",
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "llm-secret", "namespace": ns.name},
+                "stringData": {"api-key": canary},
+            }))?,
+        )
+        .await?;
+    let ready = wait_plugin(&api, "sec", "Ready once the key exists", |p| {
+        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+    let endpoint = ready
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoints.first().cloned())
+        .expect("endpoint");
+    assert_eq!(generate_text(&endpoint, "x").await?, "t: x");
+
+    // The secret value is nowhere the operator writes or logs. Every read must succeed:
+    // a failed read must fail the test, not pass it.
+    let status = serde_json::to_string(&ready.status)?;
+    assert!(!status.contains(canary), "status leaks the secret");
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let events = serde_json::to_string(&events.list(&ListParams::default()).await?.items)?;
+    assert!(!events.contains(canary), "events leak the secret");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let all = cms.list(&ListParams::default()).await?.items;
+    assert!(all.iter().any(|c| c.name_any() == "hector-plugins"));
+    for cm in all {
+        let text = serde_json::to_string(&cm.data)?;
+        assert!(
+            !text.contains(canary),
+            "ConfigMap {} leaks the secret",
+            cm.name_any()
+        );
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment = serde_json::to_string(&deployments.get("sec").await?)?;
+    assert!(
+        !deployment.contains(canary),
+        "the Deployment leaks the secret"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let logs = pods.logs(&pod.name_any(), &Default::default()).await?;
+        assert!(!logs.is_empty(), "plugin Pod {} has logs", pod.name_any());
+        assert!(!logs.contains(canary), "plugin Pod logs leak the secret");
+    }
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), "hector-system");
+    let list = operator_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=hector-operator"))
+        .await?;
+    assert!(!list.items.is_empty(), "operator Pods found");
+    for pod in list.items {
+        let logs = operator_pods
+            .logs(&pod.name_any(), &Default::default())
+            .await?;
+        assert!(!logs.is_empty(), "operator Pod {} has logs", pod.name_any());
+        assert!(!logs.contains(canary), "operator logs leak the secret");
+    }
+    Ok(())
+}
