@@ -162,6 +162,10 @@ pub fn configmap_data(file: &EndpointsFile, remote_path: &str) -> BTreeMap<Strin
     ])
 }
 
+/// The keys of the endpoints ConfigMap the operator writes and compares; others (added by
+/// hand, by another field manager) are not ours and left alone.
+pub const OWN_KEYS: [&str; 2] = [ENDPOINTS_KEY, PLUGINS_YAML_KEY];
+
 /// What the writer last wrote to one namespace's ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -175,9 +179,17 @@ pub struct Written {
     pub caught_up: bool,
 }
 
+/// Whether `a` and `b` hold the same values under the keys the operator writes
+/// ([`OWN_KEYS`]); other keys are someone else's and never a reason to write.
+fn same_own_keys(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
+    OWN_KEYS.iter().all(|k| a.get(*k) == b.get(*k))
+}
+
 /// Whether to write `rendered`, given the ConfigMap as the watch shows it (resourceVersion
 /// and data) and what was last written. The watch lags behind our own writes, so a view
-/// still showing the version from before our write is not a reason to write again.
+/// still showing the version from before our write is not a reason to write again. Only
+/// [`OWN_KEYS`] are compared: a key added by hand (another field manager) is left alone by
+/// our server-side apply, so it must not cause a write either.
 pub fn needs_write(
     rendered: &BTreeMap<String, String>,
     current: Option<(&str, &BTreeMap<String, String>)>,
@@ -189,11 +201,11 @@ pub fn needs_write(
     {
         w.caught_up = true;
     }
-    if current.is_some_and(|(_, data)| data == rendered) {
+    if current.is_some_and(|(_, data)| same_own_keys(data, rendered)) {
         return false;
     }
     match written {
-        Some(w) if !w.caught_up && &w.data == rendered => {
+        Some(w) if !w.caught_up && same_own_keys(&w.data, rendered) => {
             // Unchanged since our write, unless a third party wrote in between.
             current.map(|(rv, _)| rv.to_string()) != w.before
         }
@@ -333,7 +345,7 @@ mod tests {
 
     #[test]
     fn writes_only_on_change_and_not_again_while_the_watch_lags() {
-        let data = |s: &str| BTreeMap::from([("k".to_string(), s.to_string())]);
+        let data = |s: &str| BTreeMap::from([(ENDPOINTS_KEY.to_string(), s.to_string())]);
         let v1 = data("one");
         // Same content: nothing to write.
         assert!(!needs_write(&v1, Some(("5", &v1)), None));
@@ -370,5 +382,30 @@ mod tests {
             Some(("10", &data("edited"))),
             Some(&mut created)
         ));
+    }
+
+    #[test]
+    fn keys_added_by_others_cause_no_write_and_a_changed_key_of_ours_does() {
+        let ours = BTreeMap::from([
+            (ENDPOINTS_KEY.to_string(), "{}".to_string()),
+            (PLUGINS_YAML_KEY.to_string(), "plugins: {}".to_string()),
+        ]);
+        let mut live = ours.clone();
+        live.insert("notes.txt".into(), "added by hand".into());
+        assert!(!needs_write(&ours, Some(("7", &live)), None));
+        // Not while our own write is still in flight either.
+        let mut w = Written {
+            before: Some("5".into()),
+            after: "6".into(),
+            data: ours.clone(),
+            caught_up: false,
+        };
+        assert!(!needs_write(&ours, Some(("7", &live)), Some(&mut w)));
+        let mut edited = live.clone();
+        edited.insert(PLUGINS_YAML_KEY.into(), "plugins: {edited: true}".into());
+        assert!(needs_write(&ours, Some(("8", &edited)), None));
+        let mut removed = live;
+        removed.remove(ENDPOINTS_KEY);
+        assert!(needs_write(&ours, Some(("8", &removed)), None));
     }
 }
