@@ -9,8 +9,56 @@ use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequireme
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::KubeSchema;
+use kube::core::Rule;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// What a configuration key must look like: a ConfigMap key, since plain values are stored
+/// under their key in the plugin's ConfigMap and secret ones mounted as files of that name.
+/// Letters, digits, `-`, `_` and `.`, but not `.` or `..` and not starting with `..`
+/// (Kubernetes' `IsConfigMapKey`; RE2 has no look-ahead, hence the two-part form).
+pub const CONFIG_KEY_PATTERN: &str = "^[.]?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$";
+
+/// The longest configuration key: a ConfigMap key's limit.
+pub const CONFIG_KEY_MAX: usize = 253;
+
+/// Most keys a configuration map (`spec.config`, `configSchema.defaults`) may have. Also
+/// what lets the API server bound the cost of the CEL rules over their keys.
+pub const CONFIG_KEYS_MAX: usize = 256;
+
+/// Whether `key` can be a configuration key (see [`CONFIG_KEY_PATTERN`], [`CONFIG_KEY_MAX`]).
+pub fn is_config_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= CONFIG_KEY_MAX
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && key != "."
+        && !key.starts_with("..")
+}
+
+/// The keys of `spec.config` that cannot be configuration keys, sorted. The CRD cannot
+/// refuse them: its values are untyped (any scalar), and the API server compiles no CEL rule
+/// over a map of untyped values, nor does it support `propertyNames`. So the reconciler must
+/// (and the plugin's ConfigMap would be refused otherwise).
+pub fn invalid_config_keys(config: &BTreeMap<String, serde_json::Value>) -> Vec<String> {
+    config
+        .keys()
+        .filter(|k| !is_config_key(k))
+        .cloned()
+        .collect()
+}
+
+/// The CEL rule that every key of the map at `field` is a configuration key.
+fn config_keys_rule(field: &str) -> Rule {
+    Rule::new(format!(
+        "self.all(k, size(k) <= {CONFIG_KEY_MAX} && k.matches('{CONFIG_KEY_PATTERN}'))"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "{field}: every key must be a valid ConfigMap key: at most {CONFIG_KEY_MAX} letters, \
+         digits, '-', '_' or '.', and not '.', '..' or starting with '..'"
+    )))
+}
 
 /// Desired state of a HectorPlugin: which plugin to run and how, or where an already running
 /// plugin is reached.
@@ -41,9 +89,10 @@ pub struct HectorPluginSpec {
     /// `.plugin.yaml` (generate with `hectorctl manifest convert`).
     pub manifest: PluginManifest,
 
-    /// Container image holding the plugin executable. Set this or `endpoint`.
+    /// Container image holding the plugin executable. Set this or `endpoint`. At most 512
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
     /// When the kubelet pulls the image (default: Kubernetes' default for the tag).
@@ -51,12 +100,16 @@ pub struct HectorPluginSpec {
     pub image_pull_policy: Option<ImagePullPolicy>,
 
     /// The plugin executable inside the image and any leading arguments, e.g.
-    /// `["/plugin/my-llm"]`. Required with `image`.
+    /// `["/plugin/my-llm"]`. Required with `image`. At most 64 entries of at most 4096
+    /// characters each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub command: Vec<String>,
 
-    /// Extra arguments passed to the plugin executable.
+    /// Extra arguments passed to the plugin executable. At most 256 entries of at most 4096
+    /// characters each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub args: Vec<String>,
 
     /// How the plugin executable expects to be started: `goPlugin` for binaries built with
@@ -77,16 +130,21 @@ pub struct HectorPluginSpec {
 
     /// Plugin configuration: key to scalar value (strings, numbers and booleans are passed to
     /// the plugin's Initialize as strings). Overrides the manifest's defaults. Never put
-    /// secrets here; use secretConfig.
+    /// secrets here; use secretConfig. At most 256 keys; a key must be a valid ConfigMap key
+    /// (at most 253 letters, digits, `-`, `_` or `.`, not `.`, `..` or starting with `..`),
+    /// since the plain values are stored in the plugin's ConfigMap under their keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "scalar_map_schema")]
     pub config: BTreeMap<String, serde_json::Value>,
 
     /// Configuration keys whose values come from Secrets. They are mounted into the plugin
     /// Pod and passed to Initialize; they never appear in logs, events, status or the
-    /// endpoints ConfigMap. Overrides `config` and the manifest's defaults.
+    /// endpoints ConfigMap. Overrides `config` and the manifest's defaults. At most 256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    #[schemars(
+        length(max = 256),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"])
+    )]
     pub secret_config: Vec<SecretConfig>,
 
     /// Environment variables for the plugin container.
@@ -105,8 +163,10 @@ pub struct HectorPluginSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
 
-    /// Service account the plugin Pods run as (default: the namespace's default).
+    /// Service account the plugin Pods run as (default: the namespace's default). At most 253
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub service_account_name: Option<String>,
 
     /// Secrets for pulling the image from a private registry.
@@ -118,9 +178,13 @@ pub struct HectorPluginSpec {
     pub health: HealthSettings,
 
     /// `host:port` of a plugin already running elsewhere; the operator then runs no Pods and
-    /// only probes and publishes it. Set this or `image`.
+    /// only probes and publishes it. Set this or `image`. At most 259 characters (a
+    /// 253-character host name, `:` and a port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$"))]
+    #[schemars(
+        length(max = 259),
+        regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+    )]
     pub endpoint: Option<String>,
 }
 
@@ -136,6 +200,7 @@ fn default_replicas() -> i32 {
 fn scalar_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
+        "maxProperties": CONFIG_KEYS_MAX,
         "additionalProperties": {
             "x-kubernetes-preserve-unknown-fields": true
         }
@@ -143,14 +208,14 @@ fn scalar_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// The plugin's identity and declared configuration, from its `.plugin.yaml`.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginManifest {
-    /// The plugin's name as it reports it through GetManifest.
+    /// The plugin's name as it reports it through GetManifest. At most 253 characters.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// The plugin's semantic version (MAJOR.MINOR.PATCH).
-    #[schemars(regex(pattern = r"^v?\d+\.\d+\.\d+([-+].*)?$"))]
+    /// The plugin's semantic version (MAJOR.MINOR.PATCH). At most 128 characters.
+    #[schemars(length(max = 128), regex(pattern = r"^v?\d+\.\d+\.\d+([-+].*)?$"))]
     pub version: String,
     /// The kind of plugin, which decides the gRPC service it serves.
     #[serde(rename = "type")]
@@ -158,20 +223,26 @@ pub struct PluginManifest {
     /// Wire protocol; only `grpc`.
     #[serde(default)]
     pub protocol: Protocol,
-    /// The Hector versions the plugin works with, e.g. `>=0.1.0`.
+    /// The Hector versions the plugin works with, e.g. `>=0.1.0`. At most 128 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub hector_version: Option<String>,
-    /// Author of the plugin.
+    /// Author of the plugin. At most 256 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub author: Option<String>,
-    /// One-line description of the plugin.
+    /// One-line description of the plugin. At most 1024 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
     /// The configuration keys the plugin declares.
     #[serde(default)]
     pub config_schema: ConfigSchemaSpec,
-    /// Feature flags such as streaming or function_calling.
+    /// Feature flags such as streaming or function_calling. At most 64 flags, each named by
+    /// 1 to 64 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 64)").message("spec.manifest.capabilities: every flag name must be 1 to 64 characters"))]
     pub capabilities: BTreeMap<String, bool>,
 }
 
@@ -179,16 +250,30 @@ pub struct PluginManifest {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(validation = Rule::new("!has(self.required) || !has(self.optional) || self.required.all(k, !(k in self.optional))").message("a key cannot be both required and optional"))]
 pub struct ConfigSchemaSpec {
-    /// Keys that must be set (by a default, `spec.config` or `spec.secretConfig`).
+    /// Keys that must be set (by a default, `spec.config` or `spec.secretConfig`). At most
+    /// 64; each a valid ConfigMap key (at most 253 letters, digits, `-`, `_` or `.`, not `.`,
+    /// `..` or starting with `..`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 253), regex(pattern = CONFIG_KEY_PATTERN))
+    )]
     pub required: Vec<String>,
-    /// Keys that may be set.
+    /// Keys that may be set. At most 64; each a valid ConfigMap key, as in `required`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 253), regex(pattern = CONFIG_KEY_PATTERN))
+    )]
     pub optional: Vec<String>,
-    /// Default values of declared keys.
+    /// Default values of declared keys. At most 256 keys, each a valid ConfigMap key as in
+    /// `required`; values of at most 4096 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = CONFIG_KEYS_MAX,
+        "additionalProperties" = {"type": "string", "maxLength": 4096}
+    ))]
+    #[x_kube(validation = config_keys_rule("spec.manifest.configSchema.defaults"))]
     pub defaults: BTreeMap<String, String>,
 }
 
@@ -295,8 +380,9 @@ impl ImagePullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretConfig {
-    /// The configuration key the plugin receives.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    /// The configuration key the plugin receives: a valid ConfigMap key (at most 253
+    /// letters, digits, `-`, `_` or `.`, not `.`, `..` or starting with `..`).
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_KEY_PATTERN))]
     pub key: String,
     /// The Secret and key holding the value.
     pub secret_key_ref: SecretKeyRef,
@@ -308,8 +394,8 @@ pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    /// Key within the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    /// Key within the Secret (a Secret key has the form of a ConfigMap key).
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONFIG_KEY_PATTERN))]
     pub key: String,
 }
 
@@ -424,4 +510,164 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     Ok(format!(
         "# Generated by `hector-operator crd` from src/crd.rs; do not edit.\n{body}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::Value;
+
+    fn spec_schema() -> Value {
+        let crd = HectorPlugin::crd();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema json");
+        schema["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    /// Every schema node under `node`, with its path.
+    fn walk<'a>(path: String, node: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+        out.push((path.clone(), node));
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            for (k, v) in props {
+                walk(format!("{path}.{k}"), v, out);
+            }
+        }
+        for nested in ["items", "additionalProperties"] {
+            if let Some(v) = node.get(nested).filter(|v| v.is_object()) {
+                walk(format!("{path}[{nested}]"), v, out);
+            }
+        }
+    }
+
+    fn rules(node: &Value) -> Vec<(String, String)> {
+        node["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["rule"].as_str().unwrap_or_default().to_string(),
+                    r["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn free_text_fields_have_the_documented_limits() {
+        let spec = spec_schema();
+        let manifest = &spec["properties"]["manifest"]["properties"];
+        let limits = [
+            (&manifest["description"], 1024),
+            (&manifest["author"], 256),
+            (&manifest["hectorVersion"], 128),
+            (&manifest["version"], 128),
+            (&manifest["name"], 253),
+            (&spec["properties"]["image"], 512),
+            (&spec["properties"]["endpoint"], 259),
+            (&spec["properties"]["serviceAccountName"], 253),
+            (&spec["properties"]["command"]["items"], 4096),
+            (&spec["properties"]["args"]["items"], 4096),
+            (
+                &manifest["configSchema"]["properties"]["defaults"]["additionalProperties"],
+                4096,
+            ),
+        ];
+        for (node, max) in limits {
+            assert_eq!(node["maxLength"], max, "{node}");
+            if let Some(description) = node["description"].as_str() {
+                let description = description.replace('\n', " ");
+                assert!(
+                    description.contains(&format!("At most {max} characters")),
+                    "the limit is stated for `kubectl explain`: {description}"
+                );
+            }
+        }
+        // Nothing free-text in the manifest is left unbounded.
+        let mut nodes = Vec::new();
+        walk(
+            "spec.manifest".into(),
+            &spec["properties"]["manifest"],
+            &mut nodes,
+        );
+        for (path, node) in nodes {
+            if node["type"] == "string" {
+                assert!(
+                    node.get("maxLength").is_some() || node.get("enum").is_some(),
+                    "{path} has no maxLength"
+                );
+            }
+            if node["type"] == "object" && node.get("additionalProperties").is_some() {
+                assert!(node.get("maxProperties").is_some(), "{path}");
+            }
+            if node["type"] == "array" {
+                assert!(node.get("maxItems").is_some(), "{path}");
+            }
+        }
+        assert_eq!(spec["properties"]["config"]["maxProperties"], 256);
+        assert_eq!(spec["properties"]["secretConfig"]["maxItems"], 256);
+        assert_eq!(spec["properties"]["command"]["maxItems"], 64);
+        assert_eq!(spec["properties"]["args"]["maxItems"], 256);
+    }
+
+    #[test]
+    fn config_keys_must_be_configmap_keys() {
+        let spec = spec_schema();
+        let schema = &spec["properties"]["manifest"]["properties"]["configSchema"]["properties"];
+        for list in ["required", "optional"] {
+            let items = &schema[list]["items"];
+            assert_eq!(items["pattern"], CONFIG_KEY_PATTERN, "{list}");
+            assert_eq!(items["maxLength"], 253, "{list}");
+        }
+        let key = &spec["properties"]["secretConfig"]["items"]["properties"]["key"];
+        assert_eq!(key["pattern"], CONFIG_KEY_PATTERN);
+        assert_eq!(key["maxLength"], 253);
+        let defaults = &schema["defaults"];
+        let (rule, message) = rules(defaults)
+            .into_iter()
+            .next()
+            .expect("a rule on defaults");
+        assert!(rule.starts_with("self.all(k, "), "{rule}");
+        assert!(
+            rule.contains(&format!("k.matches('{CONFIG_KEY_PATTERN}')")),
+            "{rule}"
+        );
+        assert!(rule.contains("size(k) <= 253"), "{rule}");
+        assert!(
+            message.starts_with("spec.manifest.configSchema.defaults: "),
+            "{message}"
+        );
+        // The API server estimates a rule's cost from maxProperties; without it, refused.
+        assert_eq!(defaults["maxProperties"], 256);
+        let capabilities = &spec["properties"]["manifest"]["properties"]["capabilities"];
+        let (rule, message) = rules(capabilities).into_iter().next().expect("a rule");
+        assert_eq!(rule, "self.all(k, size(k) >= 1 && size(k) <= 64)");
+        assert!(
+            message.starts_with("spec.manifest.capabilities: "),
+            "{message}"
+        );
+        assert_eq!(capabilities["maxProperties"], 64);
+        // The rules of the spec itself are still there.
+        assert_eq!(rules(&spec).len(), 3);
+    }
+
+    #[test]
+    fn the_rust_check_of_a_config_key_agrees_with_kubernetes() {
+        let max = "k".repeat(253);
+        for good in [
+            "api_key", "model", "a.b", ".hidden", "a..b", "-", "_", "A-9", &max,
+        ] {
+            assert!(is_config_key(good), "{good:?}");
+        }
+        let long = "k".repeat(254);
+        for bad in ["", ".", "..", "..a", "a b", "a/b", "ключ", "a:b", &long] {
+            assert!(!is_config_key(bad), "{bad:?}");
+        }
+        let config = BTreeMap::from([
+            ("ok".to_string(), serde_json::json!(1)),
+            ("not ok".to_string(), serde_json::json!("x")),
+            ("..".to_string(), serde_json::json!(true)),
+        ]);
+        assert_eq!(invalid_config_keys(&config), ["..", "not ok"]);
+    }
 }

@@ -89,6 +89,19 @@ impl Facts {
         }
     }
 
+    /// These facts, with the model or embedder facts of `known` where this read has none: a
+    /// plugin that did not answer GetModelInfo or GetEmbedderInfo this time (a timeout) has
+    /// not changed its model, and dropping it would flap the status and the ConfigMap.
+    pub fn or_known(self, known: Option<&Facts>) -> Facts {
+        Facts {
+            model: self.model.or_else(|| known.and_then(|k| k.model.clone())),
+            embedder: self
+                .embedder
+                .or_else(|| known.and_then(|k| k.embedder.clone())),
+            ..self
+        }
+    }
+
     /// Facts as the status shows them.
     pub fn to_status(&self) -> PluginInfo {
         PluginInfo {
@@ -274,7 +287,9 @@ impl Index {
     }
 
     /// Records a probe; returns whether the plugin's published state or facts changed.
-    /// Probes of endpoints no longer wanted are ignored.
+    /// Facts a probe read replace the known ones when they differ (a new configuration may
+    /// serve another model); see [`Facts::or_known`]. Probes of endpoints no longer wanted
+    /// are ignored.
     pub fn record(&mut self, key: &PluginKey, address: &str, outcome: &ProbeOutcome) -> bool {
         let Some(state) = self.plugins.get_mut(key) else {
             return false;
@@ -284,11 +299,12 @@ impl Index {
             return false;
         };
         let mut changed = endpoint.record(outcome, threshold);
-        if let ProbeOutcome::Healthy(Some(facts)) = outcome
-            && state.facts.as_ref() != Some(facts)
-        {
-            state.facts = Some(facts.clone());
-            changed = true;
+        if let ProbeOutcome::Healthy(Some(read)) = outcome {
+            let facts = read.clone().or_known(state.facts.as_ref());
+            if state.facts.as_ref() != Some(&facts) {
+                state.facts = Some(facts);
+                changed = true;
+            }
         }
         changed
     }
@@ -487,5 +503,67 @@ mod tests {
             embedder: None,
         };
         assert_eq!(Facts::from_status(&llm.to_status()), llm);
+    }
+
+    fn llm_facts(model: &str) -> Facts {
+        Facts {
+            name: Some("my-llm".into()),
+            version: Some("1.2.0".into()),
+            model: Some(ModelFacts {
+                model_name: model.into(),
+                max_tokens: Some(2048),
+            }),
+            embedder: None,
+        }
+    }
+
+    #[test]
+    fn facts_are_replaced_when_the_plugin_reports_others_and_equal_ones_change_nothing() {
+        let mut index = Index::default();
+        index.set_endpoints(&key(), &ready(&["a:1"]), 3, &[], Some(llm_facts("old")));
+        assert!(index.record(&key(), "a:1", &ProbeOutcome::Healthy(None)));
+        assert!(
+            !index.record(
+                &key(),
+                "a:1",
+                &ProbeOutcome::Healthy(Some(llm_facts("old")))
+            ),
+            "same facts: nothing to announce"
+        );
+        assert!(index.record(
+            &key(),
+            "a:1",
+            &ProbeOutcome::Healthy(Some(llm_facts("new")))
+        ));
+        let state = index.get(&key()).expect("known");
+        assert_eq!(state.facts, Some(llm_facts("new")));
+        assert_eq!(state.published(), ["a:1"]);
+        // A reseeded status (another reconcile) does not overwrite what the probe read.
+        index.set_endpoints(&key(), &ready(&["a:1"]), 3, &[], Some(llm_facts("old")));
+        assert_eq!(
+            index.get(&key()).expect("known").facts,
+            Some(llm_facts("new"))
+        );
+        // A read without model facts (GetModelInfo timed out) keeps the model.
+        let unanswered = Facts {
+            model: None,
+            ..llm_facts("ignored")
+        };
+        assert!(!index.record(&key(), "a:1", &ProbeOutcome::Healthy(Some(unanswered))));
+        assert_eq!(
+            index.get(&key()).expect("known").facts,
+            Some(llm_facts("new"))
+        );
+        // A new version reported by GetManifest is a change too.
+        let upgraded = Facts {
+            version: Some("1.3.0".into()),
+            ..llm_facts("new")
+        };
+        assert!(index.record(
+            &key(),
+            "a:1",
+            &ProbeOutcome::Healthy(Some(upgraded.clone()))
+        ));
+        assert_eq!(index.get(&key()).expect("known").facts, Some(upgraded));
     }
 }

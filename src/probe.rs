@@ -1,8 +1,9 @@
 //! The prober: one task per endpoint, each with its own reused gRPC channel, so a slow
 //! plugin never delays another. Every period it asks the standard `grpc.health.v1` health,
-//! the plugin's own `Health` RPC and `GetManifest` (identity), and once per plugin its
-//! model or embedder facts; outcomes go into the [`Index`], and a change of what others see
-//! is announced on the change channel (which wakes the reconciler and the publisher).
+//! the plugin's own `Health` RPC and `GetManifest` (identity), and its model or embedder
+//! facts when they may have changed (see [`FactsSchedule`]); outcomes go into the [`Index`],
+//! and a change of what others see, facts included, is announced on the change channel
+//! (which wakes the reconciler and the publisher).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -207,6 +208,46 @@ pub async fn probe_once(channel: &Channel, spec: &ProbeSpec, want_facts: bool) -
     ProbeOutcome::Healthy(Some(facts))
 }
 
+/// A healthy endpoint reads its facts again after this many probes without: slow, since
+/// facts change only with the plugin's configuration, which mostly rolls new Pods (read at
+/// once), while a plugin reloading in place is still caught within minutes (30 probes are
+/// 5 minutes at the default period of 10 s).
+pub const FACTS_REFRESH_PROBES: u32 = 30;
+
+/// When one endpoint's probe task reads the plugin's facts (GetManifest's name and version,
+/// GetModelInfo or GetEmbedderInfo): while the plugin has none known, on the first healthy
+/// probe of the endpoint (a new Pod, or one back after failing, e.g. restarted with another
+/// configuration), and then every [`FACTS_REFRESH_PROBES`] healthy probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FactsSchedule {
+    /// Whether the last probe found the endpoint healthy.
+    healthy: bool,
+    /// Healthy probes since the facts were last read.
+    since_read: u32,
+}
+
+impl FactsSchedule {
+    /// Whether the next probe should read facts; `known`: the plugin's facts are known.
+    pub fn want(&self, known: bool) -> bool {
+        !known || !self.healthy || self.since_read + 1 >= FACTS_REFRESH_PROBES
+    }
+
+    /// Notes a probe's outcome; `asked`: it was told to read facts.
+    pub fn record(&mut self, outcome: &ProbeOutcome, asked: bool) {
+        match outcome {
+            ProbeOutcome::Healthy(_) => {
+                self.healthy = true;
+                self.since_read = if asked {
+                    0
+                } else {
+                    self.since_read.saturating_add(1)
+                };
+            }
+            ProbeOutcome::Failed(..) => self.healthy = false,
+        }
+    }
+}
+
 /// Runs and stops the per-endpoint probe tasks.
 pub struct Prober {
     index: Arc<Mutex<Index>>,
@@ -304,6 +345,7 @@ impl Prober {
                 return;
             }
         };
+        let mut facts = FactsSchedule::default();
         loop {
             let Some(spec) = lock(&self.specs).get(&key).cloned() else {
                 return;
@@ -311,9 +353,10 @@ impl Prober {
             if !lock(&self.index).wants(&key, &address) {
                 return;
             }
-            let want_facts = !lock(&self.index).has_facts(&key);
+            let want_facts = facts.want(lock(&self.index).has_facts(&key));
             let started = Instant::now();
             let outcome = probe_once(&channel, &spec, want_facts).await;
+            facts.record(&outcome, want_facts);
             self.metrics.observe_probe(
                 &key,
                 started.elapsed(),
@@ -335,7 +378,7 @@ impl Prober {
         if changed {
             match outcome {
                 ProbeOutcome::Healthy(_) => {
-                    tracing::info!(plugin = %key, %address, "endpoint healthy")
+                    tracing::info!(plugin = %key, %address, "endpoint healthy or plugin facts changed")
                 }
                 ProbeOutcome::Failed(kind, message) => {
                     tracing::warn!(plugin = %key, %address, reason = kind.reason(), message, "endpoint state changed")
@@ -393,5 +436,32 @@ mod tests {
         );
         assert!(err.contains("version \"2.0.0\""), "{err}");
         assert!(err.contains("type \"embedder_provider\""), "{err}");
+    }
+
+    #[test]
+    fn facts_are_read_on_the_first_healthy_probe_after_a_failure_and_then_slowly() {
+        let healthy = ProbeOutcome::Healthy(None);
+        let failed = ProbeOutcome::Failed(FailureKind::Unreachable, "refused".into());
+        let mut schedule = FactsSchedule::default();
+        // A new endpoint reads them, even when the plugin's facts are known.
+        assert!(schedule.want(true));
+        schedule.record(&healthy, true);
+        let mut between = 0;
+        while !schedule.want(true) {
+            schedule.record(&healthy, false);
+            between += 1;
+        }
+        assert_eq!(between, FACTS_REFRESH_PROBES - 1, "then every Nth probe");
+        schedule.record(&healthy, true);
+        assert!(!schedule.want(true));
+        // Unknown facts are asked for every time.
+        assert!(schedule.want(false));
+        // Failing (restart, new configuration): read again on the way back.
+        schedule.record(&failed, false);
+        assert!(schedule.want(true));
+        schedule.record(&failed, true);
+        assert!(schedule.want(true), "a failed probe read nothing");
+        schedule.record(&healthy, true);
+        assert!(!schedule.want(true));
     }
 }

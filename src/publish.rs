@@ -1,8 +1,8 @@
 //! The endpoints ConfigMap of a namespace (default `hector-plugins`): rendered from the
-//! namespace's HectorPlugins and their probe states (pure), and written by one writer per
-//! namespace only when its content changes.
+//! namespace's HectorPlugins and their probe states (pure), kept within the API server's size
+//! limit, and written by one writer per namespace only when its content changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use hector_plugin_sdk::endpoints::{
     ENDPOINTS_KEY, EndpointsFile, PLUGINS_YAML_KEY, PublishedPlugin, SCHEMA_VERSION,
@@ -162,6 +162,249 @@ pub fn configmap_data(file: &EndpointsFile, remote_path: &str) -> BTreeMap<Strin
     ])
 }
 
+/// The keys of the endpoints ConfigMap the operator writes and compares; others (added by
+/// hand, by another field manager) are not ours and left alone.
+pub const OWN_KEYS: [&str; 2] = [ENDPOINTS_KEY, PLUGINS_YAML_KEY];
+
+/// The API server's limit on one ConfigMap's data: keys plus values of `data` and
+/// `binaryData` together at most 1 MiB (`MaxSecretSize` in Kubernetes' validation).
+pub const CONFIGMAP_DATA_LIMIT: usize = 1024 * 1024;
+
+/// What the operator lets its two keys take: the limit less about 47 KiB, so a key someone
+/// adds by hand (see [`OWN_KEYS`]) does not make the write fail at once, and the whole object
+/// with its labels and managedFields stays far below what etcd accepts in one request.
+pub const DATA_BUDGET: usize = 1_000_000;
+
+const _: () = assert!(DATA_BUDGET < CONFIGMAP_DATA_LIMIT);
+
+/// The `Published` condition reason of a plugin left out of the ConfigMap for its size.
+pub const PUBLICATION_TOO_LARGE: &str = "PublicationTooLarge";
+
+/// Bytes of ConfigMap data as the API server counts them against its limit: every key plus
+/// every value.
+pub fn data_size(data: &BTreeMap<String, String>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// A plugin left out of the endpoints ConfigMap because it did not fit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeftOut {
+    /// The HectorPlugin's name.
+    pub name: String,
+    /// The bytes its entry takes in the ConfigMap's data (both keys, measured alone).
+    pub bytes: usize,
+}
+
+impl LeftOut {
+    /// The `Published=False` message for this plugin, naming the ConfigMap.
+    pub fn message(&self, configmap: &str) -> String {
+        format!(
+            "not published: its entry needs {} bytes, more than is left of the {DATA_BUDGET}-byte \
+             budget of ConfigMap {configmap} after the plugins before it by name; shorten its \
+             manifest or move plugins to another namespace",
+            self.bytes
+        )
+    }
+}
+
+/// A rendering of the endpoints ConfigMap that fits within its budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bounded {
+    /// The document published: the plugins that fit.
+    pub file: EndpointsFile,
+    /// The ConfigMap's data for `file`; [`data_size`] of it is within the budget.
+    pub data: BTreeMap<String, String>,
+    /// Plugins with healthy endpoints left out because they did not fit, by name.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// [`render`] and [`configmap_data`], kept within [`DATA_BUDGET`].
+///
+/// Plugins are taken in name order (the order of the document itself, so no plugin gains a
+/// place by being created or reconciled first), each kept when it fits beside those kept
+/// before it and left out otherwise; a later, smaller one may still fit. So a plugin that
+/// fits is never dropped because of one after it, and the same input gives the same bytes.
+pub fn render_bounded(
+    namespace: &str,
+    sources: &[Source<'_>],
+    previous: Option<&EndpointsFile>,
+    now: Timestamp,
+    remote_path: &str,
+) -> Bounded {
+    render_within(namespace, sources, previous, now, remote_path, DATA_BUDGET)
+}
+
+/// [`render_bounded`] with another budget (for tests and other limits).
+pub fn render_within(
+    namespace: &str,
+    sources: &[Source<'_>],
+    previous: Option<&EndpointsFile>,
+    now: Timestamp,
+    remote_path: &str,
+    budget: usize,
+) -> Bounded {
+    let full = render(namespace, sources, previous, now);
+    fit_by_layout(&full, remote_path, budget).unwrap_or_else(|| {
+        tracing::warn!(
+            namespace,
+            "endpoints sizes do not add up as measured; fitting the slow way"
+        );
+        fit_exact(full, remote_path, budget)
+    })
+}
+
+/// The document's head (schema version, namespace) with `plugins`.
+fn with_plugins(head: &EndpointsFile, plugins: BTreeMap<String, PublishedPlugin>) -> EndpointsFile {
+    EndpointsFile {
+        schema_version: head.schema_version,
+        namespace: head.namespace.clone(),
+        plugins,
+    }
+}
+
+fn measure(file: &EndpointsFile, remote_path: &str) -> usize {
+    data_size(&configmap_data(file, remote_path))
+}
+
+/// How rendered sizes add up. An entry added to a non-empty document takes other than it
+/// takes alone, by a fixed amount per context: it shares the JSON braces and the YAML
+/// `plugins:` line (and its section's header, when that section has entries already), but
+/// needs a separator, and `plugins: {}` becomes `plugins:`. These corrections are measured
+/// once from small stand-in entries, not assumed from the serializers' formats, and
+/// [`fit_by_layout`] checks its sum against the real rendering.
+struct Layout {
+    /// The data of a document without plugins.
+    empty: usize,
+    /// The correction for an entry whose section has no entries yet.
+    other: Correction,
+    /// The correction for an entry whose section has entries, by section.
+    same: BTreeMap<&'static str, Correction>,
+}
+
+/// What entry `b` takes beside entry `a`, less what it takes alone: `add − sub` bytes
+/// (kept as two unsigned numbers, since it may be negative).
+#[derive(Clone, Copy, Default)]
+struct Correction {
+    add: usize,
+    sub: usize,
+}
+
+impl Layout {
+    fn measure(head: &EndpointsFile, remote_path: &str) -> Self {
+        let stand_in = |name: &str, plugin_type: &str| {
+            (
+                name.to_string(),
+                PublishedPlugin {
+                    name: name.into(),
+                    plugin_type: plugin_type.into(),
+                    address: name.into(),
+                    endpoints: vec![name.into()],
+                    ..Default::default()
+                },
+            )
+        };
+        let size = |entries: &[(String, PublishedPlugin)]| {
+            measure(
+                &with_plugins(head, entries.iter().cloned().collect()),
+                remote_path,
+            )
+        };
+        let empty = size(&[]);
+        // size({a, b}) − size({a}) is what b adds beside a; size({b}) − size({}) alone.
+        let correction = |a: (String, PublishedPlugin), b: (String, PublishedPlugin)| Correction {
+            add: size(&[a.clone(), b.clone()]) + empty,
+            sub: size(&[a]) + size(&[b]),
+        };
+        let types = [
+            "llm_provider",
+            "database_provider",
+            "embedder_provider",
+            "tool_provider",
+            "reasoning_strategy",
+        ];
+        let same = types
+            .iter()
+            .map(|t| {
+                (
+                    hector_section(t),
+                    correction(stand_in("a", t), stand_in("b", t)),
+                )
+            })
+            .collect();
+        Layout {
+            empty,
+            other: correction(
+                stand_in("a", "llm_provider"),
+                stand_in("b", "tool_provider"),
+            ),
+            same,
+        }
+    }
+}
+
+/// The greedy fit in name order, sizing each entry once alone; `None` if the sizes did not
+/// add up to the real rendering (a serializer no longer formats as [`Layout`] measured).
+fn fit_by_layout(full: &EndpointsFile, remote_path: &str, budget: usize) -> Option<Bounded> {
+    let layout = Layout::measure(full, remote_path);
+    let mut kept = BTreeMap::new();
+    let mut sections = BTreeSet::new();
+    let mut left_out = Vec::new();
+    let mut size = layout.empty;
+    for (name, entry) in &full.plugins {
+        let one = with_plugins(full, BTreeMap::from([(name.clone(), entry.clone())]));
+        let alone = measure(&one, remote_path).saturating_sub(layout.empty);
+        let section = hector_section(&entry.plugin_type);
+        let correction = if kept.is_empty() {
+            Correction::default()
+        } else if sections.contains(section) {
+            layout.same.get(section).copied().unwrap_or_default()
+        } else {
+            layout.other
+        };
+        let needed = (size + alone + correction.add).saturating_sub(correction.sub);
+        if needed <= budget {
+            kept.insert(name.clone(), entry.clone());
+            sections.insert(section);
+            size = needed;
+        } else {
+            left_out.push(LeftOut {
+                name: name.clone(),
+                bytes: alone,
+            });
+        }
+    }
+    let file = with_plugins(full, kept);
+    let data = configmap_data(&file, remote_path);
+    (data_size(&data) == size).then_some(Bounded {
+        file,
+        data,
+        left_out,
+    })
+}
+
+/// The same greedy fit, rendering the whole document for every entry: slow, but exact
+/// whatever the format. Only used when [`fit_by_layout`] finds its sums wrong.
+fn fit_exact(full: EndpointsFile, remote_path: &str, budget: usize) -> Bounded {
+    let empty = measure(&with_plugins(&full, BTreeMap::new()), remote_path);
+    let mut file = with_plugins(&full, BTreeMap::new());
+    let mut left_out = Vec::new();
+    for (name, entry) in full.plugins {
+        let one = with_plugins(&file, BTreeMap::from([(name.clone(), entry.clone())]));
+        let alone = measure(&one, remote_path).saturating_sub(empty);
+        file.plugins.insert(name.clone(), entry);
+        if measure(&file, remote_path) > budget {
+            file.plugins.remove(&name);
+            left_out.push(LeftOut { name, bytes: alone });
+        }
+    }
+    let data = configmap_data(&file, remote_path);
+    Bounded {
+        file,
+        data,
+        left_out,
+    }
+}
+
 /// What the writer last wrote to one namespace's ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -175,9 +418,17 @@ pub struct Written {
     pub caught_up: bool,
 }
 
+/// Whether `a` and `b` hold the same values under the keys the operator writes
+/// ([`OWN_KEYS`]); other keys are someone else's and never a reason to write.
+fn same_own_keys(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
+    OWN_KEYS.iter().all(|k| a.get(*k) == b.get(*k))
+}
+
 /// Whether to write `rendered`, given the ConfigMap as the watch shows it (resourceVersion
 /// and data) and what was last written. The watch lags behind our own writes, so a view
-/// still showing the version from before our write is not a reason to write again.
+/// still showing the version from before our write is not a reason to write again. Only
+/// [`OWN_KEYS`] are compared: a key added by hand (another field manager) is left alone by
+/// our server-side apply, so it must not cause a write either.
 pub fn needs_write(
     rendered: &BTreeMap<String, String>,
     current: Option<(&str, &BTreeMap<String, String>)>,
@@ -189,11 +440,11 @@ pub fn needs_write(
     {
         w.caught_up = true;
     }
-    if current.is_some_and(|(_, data)| data == rendered) {
+    if current.is_some_and(|(_, data)| same_own_keys(data, rendered)) {
         return false;
     }
     match written {
-        Some(w) if !w.caught_up && &w.data == rendered => {
+        Some(w) if !w.caught_up && same_own_keys(&w.data, rendered) => {
             // Unchanged since our write, unless a third party wrote in between.
             current.map(|(rv, _)| rv.to_string()) != w.before
         }
@@ -333,7 +584,7 @@ mod tests {
 
     #[test]
     fn writes_only_on_change_and_not_again_while_the_watch_lags() {
-        let data = |s: &str| BTreeMap::from([("k".to_string(), s.to_string())]);
+        let data = |s: &str| BTreeMap::from([(ENDPOINTS_KEY.to_string(), s.to_string())]);
         let v1 = data("one");
         // Same content: nothing to write.
         assert!(!needs_write(&v1, Some(("5", &v1)), None));
@@ -370,5 +621,168 @@ mod tests {
             Some(("10", &data("edited"))),
             Some(&mut created)
         ));
+    }
+
+    #[test]
+    fn keys_added_by_others_cause_no_write_and_a_changed_key_of_ours_does() {
+        let ours = BTreeMap::from([
+            (ENDPOINTS_KEY.to_string(), "{}".to_string()),
+            (PLUGINS_YAML_KEY.to_string(), "plugins: {}".to_string()),
+        ]);
+        let mut live = ours.clone();
+        live.insert("notes.txt".into(), "added by hand".into());
+        assert!(!needs_write(&ours, Some(("7", &live)), None));
+        // Not while our own write is still in flight either.
+        let mut w = Written {
+            before: Some("5".into()),
+            after: "6".into(),
+            data: ours.clone(),
+            caught_up: false,
+        };
+        assert!(!needs_write(&ours, Some(("7", &live)), Some(&mut w)));
+        let mut edited = live.clone();
+        edited.insert(PLUGINS_YAML_KEY.into(), "plugins: {edited: true}".into());
+        assert!(needs_write(&ours, Some(("8", &edited)), None));
+        let mut removed = live;
+        removed.remove(ENDPOINTS_KEY);
+        assert!(needs_write(&ours, Some(("8", &removed)), None));
+    }
+
+    /// `count` LLM plugins named `p000`, `p001`, … each with `endpoints` healthy endpoints.
+    fn many(count: usize, endpoints: usize) -> (Vec<HectorPlugin>, PluginState) {
+        let addresses: Vec<String> = (0..endpoints)
+            .map(|i| format!("10.0.{}.{}:50051", i / 250, i % 250))
+            .collect();
+        let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let plugins = (0..count)
+            .map(|i| {
+                let mut p = fixtures::plugin(fixtures::LLM);
+                p.metadata.name = Some(format!("p{i:03}"));
+                p
+            })
+            .collect();
+        (plugins, state(&refs))
+    }
+
+    fn sources<'a>(plugins: &'a [HectorPlugin], state: &'a PluginState) -> Vec<Source<'a>> {
+        plugins
+            .iter()
+            .map(|plugin| Source {
+                plugin,
+                state: Some(state),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn everything_is_published_when_it_fits() {
+        let (plugins, up) = many(5, 3);
+        let sources = sources(&plugins, &up);
+        let bounded = render_bounded("agents", &sources, None, t(1), "/r");
+        let full = render("agents", &sources, None, t(1));
+        assert!(bounded.left_out.is_empty());
+        assert_eq!(bounded.file, full);
+        assert_eq!(bounded.data, configmap_data(&full, "/r"));
+        assert!(data_size(&bounded.data) <= DATA_BUDGET);
+    }
+
+    #[test]
+    fn an_oversized_description_is_left_out_and_the_plugins_after_it_still_fit() {
+        let up = state(&["10.0.0.1:50051"]);
+        let mut big = fixtures::plugin(fixtures::LLM);
+        big.metadata.name = Some("a-big".into());
+        big.spec.manifest.description = Some("x".repeat(DATA_BUDGET));
+        let mut small = fixtures::plugin(fixtures::LLM);
+        small.metadata.name = Some("b-small".into());
+        let mut other = fixtures::plugin(fixtures::LLM);
+        other.metadata.name = Some("c-other".into());
+        other.spec.manifest.plugin_type = PluginTypeName::EmbedderProvider;
+        let plugins = [big, small, other];
+        let sources = sources(&plugins, &up);
+        let bounded = render_bounded("agents", &sources, None, t(1), "/r");
+        let names: Vec<&String> = bounded.file.plugins.keys().collect();
+        assert_eq!(names, ["b-small", "c-other"]);
+        assert_eq!(bounded.left_out.len(), 1);
+        assert_eq!(bounded.left_out[0].name, "a-big");
+        assert!(bounded.left_out[0].bytes > DATA_BUDGET);
+        assert!(data_size(&bounded.data) <= DATA_BUDGET);
+        assert!(
+            bounded.left_out[0]
+                .message("hector-plugins")
+                .contains("hector-plugins")
+        );
+        assert_eq!(
+            bounded,
+            render_bounded("agents", &sources, None, t(1), "/r"),
+            "same input, same bytes"
+        );
+    }
+
+    #[test]
+    fn many_endpoints_fill_the_budget_in_name_order_and_the_rest_is_listed() {
+        // About 5 KB per plugin: 300 of them are more than the budget.
+        let (plugins, up) = many(300, 200);
+        let sources = sources(&plugins, &up);
+        let bounded = render_bounded("agents", &sources, None, t(1), "/r");
+        let size = data_size(&bounded.data);
+        assert!(size <= DATA_BUDGET, "{size}");
+        assert_eq!(bounded.data, configmap_data(&bounded.file, "/r"));
+        let kept = bounded.file.plugins.len();
+        assert!(kept > 100 && kept < 300, "{kept} kept");
+        assert_eq!(kept + bounded.left_out.len(), 300);
+        // Equal entries: the first ones by name are kept, and the next would not fit.
+        let expected: Vec<String> = (0..kept).map(|i| format!("p{i:03}")).collect();
+        assert!(bounded.file.plugins.keys().eq(expected.iter()));
+        assert_eq!(bounded.left_out[0].name, format!("p{kept:03}"));
+        assert!(size + bounded.left_out[0].bytes > DATA_BUDGET);
+        let full = render("agents", &sources, None, t(1));
+        let mut one_more = bounded.file.clone();
+        let next = &bounded.left_out[0].name;
+        one_more
+            .plugins
+            .insert(next.clone(), full.plugins[next].clone());
+        assert!(measure(&one_more, "/r") > DATA_BUDGET);
+    }
+
+    #[test]
+    fn the_summed_sizes_match_the_rendering_for_every_mix_of_sections() {
+        let types = [
+            PluginTypeName::LlmProvider,
+            PluginTypeName::DatabaseProvider,
+            PluginTypeName::EmbedderProvider,
+            PluginTypeName::ToolProvider,
+            PluginTypeName::ReasoningStrategy,
+        ];
+        let up = state(&["10.0.0.1:50051", "[fd00::1]:50051"]);
+        // Names YAML must quote too ("true", "0123").
+        let name = |i: usize| match i {
+            0 => "true".to_string(),
+            1 => "0123".to_string(),
+            _ => format!("q{:02}", (i * 7) % 23),
+        };
+        let plugins: Vec<HectorPlugin> = (0..23)
+            .map(|i| {
+                let mut p = fixtures::plugin(fixtures::LLM);
+                p.metadata.name = Some(name(i));
+                p.spec.manifest.plugin_type = types[i % types.len()];
+                p.spec.manifest.description = Some("d: 'quoted' #".repeat(i * 13));
+                p
+            })
+            .collect();
+        let sources = sources(&plugins, &up);
+        let full = render("agents", &sources, None, t(1));
+        let total = measure(&full, "/r");
+        for budget in [0, 500, 3000, total / 3, total / 2, total - 1, total] {
+            let fast = fit_by_layout(&full, "/r", budget).expect("sizes add up");
+            assert_eq!(
+                fast,
+                fit_exact(full.clone(), "/r", budget),
+                "budget {budget}"
+            );
+            assert!(
+                data_size(&fast.data)
+                    <= budget.max(measure(&with_plugins(&full, BTreeMap::new()), "/r"))
+            );
+        }
     }
 }
