@@ -26,8 +26,26 @@ pub fn volumes_mounted(pod: &Pod) -> bool {
         })
 }
 
-/// The kubelet's words about the Pod's volumes and configuration: `FailedMount` Events about
-/// this very Pod (by uid), and `CreateContainerConfigError` waiting messages.
+/// When the kubelet last said it: the newest of an Event's timestamps.
+fn last_seen(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+    [
+        e.series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_ref())
+            .map(|t| t.0),
+        e.last_timestamp.as_ref().map(|t| t.0),
+        e.event_time.as_ref().map(|t| t.0),
+        e.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
+/// The kubelet's words about the Pod's volumes and configuration: its latest `FailedMount`
+/// Event about this very Pod (by uid; earlier ones describe a state that may have changed,
+/// e.g. a Secret created since without the key), and `CreateContainerConfigError` waiting
+/// messages.
 pub fn kubelet_messages<'a>(pod: &'a Pod, events: &'a [impl AsRef<Event>]) -> Vec<&'a str> {
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     let mut out: Vec<&str> = events
@@ -35,7 +53,9 @@ pub fn kubelet_messages<'a>(pod: &'a Pod, events: &'a [impl AsRef<Event>]) -> Ve
         .map(AsRef::as_ref)
         .filter(|e| e.reason.as_deref() == Some("FailedMount"))
         .filter(|e| !uid.is_empty() && e.involved_object.uid.as_deref() == Some(uid))
-        .filter_map(|e| e.message.as_deref())
+        .max_by_key(|e| last_seen(e))
+        .and_then(|e| e.message.as_deref())
+        .into_iter()
         .collect();
     if let Some(status) = &pod.status {
         out.extend(
@@ -190,6 +210,44 @@ mod tests {
         );
         let env = ["couldn't find key org in Secret agents/org-secrets"];
         assert_eq!(secret_problems("agents", &refs(), &env).len(), 1);
+    }
+
+    fn event(uid: &str, message: &str, second: i64) -> Event {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        Event {
+            reason: Some("FailedMount".into()),
+            message: Some(message.into()),
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                uid: Some(uid.into()),
+                ..Default::default()
+            },
+            last_timestamp: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(second).expect("time"),
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_latest_report_about_the_pod_counts() {
+        let pod = Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                uid: Some("pod-1".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let events = [
+            event("pod-1", "secret \"llm-secrets\" not found", 100),
+            event("pod-1", "references non-existent secret key: api-key", 200),
+            event("pod-2", "secret \"org-secrets\" not found", 300),
+        ]
+        .map(std::sync::Arc::new);
+        let messages = kubelet_messages(&pod, &events);
+        assert_eq!(messages, ["references non-existent secret key: api-key"]);
+        let p = secret_problems("agents", &refs(), &messages);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("has no key"), "{p:?}");
     }
 
     #[test]

@@ -202,6 +202,20 @@ fn key_of(plugin: &HectorPlugin) -> PluginKey {
 /// tells, through the Pods (see [`mounts`]).
 fn resolve_config(plugin: &HectorPlugin) -> (ConfigVerdict, Option<ResolvedConfig>) {
     let spec = &plugin.spec;
+    // The admission policy rejects these at apply; this covers clusters without it.
+    let bad = crate::crd::invalid_config_keys(&spec.config);
+    if !bad.is_empty() {
+        return (
+            ConfigVerdict::Invalid(
+                "InvalidValue",
+                format!(
+                    "spec.config keys {bad:?} are not valid ConfigMap keys (at most 253 \
+                     letters, digits, '-', '_' or '.', not '.', '..' or starting with '..')"
+                ),
+            ),
+            None,
+        );
+    }
     let resolved = match resolve(
         &spec.manifest.config_schema,
         &spec.config,
@@ -1023,9 +1037,30 @@ async fn publish_namespace(
         })
         .collect();
     let previous = current.as_deref().and_then(publish::parse_existing);
-    let file = publish::render(ns, &sources, previous.as_ref(), Timestamp::now());
-    let data = publish::configmap_data(&file, &ctx.shared.remote_path);
-    set_left_out(ctx, ns, &plugins, BTreeMap::new());
+    let publish::Bounded {
+        file,
+        data,
+        left_out,
+    } = publish::render_bounded(
+        ns,
+        &sources,
+        previous.as_ref(),
+        Timestamp::now(),
+        &ctx.shared.remote_path,
+    );
+    let left: BTreeMap<String, (&'static str, String)> = left_out
+        .iter()
+        .map(|l| {
+            (
+                l.name.clone(),
+                (
+                    publish::PUBLICATION_TOO_LARGE,
+                    l.message(&ctx.shared.configmap),
+                ),
+            )
+        })
+        .collect();
+    set_left_out(ctx, ns, &plugins, left);
     let published: usize = file.plugins.values().map(|p| p.endpoints.len()).sum();
     ctx.shared.metrics.set_published(ns, published);
     let empty = BTreeMap::new();

@@ -460,3 +460,201 @@ async fn missing_secret_and_missing_key_are_reported_then_heal_and_never_leak() 
     }
     Ok(())
 }
+
+/// A `spec.config` key that cannot be a ConfigMap key is rejected at apply (the admission
+/// policy installed with the operator), naming the field.
+#[tokio::test]
+async fn a_config_key_that_cannot_be_a_configmap_key_is_rejected_at_apply() -> TestResult {
+    use kube::api::{Patch, PatchParams};
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-keys").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut spec = echo_spec();
+    spec["config"] = json!({"bad/key": "x"});
+    let err = api
+        .patch(
+            "keys",
+            &PatchParams::apply("hector-e2e").force(),
+            &Patch::Apply(&plugin("keys", spec)),
+        )
+        .await
+        .expect_err("the API server refuses the key");
+    let text = err.to_string();
+    assert!(text.contains("spec.config"), "{text}");
+    assert!(text.contains("ConfigMap key"), "{text}");
+    assert!(api.get_opt("keys").await?.is_none(), "nothing stored");
+    // A valid key still applies.
+    let mut spec = echo_spec();
+    spec["config"] = json!({"good.key_1-x": "x", "prefix": "t: "});
+    apply(&api, plugin("keys", spec)).await;
+    Ok(())
+}
+
+/// A rotated Secret reaches the plugin without the operator (which cannot read Secrets): the
+/// kubelet updates the mounted files and the launcher swaps in a plugin started with the new
+/// value, while a client calls both replicas in a loop. No call fails, no Pod is replaced.
+#[tokio::test]
+async fn a_rotated_secret_reaches_both_replicas_without_a_failed_call() -> TestResult {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use hector_plugin_client::{Directory, served};
+    use hector_plugin_sdk::proto::{GenerateRequest, Message};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-rotate").await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "prefix"},
+                "stringData": {"prefix": "old: "},
+            }))?,
+        )
+        .await?;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut spec = echo_spec();
+    spec["replicas"] = json!(2);
+    spec["secretConfig"] =
+        json!([{"key": "prefix", "secretKeyRef": {"name": "prefix", "key": "prefix"}}]);
+    apply(&api, plugin("rot", spec)).await;
+    let ready = wait_plugin(&api, "rot", "Ready with 2 endpoints", |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(Phase::Ready) && s.endpoints.len() == 2)
+    })
+    .await;
+    let endpoints: BTreeSet<String> = ready
+        .status
+        .expect("status")
+        .endpoints
+        .into_iter()
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pods_before: BTreeSet<String> = pods
+        .list(&ListParams::default().labels("hector.dev/plugin=rot"))
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(pods_before.len(), 2);
+
+    let directory = Directory::watch_namespace(client.clone(), &ns.name).await?;
+    let channel = eventually(
+        "both endpoints in the directory",
+        Duration::from_secs(30),
+        || {
+            let directory = directory.clone();
+            async move {
+                let c = directory.plugin("rot").await.ok()?;
+                (c.endpoints().len() == 2).then_some(c)
+            }
+        },
+    )
+    .await;
+    let mut llm = channel.llm()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let caller = {
+        let (stop, failures, calls) =
+            (Arc::clone(&stop), Arc::clone(&failures), Arc::clone(&calls));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let req = GenerateRequest {
+                    messages: vec![Message {
+                        role: "user".into(),
+                        content: format!("c{i}"),
+                        ..Default::default()
+                    }],
+                    tools: vec![],
+                };
+                match llm.generate(req).await {
+                    Ok(r) => {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        let at = served(&r)
+                            .map(|s| s.endpoint.to_string())
+                            .unwrap_or_default();
+                        let _ = tx.send((at, r.into_inner().text));
+                    }
+                    Err(e) => {
+                        eprintln!("call {i} failed: {e}");
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Calls flow with the old value first.
+    let (_, first) = rx.recv().await.ok_or("no answer")?;
+    assert!(first.starts_with("old: "), "{first}");
+
+    secrets
+        .patch(
+            "prefix",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"stringData": {"prefix": "new: "}})),
+        )
+        .await?;
+    // Both replicas answer with the new value, each sooner or later.
+    let mut switched: BTreeSet<String> = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while switched != endpoints {
+        let next = tokio::time::timeout_at(deadline, rx.recv()).await;
+        let (at, text) = next
+            .map_err(|_| format!("only {switched:?} of {endpoints:?} switched to the new value"))?
+            .ok_or("caller stopped")?;
+        if text.starts_with("new: ") {
+            switched.insert(at);
+        }
+    }
+    // Keep calling a little after the swap, then stop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    caller.await?;
+    let n = calls.load(Ordering::SeqCst);
+    eprintln!(
+        "rotation under load: {n} calls, {} failed",
+        failures.load(Ordering::SeqCst)
+    );
+    assert!(n > 100, "enough calls to mean something: {n}");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no call failed during the rotation"
+    );
+    // No answer came back with the old value after both had switched.
+    while let Ok((_, text)) = rx.try_recv() {
+        assert!(
+            text.starts_with("new: "),
+            "an old answer after the switch: {text}"
+        );
+    }
+    // The launcher did it, not a rollout: the same Pods, not restarted.
+    let after = pods
+        .list(&ListParams::default().labels("hector.dev/plugin=rot"))
+        .await?
+        .items;
+    let names: BTreeSet<String> = after.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, pods_before, "no Pod was replaced");
+    for p in &after {
+        let restarts: i32 = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+            .unwrap_or(-1);
+        assert_eq!(restarts, 0, "{} restarted", p.name_any());
+    }
+    Ok(())
+}
