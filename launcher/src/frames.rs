@@ -1,9 +1,13 @@
-//! HTTP/2 frame boundaries in the spliced plugin→client byte stream, so that a GOAWAY can be
-//! slipped in between two of the plugin's frames when the launcher drains.
+//! HTTP/2 frame boundaries in the spliced plugin→client byte stream, so that the launcher
+//! can slip frames of its own in between two of the plugin's: a GOAWAY when it drains, and
+//! the answer to a call it refuses (see [`crate::guard`]).
 //!
 //! The splice copies bytes without decoding them; all it needs to know is where one frame
-//! ends. A frame is a 9-byte header (24-bit payload length, type, flags, 31-bit stream id)
-//! and its payload, so counting lengths is enough, and costs a few instructions per frame.
+//! ends, and whether a header block is still open (HEADERS or PUSH_PROMISE without
+//! END_HEADERS: its CONTINUATION frames must follow with nothing in between, RFC 9113 §6.10).
+//! A frame is a 9-byte header (24-bit payload length, type, flags, 31-bit stream id) and its
+//! payload, so reading lengths, types and flags is enough, and costs a few instructions per
+//! frame.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +24,35 @@ pub const GOAWAY: [u8; 17] = [
     0, 0, 0, 0, // NO_ERROR
 ];
 
-const HEADER_LEN: usize = 9;
+/// The length of a frame header.
+pub const HEADER_LEN: usize = 9;
+/// Frame types (RFC 9113 §6).
+pub const DATA: u8 = 0x0;
+/// HEADERS.
+pub const HEADERS: u8 = 0x1;
+/// RST_STREAM.
+pub const RST_STREAM: u8 = 0x3;
+/// PUSH_PROMISE.
+pub const PUSH_PROMISE: u8 = 0x5;
+/// WINDOW_UPDATE.
+pub const WINDOW_UPDATE: u8 = 0x8;
+/// CONTINUATION.
+pub const CONTINUATION: u8 = 0x9;
+/// Flags.
+pub const END_STREAM: u8 = 0x1;
+/// END_HEADERS.
+pub const END_HEADERS: u8 = 0x4;
+/// PADDED.
+pub const PADDED: u8 = 0x8;
+/// PRIORITY (on HEADERS).
+pub const PRIORITY: u8 = 0x20;
+
+/// A frame header: `len`, `kind`, `flags`, `stream`.
+pub fn frame_header(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEADER_LEN] {
+    let [_, l0, l1, l2] = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    let [s0, s1, s2, s3] = (stream & 0x7fff_ffff).to_be_bytes();
+    [l0, l1, l2, kind, flags, s0, s1, s2, s3]
+}
 
 /// Where the byte stream is relative to frame boundaries. Starts at a boundary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +61,13 @@ pub struct FrameTracker {
     header_seen: u8,
     /// The payload length read from the header so far.
     length: u32,
+    /// The type and flags read from the header so far.
+    kind: u8,
+    flags: u8,
     /// Payload bytes of the current frame still to come.
     payload_left: u32,
+    /// A header block was started and has not ended yet.
+    in_header_block: bool,
 }
 
 impl FrameTracker {
@@ -39,9 +76,22 @@ impl FrameTracker {
         self.header_seen == 0 && self.payload_left == 0
     }
 
-    /// Consumes `bytes` and returns how many it took: all of them, or with
-    /// `stop_at_boundary`, only those up to the first frame boundary (0 when already at one).
-    pub fn consume(&mut self, bytes: &[u8], stop_at_boundary: bool) -> usize {
+    /// Whether a frame of the launcher's own may go in here: at a frame boundary, and not
+    /// between a HEADERS frame and its CONTINUATION frames.
+    pub fn between_blocks(&self) -> bool {
+        self.at_boundary() && !self.in_header_block
+    }
+
+    /// A frame header is complete: note whether it opens or continues a header block.
+    fn saw_header(&mut self, kind: u8, flags: u8) {
+        self.in_header_block =
+            matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION) && flags & END_HEADERS == 0;
+    }
+
+    /// Consumes `bytes` and returns how many it took: all of them, or with `stop`, only those
+    /// up to the first point where [`FrameTracker::between_blocks`] holds (0 when it already
+    /// does).
+    pub fn consume(&mut self, bytes: &[u8], stop: bool) -> usize {
         let end = bytes.len();
         let mut i = 0;
         loop {
@@ -55,7 +105,7 @@ impl FrameTracker {
                 }
             }
             if self.header_seen == 0 {
-                if stop_at_boundary || i == end {
+                if i == end || (stop && !self.in_header_block) {
                     return i;
                 }
                 // The common case, many small frames per read: one step per whole frame.
@@ -63,6 +113,7 @@ impl FrameTracker {
                     let len = (usize::from(bytes[i]) << 16)
                         | (usize::from(bytes[i + 1]) << 8)
                         | usize::from(bytes[i + 2]);
+                    self.saw_header(bytes[i + 3], bytes[i + 4]);
                     let next = i + HEADER_LEN + len;
                     if next > end {
                         // Less than 2^24: a frame's payload length has 24 bits.
@@ -70,6 +121,9 @@ impl FrameTracker {
                         return end;
                     }
                     i = next;
+                    if stop && !self.in_header_block {
+                        return i;
+                    }
                 }
                 if i == end {
                     return i;
@@ -77,8 +131,11 @@ impl FrameTracker {
             }
             // A header split across reads.
             while i < end && usize::from(self.header_seen) < HEADER_LEN {
-                if self.header_seen < 3 {
-                    self.length = (self.length << 8) | u32::from(bytes[i]);
+                match self.header_seen {
+                    0..=2 => self.length = (self.length << 8) | u32::from(bytes[i]),
+                    3 => self.kind = bytes[i],
+                    4 => self.flags = bytes[i],
+                    _ => {}
                 }
                 self.header_seen += 1;
                 i += 1;
@@ -86,6 +143,7 @@ impl FrameTracker {
             if usize::from(self.header_seen) < HEADER_LEN {
                 return i;
             }
+            self.saw_header(self.kind, self.flags);
             self.payload_left = self.length;
             self.header_seen = 0;
             self.length = 0;
@@ -107,10 +165,35 @@ struct State<W> {
     out: W,
     frames: FrameTracker,
     goaway: Goaway,
+    /// Frames of the launcher's own waiting for the next point between two of the plugin's
+    /// header blocks.
+    pending: Vec<u8>,
+    /// The write side was closed: nothing more goes out.
+    closed: bool,
 }
 
-/// The client-facing write side of a spliced connection, shared by the copier thread and
-/// the drain: whoever finds the stream between frames writes the GOAWAY.
+impl<W: Write> State<W> {
+    fn has_pending(&self) -> bool {
+        self.goaway == Goaway::Pending || !self.pending.is_empty()
+    }
+
+    /// Writes what is pending; call only where [`FrameTracker::between_blocks`] holds.
+    fn flush_pending(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.out.write_all(&pending)?;
+        }
+        if self.goaway == Goaway::Pending {
+            self.goaway = Goaway::Done;
+            self.out.write_all(&GOAWAY)?;
+        }
+        Ok(())
+    }
+}
+
+/// The client-facing write side of a spliced connection, shared by the copier thread, the
+/// thread that reads the client (it answers refused calls itself) and the drain: whoever
+/// finds the stream between two header blocks writes what the launcher has to say.
 #[derive(Debug)]
 pub struct Downstream<W> {
     /// Set without the lock, which the copier may hold while blocked on a slow client.
@@ -131,6 +214,8 @@ impl<W: Write> Downstream<W> {
                 } else {
                     Goaway::NotAsked
                 },
+                pending: Vec::new(),
+                closed: false,
             }),
         }
     }
@@ -140,26 +225,42 @@ impl<W: Write> Downstream<W> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes bytes copied from the plugin, with a pending GOAWAY at the first frame boundary.
+    /// Writes bytes copied from the plugin, with the launcher's pending frames at the first
+    /// point between two header blocks.
     pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut s = self.lock();
         if s.goaway == Goaway::NotAsked && self.asked.load(Ordering::Acquire) {
             s.goaway = Goaway::Pending;
         }
-        if s.goaway != Goaway::Pending {
-            s.frames.consume(bytes, false);
-            return s.out.write_all(bytes);
+        let mut rest = bytes;
+        while s.has_pending() {
+            let head = s.frames.consume(rest, true);
+            s.out.write_all(&rest[..head])?;
+            rest = &rest[head..];
+            if !s.frames.between_blocks() {
+                // Everything was consumed, inside a frame or a header block: the rest of it
+                // comes with the plugin's next output.
+                return Ok(());
+            }
+            s.flush_pending()?;
         }
-        let head = s.frames.consume(bytes, true);
-        s.out.write_all(&bytes[..head])?;
-        if !s.frames.at_boundary() {
+        s.frames.consume(rest, false);
+        s.out.write_all(rest)
+    }
+
+    /// Sends `frames` (whole frames of the launcher's own) to the client: now if the stream
+    /// is between two header blocks, else right after the plugin's current frame or header
+    /// block, which is under way. Nothing is sent after [`Downstream::finish`].
+    pub fn inject(&self, frames: &[u8]) -> std::io::Result<()> {
+        let mut s = self.lock();
+        if s.closed {
             return Ok(());
         }
-        s.goaway = Goaway::Done;
-        s.out.write_all(&GOAWAY)?;
-        let tail = &bytes[head..];
-        s.frames.consume(tail, false);
-        s.out.write_all(tail)
+        s.pending.extend_from_slice(frames);
+        if s.frames.between_blocks() {
+            s.flush_pending()?;
+        }
+        Ok(())
     }
 
     /// Has the copier send a GOAWAY right before the next bytes it copies (at a frame
@@ -179,18 +280,19 @@ impl<W: Write> Downstream<W> {
         if s.goaway == Goaway::Done {
             return Ok(());
         }
-        if !s.frames.at_boundary() {
-            s.goaway = Goaway::Pending;
-            return Ok(());
+        s.goaway = Goaway::Pending;
+        if s.frames.between_blocks() {
+            s.flush_pending()?;
         }
-        s.goaway = Goaway::Done;
-        s.out.write_all(&GOAWAY)
+        Ok(())
     }
 
     /// Runs `f` on the writer (to close it) and sends nothing after that.
     pub fn finish(&self, f: impl FnOnce(&mut W)) {
         let mut s = self.lock();
         s.goaway = Goaway::Done;
+        s.pending.clear();
+        s.closed = true;
         f(&mut s.out);
     }
 }
@@ -199,10 +301,14 @@ impl<W: Write> Downstream<W> {
 mod tests {
     use super::*;
 
+    /// A frame; HEADERS end their header block.
     fn frame(kind: u8, stream: u32, payload_len: usize) -> Vec<u8> {
-        let len = payload_len;
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0];
-        f.extend_from_slice(&stream.to_be_bytes());
+        let flags = if kind == HEADERS { END_HEADERS } else { 0 };
+        frame_with(kind, flags, stream, payload_len)
+    }
+
+    fn frame_with(kind: u8, flags: u8, stream: u32, payload_len: usize) -> Vec<u8> {
+        let mut f = frame_header(payload_len, kind, flags, stream).to_vec();
         f.extend(std::iter::repeat_n(0xAB, payload_len));
         f
     }
@@ -392,5 +498,81 @@ mod tests {
         expected.extend(&headers);
         expected.extend(&data);
         assert_eq!(d.lock().out, expected);
+    }
+
+    #[test]
+    fn nothing_goes_between_headers_and_continuation() {
+        // A response whose header block spans three frames, then DATA.
+        let frames = vec![
+            frame(0x4, 0, 6),
+            frame_with(HEADERS, 0, 1, 300),
+            frame_with(CONTINUATION, 0, 1, 20),
+            frame_with(CONTINUATION, END_HEADERS, 1, 5),
+            frame(DATA, 1, 10),
+        ];
+        let stream = frames.concat();
+        let ends = boundaries(&frames);
+        // The points where a frame of the launcher's may go.
+        let allowed = [0, ends[0], ends[3], ends[4]];
+        for chunk in [1, 4, 9, 10, 64, 1000] {
+            let mut t = FrameTracker::default();
+            let mut offset = 0;
+            for piece in stream.chunks(chunk) {
+                t.consume(piece, false);
+                offset += piece.len();
+                assert_eq!(
+                    t.between_blocks(),
+                    allowed.contains(&offset),
+                    "chunk {chunk}, offset {offset}"
+                );
+            }
+            // Asked at every offset, the refusal goes out at the next allowed point.
+            for ask in 0..stream.len() {
+                let d = Downstream::new(Vec::new(), false);
+                let mut cuts: Vec<usize> = (0..stream.len()).step_by(chunk).collect();
+                cuts.extend([ask, stream.len()]);
+                cuts.sort_unstable();
+                cuts.dedup();
+                let ours = frame(RST_STREAM, 3, 4);
+                for piece in cuts.windows(2) {
+                    if piece[0] == ask {
+                        d.inject(&ours).expect("write to a Vec");
+                    }
+                    d.write(&stream[piece[0]..piece[1]])
+                        .expect("write to a Vec");
+                }
+                let got = parse(&d.lock().out);
+                let at = got.iter().position(|f| *f == ours).expect("sent");
+                let point = allowed.iter().find(|&&a| a >= ask).expect("an end");
+                let expected = ends.iter().filter(|&&e| e <= *point).count();
+                assert_eq!(at, expected, "chunk {chunk}, ask {ask}");
+                let mut without = got.clone();
+                without.remove(at);
+                assert_eq!(without, frames, "the plugin's frames are intact");
+            }
+        }
+    }
+
+    #[test]
+    fn injected_frames_go_out_at_once_when_idle_and_never_after_finish() {
+        let d = Downstream::new(Vec::new(), false);
+        let ours = frame(WINDOW_UPDATE, 0, 4);
+        d.inject(&ours).expect("inject");
+        assert_eq!(d.lock().out, ours);
+        // Mid-frame: held until the plugin's frame is complete, then before its next one.
+        let data = frame(DATA, 1, 10);
+        d.write(&data[..12]).expect("write");
+        d.inject(&ours).expect("inject");
+        d.goaway_now().expect("goaway");
+        assert_eq!(d.lock().out.len(), ours.len() + 12);
+        d.write(&data[12..]).expect("write");
+        let mut expected = ours.clone();
+        expected.extend(&data);
+        expected.extend(&ours);
+        expected.extend(GOAWAY);
+        assert_eq!(d.lock().out, expected);
+        d.finish(|_| {});
+        d.inject(&ours).expect("inject");
+        assert_eq!(d.lock().out, expected, "nothing after close");
     }
 }

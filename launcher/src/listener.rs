@@ -1,11 +1,13 @@
 //! The launcher's server loop: accept, route each connection (see [`crate::sniff`]), and
 //! either serve it locally (health, plus request-by-request forwarding) or splice it to the
-//! plugin. When the launcher drains, every connection is asked to go away (HTTP/2 GOAWAY)
+//! plugin. Either way, calls reserved to the launcher are refused stream by stream (see
+//! [`crate::policy`]). When the launcher drains, every connection is asked to go away (HTTP/2 GOAWAY)
 //! and may finish what it has in flight. A spliced connection belongs to the plugin that was
 //! current when it was routed; when that plugin is replaced after a configuration change,
 //! its connections are asked to go away the same way, and their clients connect again, to
 //! the new plugin.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::backend::Backends;
 use crate::drain::{Closing, Drain};
 use crate::frames::{Downstream, GOAWAY};
+use crate::guard::{Guard, GuardError, Sink};
+use crate::policy::Peer;
 use crate::sniff::{EMPTY_SETTINGS, Next, Route, Sniffer};
 
 /// How connections are handled.
@@ -65,7 +69,7 @@ pub async fn serve(
         let open = drain.track();
         let closing = drain.closing();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, router, &backends, mode, closing).await {
+            if let Err(e) = handle(stream, peer, router, &backends, mode, closing).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(open);
@@ -75,6 +79,7 @@ pub async fn serve(
 
 async fn handle(
     mut stream: TcpStream,
+    peer: SocketAddr,
     router: axum::Router,
     backends: &Backends,
     mode: ForwardMode,
@@ -93,7 +98,8 @@ async fn handle(
         Route::Local => {
             let io = TokioIo::new(Rewind::new(replay, stream));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+            let service = WithPeer { router, peer };
+            let conn = builder.serve_connection(io, TowerToHyperService::new(service));
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => return result.map_err(std::io::Error::other),
@@ -111,11 +117,19 @@ async fn handle(
                 let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
                     .await?
                     .into_std()?;
-                splice(client, plugin, replay, goaway_sent, closing).await
+                splice(client, plugin, replay, goaway_sent, closing, peer).await
             } else {
                 let plugin = TcpStream::connect(&backend.address).await?;
                 plugin.set_nodelay(true)?;
-                splice(client, plugin.into_std()?, replay, goaway_sent, closing).await
+                splice(
+                    client,
+                    plugin.into_std()?,
+                    replay,
+                    goaway_sent,
+                    closing,
+                    peer,
+                )
+                .await
             }
         }
     }
@@ -139,6 +153,7 @@ trait Duplex: std::io::Read + std::io::Write + Send + Sized + 'static {
     fn duplicate(&self) -> std::io::Result<Self>;
     fn blocking(&self) -> std::io::Result<()>;
     fn close_write(&self);
+    fn close(&self);
 }
 
 /// TCP and Unix sockets offer the same calls under the same names.
@@ -154,6 +169,9 @@ macro_rules! duplex {
             fn close_write(&self) {
                 let _ = self.shutdown(std::net::Shutdown::Write);
             }
+            fn close(&self) {
+                let _ = self.shutdown(std::net::Shutdown::Both);
+            }
         }
     };
 }
@@ -163,25 +181,45 @@ duplex!(std::os::unix::net::UnixStream);
 
 /// Copies both directions until both ends are done. Blocking threads rather than the async
 /// runtime: a blocked read returns the data in one system call, where readiness polling
-/// needs several, and this path carries every plugin call. On drain, a GOAWAY goes to the
-/// client between two of the plugin's frames.
+/// needs several, and this path carries every plugin call. The client's bytes go through a
+/// [`Guard`], which refuses calls reserved to the launcher stream by stream and answers them
+/// itself. On drain, a GOAWAY goes to the client between two of the plugin's frames.
 async fn splice<P: Duplex>(
     client: std::net::TcpStream,
-    mut plugin: P,
+    plugin: P,
     replay: Vec<u8>,
     goaway_sent: bool,
     mut closing: Either,
+    peer: SocketAddr,
 ) -> std::io::Result<()> {
     client.blocking()?;
     plugin.blocking()?;
-    std::io::Write::write_all(&mut plugin, &replay)?;
     let (mut client_r, client_w) = (client.duplicate()?, client);
     let (mut plugin_r, mut plugin_w) = (plugin.duplicate()?, plugin);
     let downstream = Arc::new(Downstream::new(client_w, goaway_sent));
-    let up = std::thread::spawn(move || {
-        let r = std::io::copy(&mut client_r, &mut plugin_w);
-        plugin_w.close_write();
-        r.map(drop)
+    let up = std::thread::spawn({
+        let downstream = downstream.clone();
+        move || {
+            let mut sink = SpliceSink {
+                plugin: &mut plugin_w,
+                client: &downstream,
+            };
+            let r = guard_client(&mut client_r, &mut sink, &replay, peer);
+            match &r {
+                Ok(()) | Err(GuardError::Io(_)) => plugin_w.close_write(),
+                Err(e) => {
+                    // What the plugin would do with a connection that breaks the protocol,
+                    // without it ever seeing the offending bytes.
+                    tracing::info!(%peer, error = %e, "closing a spliced connection");
+                    plugin_w.close();
+                    downstream.finish(|client| client.close());
+                }
+            }
+            r.map_err(|e| match e {
+                GuardError::Io(e) => e,
+                other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+            })
+        }
     });
     let down = std::thread::spawn({
         let downstream = downstream.clone();
@@ -220,6 +258,70 @@ async fn splice<P: Duplex>(
         }
     }
     joined.await.map_err(std::io::Error::other)?
+}
+
+/// The guard's outputs on a spliced connection: the plugin's socket, and the client's
+/// shared write side for the launcher's own answers.
+struct SpliceSink<'a, P> {
+    plugin: &'a mut P,
+    client: &'a Downstream<std::net::TcpStream>,
+}
+
+impl<P: std::io::Write> Sink for SpliceSink<'_, P> {
+    fn to_plugin(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.plugin.write_all(bytes)
+    }
+
+    fn to_client(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        self.client.inject(frames)
+    }
+}
+
+/// Passes the client's bytes, `replay` first, through a [`Guard`] until the client is done.
+fn guard_client(
+    from: &mut impl std::io::Read,
+    sink: &mut impl Sink,
+    replay: &[u8],
+    peer: SocketAddr,
+) -> Result<(), GuardError> {
+    let mut guard = Guard::new(Some(peer));
+    guard.feed(replay, sink)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        guard.feed(&buf[..n], sink)?;
+    }
+}
+
+/// The router, with the client's address in every request's extensions (for the log line
+/// of a refused call).
+#[derive(Clone)]
+struct WithPeer {
+    router: axum::Router,
+    peer: SocketAddr,
+}
+
+impl<B> tower::Service<http::Request<B>> for WithPeer
+where
+    axum::Router: tower::Service<http::Request<B>>,
+{
+    type Response = <axum::Router as tower::Service<http::Request<B>>>::Response;
+    type Error = <axum::Router as tower::Service<http::Request<B>>>::Error;
+    type Future = <axum::Router as tower::Service<http::Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<B>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(Peer(self.peer));
+        self.router.call(request)
+    }
 }
 
 /// Copies the plugin's bytes to the client, tracking frame boundaries on the way.

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::backend::Backends;
 use crate::drain::Tracked;
+use crate::policy::{self, Peer};
 
 /// Why the plugin connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +149,16 @@ impl tower::Service<Request<Body>> for Switch {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // Every request is checked, whichever connection it came on: the plugin's lifecycle
+        // is the launcher's (see `crate::policy`). The whole `:path`, query included: a
+        // query is no part of a gRPC method, and a server may ignore it.
+        let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+        if let Err(refusal) = policy::check(path.as_bytes()) {
+            let peer = request.extensions().get::<Peer>().map(|p| p.0);
+            policy::record(&refusal, peer);
+            let status = tonic::Status::permission_denied(refusal.message());
+            return Box::pin(async move { Ok(trailers_only(status)) });
+        }
         let (backend, tracked) = self.backends.pick();
         let mut forward = backend.forward.clone();
         Box::pin(async move {

@@ -1,8 +1,10 @@
 //! Connection-level routing: the launcher looks at the first request of each HTTP/2
 //! connection. A connection that starts with a `grpc.health.v1` call is served by the
 //! launcher itself (and any later plugin calls on it are forwarded request by request); any
-//! other connection is spliced to the plugin byte for byte, which costs far less than
-//! re-framing every request.
+//! other connection is spliced to the plugin, which costs far less than re-framing every
+//! request. Routing is all this decides: whether a call may reach the plugin is decided for
+//! every stream, the first included, by whoever serves the connection ([`crate::guard`] on
+//! a spliced one, [`crate::proxy::Switch`] otherwise).
 //!
 //! To see the first request, the launcher must speak first: gRPC clients (grpc-go, as in the
 //! kubelet's probes) wait for the server's SETTINGS before sending a request. So the launcher
@@ -132,18 +134,18 @@ impl Sniffer {
 
     fn decode(&mut self) {
         self.in_headers = false;
-        let mut decoder = fluke_hpack::Decoder::new();
-        match decoder.decode(&self.header_block) {
-            Ok(headers) => {
-                self.path = headers
-                    .into_iter()
-                    .find(|(name, _)| name == b":path")
-                    .map(|(_, value)| String::from_utf8_lossy(&value).into_owned());
-                if self.path.is_none() {
-                    self.undecodable = true;
-                }
+        // A throwaway decoder: this is the connection's first header block. Whoever serves
+        // the connection decodes it again with the connection's own decoder.
+        let mut decoder = crate::hpack::Decoder::new(crate::guard::MAX_TABLE_SIZE);
+        let mut path = None;
+        let decoded = decoder.decode(&self.header_block, |name, value| {
+            if name == b":path" && path.is_none() {
+                path = Some(String::from_utf8_lossy(value).into_owned());
             }
-            Err(_) => self.undecodable = true,
+        });
+        self.path = path;
+        if decoded.is_err() || self.path.is_none() {
+            self.undecodable = true;
         }
     }
 
@@ -185,7 +187,7 @@ fn frame_at(buf: &[u8]) -> Option<(u8, u8, (usize, usize), usize)> {
 }
 
 /// The header block fragment of a HEADERS payload, without padding and priority fields.
-fn header_fragment(payload: &[u8], flags: u8) -> Option<&[u8]> {
+pub fn header_fragment(payload: &[u8], flags: u8) -> Option<&[u8]> {
     let mut start = 0;
     let mut end = payload.len();
     if flags & FLAG_PADDED != 0 {

@@ -1729,3 +1729,575 @@ async fn change_during_a_swap_is_applied_after_it() -> TestResult {
     );
     Ok(())
 }
+
+// --- The plugin's lifecycle belongs to the launcher --------------------------------------
+
+/// Asserts that a call was refused by the launcher as reserved, naming `method`.
+fn assert_reserved<T: std::fmt::Debug>(result: Result<T, tonic::Status>, method: &str) {
+    let status = result.expect_err("a reserved call must be refused");
+    assert_eq!(
+        status.code(),
+        tonic::Code::PermissionDenied,
+        "{method}: {status:?}"
+    );
+    let expected = format!("{method} is reserved to the launcher: ");
+    assert!(
+        status.message().starts_with(&expected) && status.message().contains("network"),
+        "{method}: {:?}",
+        status.message()
+    );
+}
+
+/// Initialize, Shutdown and go-plugin's internal services are refused from the network, as
+/// the first call of a connection and as later calls on a connection whose earlier and
+/// later calls pass; the plugin keeps its configuration and its process.
+async fn lifecycle_is_reserved_to_the_launcher(launch: &str, forward: &str) -> TestResult {
+    use hector_plugin_sdk::proto::goplugin::{
+        Empty as GoEmpty, grpc_controller_client::GrpcControllerClient,
+        grpc_stdio_client::GrpcStdioClient,
+    };
+    use hector_plugin_sdk::proto::{InitializeRequest, ShutdownRequest, StatusRequest};
+    const INITIALIZE: &str = "hector.plugin.LLMProvider/Initialize";
+    const SHUTDOWN: &str = "hector.plugin.LLMProvider/Shutdown";
+    const CONTROLLER: &str = "plugin.GRPCController/Shutdown";
+    let stolen = || InitializeRequest {
+        config: [("prefix".to_string(), "st0len-value: ".to_string())].into(),
+    };
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start_with(
+        "llm_provider",
+        launch,
+        &[("prefix", "original: ")],
+        &[bin.to_str().ok_or("path")?],
+        &["--forward", forward],
+        &[],
+    );
+    let probe = l.channel().await;
+    let plugin = only_child(&l, None, Duration::from_secs(10)).await;
+
+    // As the first call of a connection (which, with `--forward connection`, routes it).
+    let mut first = LlmProviderClient::new(l.plugin_channel().await);
+    assert_reserved(first.initialize(stolen()).await, INITIALIZE);
+    let mut first = LlmProviderClient::new(l.plugin_channel().await);
+    assert_reserved(first.shutdown(ShutdownRequest {}).await, SHUTDOWN);
+    let mut first = GrpcControllerClient::new(l.plugin_channel().await);
+    assert_reserved(first.shutdown(GoEmpty {}).await, CONTROLLER);
+
+    // As later calls on one connection, between calls that pass.
+    let channel = l.plugin_channel().await;
+    let mut client = LlmProviderClient::new(channel.clone());
+    let text = client.generate(user("before")).await?.into_inner().text;
+    assert_eq!(text, "original: before");
+    assert_reserved(client.initialize(stolen()).await, INITIALIZE);
+    let text = client.generate(user("after")).await?.into_inner().text;
+    assert_eq!(text, "original: after", "the configuration is unchanged");
+    assert_reserved(client.shutdown(ShutdownRequest {}).await, SHUTDOWN);
+    let streamed = streamed_within(&mut client, "still streaming").await?;
+    assert_eq!(streamed, "original: still streaming");
+    assert_reserved(
+        GrpcControllerClient::new(channel.clone())
+            .shutdown(GoEmpty {})
+            .await,
+        CONTROLLER,
+    );
+    assert_reserved(
+        GrpcStdioClient::new(channel.clone()).stream_stdio(()).await,
+        "plugin.GRPCStdio/StreamStdio",
+    );
+    let status = client.get_status(StatusRequest {}).await?.into_inner();
+    assert_eq!(status.status, "ready", "never shut down");
+    let info = client.get_model_info(Empty {}).await?.into_inner();
+    assert_eq!(info.model_name, "echo-1");
+    let text = client.generate(user("last")).await?.into_inner().text;
+    assert_eq!(text, "original: last");
+
+    // Health is still the launcher's, and the plugin is the process it started.
+    assert_eq!(health(&probe, "").await, Some(ServingStatus::Serving));
+    assert_eq!(
+        children_of(l.child.id()),
+        [plugin],
+        "the same plugin process"
+    );
+    assert!(l.child.try_wait()?.is_none(), "the launcher still runs");
+    // Each refusal counted and logged with the method and the caller, never its content.
+    l.wait_for_log("refused_total=7", Duration::from_secs(5))
+        .await;
+    let log = l.log_so_far();
+    assert!(!log.contains("refused_total=8"), "{log}");
+    for method in [
+        INITIALIZE,
+        SHUTDOWN,
+        CONTROLLER,
+        "plugin.GRPCStdio/StreamStdio",
+    ] {
+        assert!(
+            log.lines().any(|line| line.contains("refused a call")
+                && line.contains(method)
+                && line.contains("peer=127.0.0.1:")),
+            "{method} refusal not logged:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains("st0len-value"),
+        "request content logged:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn lifecycle_is_reserved_go_plugin_spliced() -> TestResult {
+    lifecycle_is_reserved_to_the_launcher("go-plugin", "connection").await
+}
+
+#[tokio::test]
+async fn lifecycle_is_reserved_go_plugin_per_request() -> TestResult {
+    lifecycle_is_reserved_to_the_launcher("go-plugin", "request").await
+}
+
+#[tokio::test]
+async fn lifecycle_is_reserved_network_spliced() -> TestResult {
+    lifecycle_is_reserved_to_the_launcher("network", "connection").await
+}
+
+#[tokio::test]
+async fn lifecycle_is_reserved_network_per_request() -> TestResult {
+    lifecycle_is_reserved_to_the_launcher("network", "request").await
+}
+
+/// An HPACK encoder that adds every field it does not find whole in its dynamic table to
+/// it (as grpc-go's does, `:path` included) and refers to it by index afterwards, without
+/// Huffman coding: a header block dropped on the way would shift the indices of every later
+/// block.
+#[derive(Default)]
+struct IndexingEncoder {
+    table: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    size: usize,
+}
+
+impl IndexingEncoder {
+    fn encode(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+        fn integer(out: &mut Vec<u8>, value: usize, prefix: u8, flags: u8) {
+            let max = (1usize << prefix) - 1;
+            if value < max {
+                out.push(flags | value as u8);
+                return;
+            }
+            out.push(flags | max as u8);
+            let mut rest = value - max;
+            while rest >= 0x80 {
+                out.push(0x80 | (rest & 0x7f) as u8);
+                rest >>= 7;
+            }
+            out.push(rest as u8);
+        }
+        let mut out = Vec::new();
+        for &(name, value) in fields {
+            if let Some(p) = self.table.iter().position(|(n, v)| n == name && v == value) {
+                integer(&mut out, 62 + p, 7, 0x80);
+                continue;
+            }
+            out.push(0x40);
+            for s in [name, value] {
+                integer(&mut out, s.len(), 7, 0);
+                out.extend_from_slice(s);
+            }
+            self.size += name.len() + value.len() + 32;
+            self.table.push_front((name.to_vec(), value.to_vec()));
+            while self.size > 4096 {
+                let (n, v) = self.table.pop_back().expect("entries");
+                self.size -= n.len() + v.len() + 32;
+            }
+        }
+        out
+    }
+}
+
+/// A hand-driven HTTP/2 client: every frame, stream id and header block is the test's own.
+struct RawClient {
+    socket: std::net::TcpStream,
+    encoder: IndexingEncoder,
+    decoder: fluke_hpack::Decoder<'static>,
+    /// Received and not yet parsed.
+    buffer: Vec<u8>,
+    /// Per stream: header blocks (decoded), DATA, and whether it ended.
+    streams: std::collections::HashMap<u32, RawStream>,
+    /// A header block being received: stream and fragment.
+    block: Option<(u32, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+struct RawStream {
+    headers: Vec<(String, String)>,
+    data: Vec<u8>,
+    ended: bool,
+    reset: Option<u32>,
+}
+
+impl RawStream {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `text` field (1) of a unary GenerateResponse.
+    fn text(&self) -> String {
+        let mut fields = pb_fields(self.data.get(5..).unwrap_or_default());
+        fields
+            .remove(&1)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn pb_bytes(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push((len as u8) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Length-delimited fields of a protobuf message, by number (varints skipped).
+fn pb_fields(mut bytes: &[u8]) -> std::collections::HashMap<u8, Vec<u8>> {
+    fn varint(bytes: &mut &[u8]) -> usize {
+        let mut value = 0;
+        let mut shift = 0;
+        while let Some((&b, rest)) = bytes.split_first() {
+            *bytes = rest;
+            value |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        value
+    }
+    let mut fields = std::collections::HashMap::new();
+    while !bytes.is_empty() {
+        let tag = varint(&mut bytes);
+        match tag & 7 {
+            2 => {
+                let len = varint(&mut bytes).min(bytes.len());
+                fields.insert((tag >> 3) as u8, bytes[..len].to_vec());
+                bytes = &bytes[len..];
+            }
+            0 => {
+                varint(&mut bytes);
+            }
+            other => panic!("unexpected wire type {other}"),
+        }
+    }
+    fields
+}
+
+/// A gRPC message: uncompressed, with its length.
+fn grpc_message(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+fn generate_body(text: &str) -> Vec<u8> {
+    let message = [pb_bytes(1, b"user"), pb_bytes(2, text.as_bytes())].concat();
+    grpc_message(&pb_bytes(1, &message))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(b) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_RST_STREAM: u8 = 0x3;
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_CONTINUATION: u8 = 0x9;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+const H2_PADDED: u8 = 0x8;
+const H2_PRIORITY: u8 = 0x20;
+
+impl RawClient {
+    fn connect(addr: &str) -> std::io::Result<Self> {
+        let socket = std::net::TcpStream::connect(addr)?;
+        // Every wait of this client is bounded.
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        socket.set_nodelay(true)?;
+        let mut client = Self {
+            socket,
+            encoder: IndexingEncoder::default(),
+            decoder: fluke_hpack::Decoder::new(),
+            buffer: Vec::new(),
+            streams: Default::default(),
+            block: None,
+        };
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(raw_frame(H2_SETTINGS, 0, 0, &[]));
+        client.send(&hello)?;
+        Ok(client)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.socket.write_all(bytes)
+    }
+
+    /// A unary call on `stream`: its header block in `parts` frames (the first padded and
+    /// with priority fields when split), then its message with END_STREAM.
+    fn call(&mut self, stream: u32, path: &str, body: &[u8], parts: usize) -> std::io::Result<()> {
+        let id = stream.to_string();
+        let block = self.encoder.encode(&[
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path.as_bytes()),
+            (b":authority", b"plugin"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            (b"x-stream", id.as_bytes()),
+        ]);
+        let size = block.len().div_ceil(parts);
+        let chunks: Vec<&[u8]> = block.chunks(size).collect();
+        let mut frames = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let end = if last { H2_END_HEADERS } else { 0 };
+            if i > 0 {
+                frames.extend(raw_frame(H2_CONTINUATION, end, stream, chunk));
+            } else if parts > 1 {
+                let mut payload = vec![2u8, 0, 0, 0, 0, 15];
+                payload.extend_from_slice(chunk);
+                payload.extend([0, 0]);
+                let flags = H2_PADDED | H2_PRIORITY | end;
+                frames.extend(raw_frame(H2_HEADERS, flags, stream, &payload));
+            } else {
+                frames.extend(raw_frame(H2_HEADERS, end, stream, chunk));
+            }
+        }
+        frames.extend(raw_frame(H2_DATA, H2_END_STREAM, stream, body));
+        self.send(&frames)
+    }
+
+    /// Reads frames until `stream` has ended (END_STREAM or RST_STREAM), answering SETTINGS
+    /// and PING on the way.
+    fn wait(&mut self, stream: u32) -> std::io::Result<&RawStream> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.streams.get(&stream).is_some_and(|s| s.ended) {
+            assert!(Instant::now() < deadline, "stream {stream} never ended");
+            if !self.parse_one()? {
+                use std::io::Read;
+                let mut buf = [0u8; 16 * 1024];
+                let n = self.socket.read(&mut buf)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                self.buffer.extend_from_slice(&buf[..n]);
+            }
+        }
+        Ok(&self.streams[&stream])
+    }
+
+    /// Handles one whole frame from the buffer, if there is one.
+    fn parse_one(&mut self) -> std::io::Result<bool> {
+        if self.buffer.len() < 9 {
+            return Ok(false);
+        }
+        let len = (usize::from(self.buffer[0]) << 16)
+            | (usize::from(self.buffer[1]) << 8)
+            | usize::from(self.buffer[2]);
+        if self.buffer.len() < 9 + len {
+            return Ok(false);
+        }
+        let frame: Vec<u8> = self.buffer.drain(..9 + len).collect();
+        let (kind, flags) = (frame[3], frame[4]);
+        let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let payload = &frame[9..];
+        match kind {
+            H2_SETTINGS if flags & 1 == 0 => self.send(&raw_frame(H2_SETTINGS, 1, 0, &[]))?,
+            H2_PING if flags & 1 == 0 => self.send(&raw_frame(H2_PING, 1, 0, payload))?,
+            H2_HEADERS | H2_CONTINUATION => {
+                let fragment = if kind == H2_HEADERS {
+                    assert!(self.block.is_none(), "HEADERS inside a header block");
+                    let pad = if flags & H2_PADDED != 0 {
+                        usize::from(payload[0])
+                    } else {
+                        0
+                    };
+                    let start = usize::from(flags & H2_PADDED != 0)
+                        + if flags & H2_PRIORITY != 0 { 5 } else { 0 };
+                    self.block = Some((stream, Vec::new()));
+                    &payload[start..payload.len() - pad]
+                } else {
+                    payload
+                };
+                let (id, mut block) = self.block.take().expect("CONTINUATION after HEADERS");
+                block.extend_from_slice(fragment);
+                if flags & H2_END_HEADERS == 0 {
+                    self.block = Some((id, block));
+                } else {
+                    let fields = self.decoder.decode(&block).expect("decodable headers");
+                    let s = self.streams.entry(id).or_default();
+                    s.headers.extend(fields.into_iter().map(|(n, v)| {
+                        (
+                            String::from_utf8_lossy(&n).into_owned(),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        )
+                    }));
+                }
+                if kind == H2_HEADERS && flags & H2_END_STREAM != 0 {
+                    self.streams.entry(stream).or_default().ended = true;
+                }
+            }
+            H2_DATA => {
+                let s = self.streams.entry(stream).or_default();
+                s.data.extend_from_slice(payload);
+                if flags & H2_END_STREAM != 0 {
+                    s.ended = true;
+                }
+            }
+            H2_RST_STREAM => {
+                let s = self.streams.entry(stream).or_default();
+                s.reset = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+                s.ended = true;
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+}
+
+/// One connection, streams opened by hand: allowed calls around refused ones, header
+/// blocks in one frame and split over CONTINUATION frames (padded, with priority fields),
+/// each block adding to the connection's HPACK dynamic table.
+fn raw_streams_on_one_connection(addr: &str) -> TestResult {
+    let mut c = RawClient::connect(addr)?;
+    let generate = "/hector.plugin.LLMProvider/Generate";
+    let stolen = grpc_message(&pb_bytes(
+        1,
+        &[pb_bytes(1, b"prefix"), pb_bytes(2, b"st0len: ")].concat(),
+    ));
+    let refused = |s: &RawStream, method: &str| {
+        assert_eq!(s.field(":status"), Some("200"), "{s:?}");
+        assert_eq!(s.field("grpc-status"), Some("7"), "{s:?}");
+        let message = percent_decode(s.field("grpc-message").unwrap_or_default());
+        assert!(
+            message.starts_with(&format!("{method} is reserved to the launcher")),
+            "{message}"
+        );
+        assert!(s.data.is_empty(), "{s:?}");
+    };
+    let answered = |s: &RawStream, text: &str| {
+        assert_eq!(s.field("grpc-status"), Some("0"), "{s:?}");
+        assert_eq!(s.text(), text, "{s:?}");
+    };
+
+    c.call(1, generate, &generate_body("one"), 1)?;
+    answered(c.wait(1)?, "original: one");
+    c.call(3, "/hector.plugin.LLMProvider/Initialize", &stolen, 3)?;
+    refused(c.wait(3)?, "hector.plugin.LLMProvider/Initialize");
+    c.call(5, generate, &generate_body("three"), 1)?;
+    answered(c.wait(5)?, "original: three");
+    c.call(7, generate, &generate_body("four split"), 3)?;
+    answered(c.wait(7)?, "original: four split");
+    c.call(9, "/plugin.GRPCController/Shutdown", &grpc_message(&[]), 1)?;
+    refused(c.wait(9)?, "plugin.GRPCController/Shutdown");
+    c.call(
+        11,
+        "/hector.plugin.LLMProvider/Shutdown",
+        &grpc_message(&[]),
+        2,
+    )?;
+    refused(c.wait(11)?, "hector.plugin.LLMProvider/Shutdown");
+    // Two calls in flight at once, one refused between them.
+    c.call(13, generate, &generate_body("five"), 2)?;
+    c.call(15, "/hector.plugin.LLMProvider/Initialize", &stolen, 1)?;
+    c.call(17, generate, &generate_body("six"), 1)?;
+    answered(c.wait(13)?, "original: five");
+    refused(c.wait(15)?, "hector.plugin.LLMProvider/Initialize");
+    answered(c.wait(17)?, "original: six");
+    Ok(())
+}
+
+async fn raw_http2_streams(launch: &str, forward: &str, bin: PathBuf) -> TestResult {
+    let mut l = Launched::start_with(
+        "llm_provider",
+        launch,
+        &[("prefix", "original: ")],
+        &[bin.to_str().ok_or("path")?],
+        &["--forward", forward],
+        &[],
+    );
+    let _ = l.channel().await;
+    let plugin = only_child(&l, None, Duration::from_secs(10)).await;
+    let addr = l.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        raw_streams_on_one_connection(&addr).map_err(|e| e.to_string())
+    })
+    .await??;
+    // Nothing reached the plugin's lifecycle: same process, same configuration.
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
+    let text = client.generate(user("end")).await?.into_inner().text;
+    assert_eq!(text, "original: end");
+    assert_eq!(children_of(l.child.id()), [plugin]);
+    l.wait_for_log("refused_total=4", Duration::from_secs(5))
+        .await;
+    let log = l.log_so_far();
+    assert!(!log.contains("refused_total=5"), "{log}");
+    assert!(!log.contains("st0len"), "request content logged:\n{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn raw_http2_streams_go_plugin_spliced() -> TestResult {
+    raw_http2_streams("go-plugin", "connection", sibling_bin("echo-llm")).await
+}
+
+#[tokio::test]
+async fn raw_http2_streams_network_spliced() -> TestResult {
+    raw_http2_streams("network", "connection", sibling_bin("echo-llm")).await
+}
+
+#[tokio::test]
+async fn raw_http2_streams_per_request() -> TestResult {
+    raw_http2_streams("network", "request", sibling_bin("echo-llm")).await
+}
+
+/// The same against a plugin built with HashiCorp go-plugin in Go: grpc-go's HPACK decoder
+/// takes the header blocks the launcher re-encodes after a refusal, and go-plugin's real
+/// controller is out of reach.
+#[tokio::test]
+async fn raw_http2_streams_go_grpc_plugin_spliced() -> TestResult {
+    raw_http2_streams("go-plugin", "connection", go_plugin()).await
+}
