@@ -111,6 +111,8 @@ pub struct Ctx {
     configmaps: Store<ConfigMap>,
     mount_events: Store<CoreEvent>,
     publish: mpsc::UnboundedSender<String>,
+    /// True once every watch cache has its first full list.
+    synced: watch::Receiver<bool>,
 }
 
 /// Why a reconcile failed (it is retried).
@@ -127,6 +129,9 @@ pub enum ReconcileError {
     /// Objects could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The reconcile did not finish in time (an API request that does not answer).
+    #[error("reconcile did not finish within {0:?}; an API request is not answering")]
+    Stalled(Duration),
 }
 
 impl ReconcileError {
@@ -135,6 +140,7 @@ impl ReconcileError {
             ReconcileError::Api { .. } if self.is_fenced() => "fenced",
             ReconcileError::Api { .. } => "api_error",
             ReconcileError::Build(_) => "build_error",
+            ReconcileError::Stalled(_) => "stalled",
         }
     }
 
@@ -157,6 +163,11 @@ impl ReconcileError {
                 reason: "BuildFailed",
                 message: e.to_string(),
                 permanent: true,
+            },
+            ReconcileError::Stalled(_) => Failure {
+                reason: "ApiError",
+                message: self.to_string(),
+                permanent: false,
             },
             ReconcileError::Api {
                 action,
@@ -301,14 +312,12 @@ fn waiting_reasons(p: &Pod) -> Vec<String> {
 }
 
 impl Ctx {
-    /// Waits until every watch cache has its first full list (instant afterwards).
+    /// Waits until every watch cache has its first full list (instant afterwards). Many
+    /// reconciles wait here at once; they wait on a channel made for many waiters, never on
+    /// the stores themselves (see [`sync_gate`]).
     async fn caches_ready(&self) -> bool {
-        self.pods.wait_until_ready().await.is_ok()
-            && self.replicasets.wait_until_ready().await.is_ok()
-            && self.deployments.wait_until_ready().await.is_ok()
-            && self.services.wait_until_ready().await.is_ok()
-            && self.configmaps.wait_until_ready().await.is_ok()
-            && self.mount_events.wait_until_ready().await.is_ok()
+        let mut synced = self.synced.clone();
+        synced.wait_for(|s| *s).await.is_ok()
     }
 
     /// The plugin's Deployment from the cache, if the plugin controls it.
@@ -676,9 +685,17 @@ impl Ctx {
     }
 }
 
+/// The longest one reconcile may take: an API request that never answers must not stall the
+/// plugin (a controller never runs two reconciles of one object at once).
+const RECONCILE_DEADLINE: Duration = Duration::from_secs(30);
+
 async fn reconcile(plugin: Arc<HectorPlugin>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let result = reconcile_plugin(&plugin, &ctx).await;
+    let result =
+        match tokio::time::timeout(RECONCILE_DEADLINE, reconcile_plugin(&plugin, &ctx)).await {
+            Ok(r) => r,
+            Err(_) => Err(ReconcileError::Stalled(RECONCILE_DEADLINE)),
+        };
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.kind(),
@@ -693,10 +710,12 @@ const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 
 async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, ReconcileError> {
     let key = key_of(plugin);
+    tracing::debug!(plugin = %key, "reconcile: start");
     // Judging from half-filled caches would rewrite objects and status that are fine.
     if !ctx.caches_ready().await {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    tracing::debug!(plugin = %key, "reconcile: caches ready");
     if plugin.metadata.deletion_timestamp.is_some() {
         ctx.forget(plugin);
         return Ok(Action::await_change());
@@ -723,6 +742,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         // Invalid configuration: nothing new is applied; what already runs keeps running.
         None => ctx.own_deployment(plugin).as_deref().cloned(),
     };
+    tracing::debug!(plugin = %key, conflicts = conflicts.len(), error = ?error, "reconcile: children applied");
     let secret_problems = ctx.secret_problems(plugin);
     if !secret_problems.is_empty() && resolved.is_some() {
         verdict = ConfigVerdict::Invalid("SecretNotFound", secret_problems.join("; "));
@@ -797,13 +817,16 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
             .get(&key)
             .cloned()
             .or(current.clone());
+        tracing::debug!(plugin = %key, "reconcile: writing status");
         ctx.write_status(plugin, &desired).await?;
         tracing::info!(plugin = %key, phase = ?desired.phase, endpoints = desired.endpoints.len(), "status updated");
         lock(&ctx.shared.written).insert(key.clone(), desired.clone());
         for t in status::transitions(baseline.as_ref(), &desired) {
+            tracing::debug!(plugin = %key, reason = %t.reason, "reconcile: recording event");
             ctx.record_event(plugin, &t).await;
         }
     }
+    tracing::debug!(plugin = %key, "reconcile: done");
     if let Some(e) = error {
         return Err(e);
     }
@@ -872,9 +895,7 @@ async fn publish_loop(
     mut dirty: mpsc::UnboundedReceiver<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if ctx.plugins.wait_until_ready().await.is_err()
-        || ctx.configmaps.wait_until_ready().await.is_err()
-    {
+    if !ctx.caches_ready().await {
         return;
     }
     let mut written = publish::WrittenByNamespace::new();
@@ -1144,6 +1165,24 @@ where
     })
 }
 
+/// Turns `synced` true once every store has listed. A store's readiness future keeps only the
+/// waker of its last poll (a oneshot channel underneath), so of several reconciles waiting on
+/// it at once only one would ever wake: the others would stall for good, which is what a new
+/// leader with several plugins to reconcile met. This is the stores' only waiter.
+async fn sync_gate(ctx: Arc<Ctx>, synced: watch::Sender<bool>) {
+    let ready = ctx.plugins.wait_until_ready().await.is_ok()
+        && ctx.pods.wait_until_ready().await.is_ok()
+        && ctx.replicasets.wait_until_ready().await.is_ok()
+        && ctx.deployments.wait_until_ready().await.is_ok()
+        && ctx.services.wait_until_ready().await.is_ok()
+        && ctx.configmaps.wait_until_ready().await.is_ok()
+        && ctx.mount_events.wait_until_ready().await.is_ok();
+    if ready {
+        tracing::info!("watch caches synced: reconciling");
+        let _ = synced.send(true);
+    }
+}
+
 /// Runs the controller and the publisher for one scope until `shutdown` turns true.
 pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Receiver<bool>) {
     let client = shared.client.clone();
@@ -1157,6 +1196,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let (services, services_writer) = reflector::store();
     let (configmaps, configmaps_writer) = reflector::store();
     let (mount_events, events_writer) = reflector::store();
+    let (synced_tx, synced) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         shared: Arc::clone(&shared),
         plugins: plugins.clone(),
@@ -1167,6 +1207,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         configmaps,
         mount_events,
         publish: publish_tx,
+        synced,
     });
 
     let forget_ctx = Arc::clone(&ctx);
@@ -1301,8 +1342,9 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
             }
         });
     let publisher = publish_loop(Arc::clone(&ctx), scope.clone(), publish_rx, shutdown);
+    let gate = sync_gate(Arc::clone(&ctx), synced_tx);
     tracing::info!(?scope, "controller started");
-    futures::join!(controller, publisher);
+    futures::join!(controller, publisher, gate);
 }
 
 /// A broadcast receiver as a stream; a lagging receiver just skips ahead (the periodic

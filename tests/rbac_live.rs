@@ -65,10 +65,11 @@ fn documented() -> (Rules, Rules) {
         let unquote = |s: &str| s.trim_matches('`').to_string();
         let group = unquote(cells[1]);
         let resource = unquote(cells[2]);
-        let name = if group == "core" {
-            resource
-        } else {
-            format!("{resource}.{group}")
+        // kubectl writes `resource.group/subresource`.
+        let name = match (group.as_str(), resource.split_once('/')) {
+            ("core", _) => resource,
+            (_, Some((r, sub))) => format!("{r}.{group}/{sub}"),
+            (_, None) => format!("{resource}.{group}"),
         };
         let verbs: BTreeSet<String> = unquote(cells[3])
             .split_whitespace()
