@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+/// What a watch that has not listed yet reports.
+const NOT_LISTED: &str = "not listed yet";
+
 /// The replica's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -53,8 +56,7 @@ impl Readiness {
 
     /// A watch of `resource` starts; it counts as not synced until it has listed.
     pub fn watch_started(&self, resource: &'static str) {
-        self.lock()
-            .insert(resource, Some("not listed yet".to_string()));
+        self.lock().insert(resource, Some(NOT_LISTED.to_string()));
     }
 
     /// The watch of `resource` listed (or received an event).
@@ -64,13 +66,14 @@ impl Readiness {
         }
     }
 
-    /// The watch of `resource` failed; returns whether it was fine before.
+    /// The watch of `resource` failed; returns whether this is news (it was fine or had not
+    /// listed yet), so a failure is logged once, not at every retry.
     pub fn watch_failed(&self, resource: &'static str, error: String) -> bool {
         let mut watches = self.lock();
         let state = watches.entry(resource).or_insert(None);
-        let was_fine = state.is_none();
+        let news = state.as_deref().is_none_or(|s| s == NOT_LISTED);
         *state = Some(error);
-        was_fine
+        news
     }
 
     /// HTTP status and body of `/readyz`.
@@ -115,6 +118,10 @@ mod tests {
         r.watch_started("pods");
         r.watch_started("hectorplugins");
         assert_eq!(r.report().0, 503);
+        assert!(
+            r.watch_failed("hectorplugins", "403".into()),
+            "a watch failing before it ever listed is news"
+        );
         r.watch_ok("pods");
         r.watch_ok("hectorplugins");
         assert_eq!(r.report(), (200, "leading".into()));

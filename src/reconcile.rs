@@ -1362,3 +1362,70 @@ fn tokio_stream_wrapper<T: Clone + Send + 'static>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_publications_retry_once_per_namespace_with_growing_waits() {
+        let mut r = Retries::default();
+        assert_eq!(r.next(), None);
+        assert_eq!(r.failed("a"), Duration::from_secs(1));
+        assert_eq!(r.failed("a"), Duration::from_secs(2));
+        assert_eq!(r.failed("a"), Duration::from_secs(4));
+        assert_eq!(
+            r.due.len(),
+            1,
+            "one retry per namespace, however many failures"
+        );
+        for _ in 0..10 {
+            r.failed("a");
+        }
+        assert_eq!(r.failed("a"), Retries::MAX, "capped");
+        assert!(r.ready().is_empty(), "not due yet");
+        tokio::time::advance(Retries::MAX + Duration::from_millis(1)).await;
+        assert_eq!(r.ready(), ["a"]);
+        r.succeeded("a");
+        assert_eq!(r.next(), None);
+        assert_eq!(
+            r.failed("a"),
+            Duration::from_secs(1),
+            "a success resets the backoff"
+        );
+    }
+
+    #[test]
+    fn fenced_writes_are_recognised_and_api_rejections_keep_the_apis_words() {
+        let fenced = ReconcileError::Api {
+            action: "apply Deployment a/b".into(),
+            source: kube::Error::Service(Box::new(crate::fence::Fenced {
+                method: http::Method::PATCH,
+                path: "/apis/apps/v1/namespaces/a/deployments/b".into(),
+            })),
+        };
+        assert!(fenced.is_fenced());
+        assert_eq!(fenced.kind(), "fenced");
+        let quota = ReconcileError::Api {
+            action: "create Deployment a/b".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure(
+                    "deployments.apps \"b\" is forbidden: exceeded quota: q",
+                    "Forbidden",
+                )
+                .with_code(403)
+                .boxed(),
+            ),
+        };
+        assert!(!quota.is_fenced());
+        let f = quota.failure();
+        assert_eq!(f.reason, "Forbidden");
+        assert!(f.permanent);
+        assert!(f.message.contains("exceeded quota"), "{}", f.message);
+        assert!(
+            f.message.starts_with("create Deployment a/b"),
+            "{}",
+            f.message
+        );
+    }
+}

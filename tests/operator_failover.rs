@@ -587,6 +587,32 @@ async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResu
     )
     .await;
     eprintln!("published {:?} after the change", applied.elapsed());
+    // Kubernetes' own controllers back off while the API server is away and come back at
+    // their own pace; the next test needs them (a namespace's default ServiceAccount).
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let probe_ns = format!("{}-settle", ns.name);
+    namespaces
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": probe_ns}}))?,
+        )
+        .await?;
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &probe_ns);
+    let settled_at = Instant::now();
+    eventually(
+        "the cluster's controllers to recover from the outage",
+        Duration::from_secs(180),
+        || async { accounts.get_opt("default").await.ok().flatten() },
+    )
+    .await;
+    eprintln!(
+        "kube-controller-manager made a ServiceAccount again {:?} after the API server returned",
+        settled_at.elapsed()
+    );
+    namespaces
+        .delete(&probe_ns, &DeleteParams::background())
+        .await?;
     Ok(())
 }
 

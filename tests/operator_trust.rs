@@ -658,3 +658,251 @@ async fn a_rotated_secret_reaches_both_replicas_without_a_failed_call() -> TestR
     }
     Ok(())
 }
+
+/// Resource quantities the API server stores in another spelling (`0.5` → `500m`) are no
+/// drift: reconciling again and again writes nothing.
+#[tokio::test]
+async fn quantities_in_another_spelling_cause_no_writes() -> TestResult {
+    use kube::api::{Patch, PatchParams};
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-qty").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut spec = echo_spec();
+    spec["resources"] = json!({"requests": {"cpu": "0.5", "memory": "0.0625Gi"},
+                               "limits": {"memory": "1073741824"}});
+    apply(&api, plugin("qty", spec)).await;
+    wait_plugin(&api, "qty", "Ready", |p| {
+        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let stored = deployments.get("qty").await?;
+    let requests = serde_json::to_value(&stored.spec.as_ref().expect("spec").template)?;
+    assert_eq!(
+        requests["spec"]["containers"][0]["resources"]["requests"]["cpu"], "500m",
+        "the server stores its own spelling"
+    );
+    let leader = leader_pod(&client).await;
+    let writes = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("hector_operator_api_writes_total{resource=\"deployments\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let before = writes(&operator_metrics(&client, &leader).await);
+    // Each label change is a watch event and a reconcile of the plugin.
+    for i in 0..5 {
+        api.patch(
+            "qty",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"poke": i.to_string()}}})),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = writes(&operator_metrics(&client, &leader).await);
+    assert_eq!(after, before, "no Deployment write for an unchanged spec");
+    assert_eq!(
+        deployments.get("qty").await?.metadata.generation,
+        stored.metadata.generation
+    );
+    Ok(())
+}
+
+/// The operator replica holding the lease.
+async fn leader_pod(client: &Client) -> String {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "hector-system");
+    leases
+        .get("hector-operator")
+        .await
+        .expect("the Lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a holder")
+}
+
+/// `/metrics` of an operator Pod through the API server's proxy; fails the test if unread.
+async fn operator_metrics(client: &Client, pod: &str) -> String {
+    let uri = format!("/api/v1/namespaces/hector-system/pods/{pod}:8080/proxy/metrics");
+    let request = http::Request::get(uri).body(Vec::new()).expect("request");
+    client
+        .request_text(request)
+        .await
+        .expect("operator metrics")
+}
+
+/// A watch that cannot list (here: no permission on ReplicaSets) keeps `/readyz` from saying
+/// `leading`, and is logged at error level naming the resource and the refusal. Runs the
+/// operator binary on this machine as a ServiceAccount with that one permission missing.
+#[tokio::test]
+async fn a_watch_that_cannot_list_fails_readiness_and_is_logged() -> TestResult {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-403").await;
+    let kubectl = |args: &[&str]| -> String {
+        let out = Command::new(kubectl_path())
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    kubectl(&["-n", &ns.name, "create", "serviceaccount", "limited"]);
+    // Everything the operator needs in a namespace except ReplicaSets.
+    for (name, verbs, resources) in [
+        ("plugins", "get,list,watch", "hectorplugins.hector.dev"),
+        ("status", "patch", "hectorplugins.hector.dev/status"),
+        (
+            "children",
+            "get,list,watch,create,patch,delete",
+            "deployments.apps,services,configmaps",
+        ),
+        ("pods", "get,list,watch", "pods,events"),
+        ("events", "create,patch", "events.events.k8s.io"),
+    ] {
+        kubectl(&[
+            "-n",
+            &ns.name,
+            "create",
+            "role",
+            name,
+            "--verb",
+            verbs,
+            "--resource",
+            resources,
+        ]);
+        kubectl(&[
+            "-n",
+            &ns.name,
+            "create",
+            "rolebinding",
+            name,
+            "--role",
+            name,
+            "--serviceaccount",
+            &format!("{}:limited", ns.name),
+        ]);
+    }
+    let token = kubectl(&["-n", &ns.name, "create", "token", "limited"]);
+    let server = kubectl(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    // --flatten embeds a CA given as a file.
+    let ca = kubectl(&[
+        "config",
+        "view",
+        "--minify",
+        "--raw",
+        "--flatten",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]);
+    assert!(!ca.trim().is_empty(), "the cluster's CA");
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("kubeconfig");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: {server}, \
+             certificate-authority-data: {ca}}}}}]\nusers: [{{name: u, user: {{token: {}}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n",
+            token.trim()
+        ),
+    )?;
+    let free = || -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    let (metrics, health) = (free(), free());
+    let log = dir.path().join("operator.log");
+    let mut operator = Command::new(env!("CARGO_BIN_EXE_hector-operator"))
+        .args([
+            "run",
+            "--leader-elect=false",
+            "--namespaces",
+            &ns.name,
+            "--launcher-image",
+            "hector.dev/hector-operator:dev",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics}"),
+            "--health-addr",
+            &format!("127.0.0.1:{health}"),
+        ])
+        .env("KUBECONFIG", &config)
+        .env_remove("POD_NAME")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let readyz = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", health)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let mut seen = String::new();
+    for _ in 0..60 {
+        if let Some(text) = readyz() {
+            seen = text;
+            if seen.contains("replicasets") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = operator.kill();
+    let _ = operator.wait();
+    assert!(
+        seen.starts_with("HTTP/1.0 503") || seen.starts_with("HTTP/1.1 503"),
+        "{seen}"
+    );
+    assert!(seen.contains("leading, but not synced"), "{seen}");
+    assert!(seen.contains("replicasets"), "{seen}");
+    assert!(
+        seen.contains("forbidden"),
+        "the API's refusal is named: {seen}"
+    );
+    let logged = std::fs::read_to_string(&log)?;
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("replicasets") && l.contains("forbidden")),
+        "an error line names the resource and the refusal:\n{logged}"
+    );
+    Ok(())
+}
+
+fn kubectl_path() -> std::path::PathBuf {
+    if let Ok(k) = std::env::var("KUBECTL") {
+        return k.into();
+    }
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cluster/cluster"
+    ))
+    .arg("kubectl-path")
+    .output()
+    .expect("tests/cluster/cluster kubectl-path");
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if path.is_file() {
+        path
+    } else {
+        "kubectl".into()
+    }
+}
