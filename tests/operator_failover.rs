@@ -13,30 +13,16 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hector_operator::crd::{HectorPlugin, Phase};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-const OPERATOR_NS: &str = "hector-system";
-const LEASE: &str = "hector-operator";
 const SELECTOR: &str = "app.kubernetes.io/name=hector-operator";
 /// The operator's lease duration (deploy/ uses the default).
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn holder(client: &Client) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
-    leases
-        .get_opt(LEASE)
-        .await
-        .ok()??
-        .spec?
-        .holder_identity
-        .filter(|h| !h.is_empty())
-}
 
 async fn operator_pods(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
@@ -49,20 +35,12 @@ async fn operator_pods(client: &Client) -> Vec<Pod> {
         .collect()
 }
 
-/// GET `path` on `port` of an operator Pod through the API server's proxy; `None` while it
-/// does not answer (or answers with an error status).
-async fn pod_get(client: &Client, pod: &str, port: u16, path: &str) -> Option<String> {
-    let uri = format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{pod}:{port}/proxy{path}");
-    let request = http::Request::get(uri).body(Vec::new()).ok()?;
-    client.request_text(request).await.ok()
-}
-
 /// The Prometheus text of an operator Pod; fails the test when it cannot be read.
 async fn metrics_of(client: &Client, pod: &str) -> String {
     eventually(
         &format!("metrics of {pod}"),
         Duration::from_secs(20),
-        || pod_get(client, pod, 8080, "/metrics"),
+        || operator_pod_get(client, pod, 8080, "/metrics"),
     )
     .await
 }
@@ -129,7 +107,7 @@ async fn settled(client: &Client) -> (String, String) {
                 .filter(|p| pod_ready(p))
                 .map(|p| p.name_any())
                 .collect();
-            let leader = holder(client).await?;
+            let leader = lease_holder(client).await?;
             if ready.len() != 2 || !ready.contains(&leader) {
                 return None;
             }
@@ -179,7 +157,7 @@ async fn exactly_one_replica_leads_and_a_killed_leader_is_replaced() -> TestResu
         "the follower reconciles nothing"
     );
     assert_eq!(
-        pod_get(&client, &follower, 8081, "/readyz")
+        operator_pod_get(&client, &follower, 8081, "/readyz")
             .await
             .as_deref(),
         Some("standby")
@@ -191,7 +169,7 @@ async fn exactly_one_replica_leads_and_a_killed_leader_is_replaced() -> TestResu
     pods.delete(&leader, &DeleteParams::default().grace_period(0))
         .await?;
     let new_leader = eventually("a new leader", Duration::from_secs(60), || async {
-        holder(&client).await.filter(|h| *h != leader)
+        lease_holder(&client).await.filter(|h| *h != leader)
     })
     .await;
     let took = killed.elapsed();
@@ -284,7 +262,7 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() -> TestResul
     let new_leader = eventually(
         "a new replica leading",
         Duration::from_secs(120),
-        || async { holder(&client).await.filter(|h| !old.contains(h)) },
+        || async { lease_holder(&client).await.filter(|h| !old.contains(h)) },
     )
     .await;
     // The new leader reconciles every plugin and re-renders the ConfigMap at once; give it
@@ -293,7 +271,7 @@ async fn a_restarted_operator_with_nothing_changed_writes_nothing() -> TestResul
         "the new leader reconciled the plugins",
         Duration::from_secs(60),
         || async {
-            let text = pod_get(&client, &new_leader, 8080, "/metrics").await?;
+            let text = operator_pod_get(&client, &new_leader, 8080, "/metrics").await?;
             // Reconciled both plugins and probed them (the probes' first results are in).
             (metric(&text, "hector_operator_reconciles_total{result=\"ok\"}") >= 2.0
                 && metric(&text, "hector_operator_probe_duration_seconds_count") >= 2.0)
@@ -374,7 +352,7 @@ async fn a_frozen_leader_is_replaced_by_one_that_reconciles_and_writes_nothing_a
         tokio::time::sleep(Duration::from_secs(90 - standing)).await;
     }
     assert_eq!(
-        pod_get(&client, &follower, 8081, "/readyz")
+        operator_pod_get(&client, &follower, 8081, "/readyz")
             .await
             .as_deref(),
         Some("standby")
@@ -397,7 +375,7 @@ async fn a_frozen_leader_is_replaced_by_one_that_reconciles_and_writes_nothing_a
     let frozen = Instant::now();
     let thaw = Thaw(id.clone());
     let new_leader = eventually("a new leader", Duration::from_secs(40), || async {
-        holder(&client).await.filter(|h| *h != leader)
+        lease_holder(&client).await.filter(|h| *h != leader)
     })
     .await;
     let took = frozen.elapsed();
@@ -426,7 +404,7 @@ async fn a_frozen_leader_is_replaced_by_one_that_reconciles_and_writes_nothing_a
         changed.elapsed()
     );
     assert_eq!(
-        pod_get(&client, &new_leader, 8081, "/readyz")
+        operator_pod_get(&client, &new_leader, 8081, "/readyz")
             .await
             .as_deref(),
         Some("leading")
@@ -443,8 +421,11 @@ async fn a_frozen_leader_is_replaced_by_one_that_reconciles_and_writes_nothing_a
         "the thawed leader stands by",
         Duration::from_secs(30),
         || async {
-            (pod_get(&client, &leader, 8081, "/readyz").await.as_deref() == Some("standby"))
-                .then_some(())
+            (operator_pod_get(&client, &leader, 8081, "/readyz")
+                .await
+                .as_deref()
+                == Some("standby"))
+            .then_some(())
         },
     )
     .await;
@@ -456,7 +437,10 @@ async fn a_frozen_leader_is_replaced_by_one_that_reconciles_and_writes_nothing_a
         writes_before,
         "the thawed leader wrote nothing"
     );
-    assert_eq!(holder(&client).await.as_deref(), Some(new_leader.as_str()));
+    assert_eq!(
+        lease_holder(&client).await.as_deref(),
+        Some(new_leader.as_str())
+    );
     settled(&client).await;
     Ok(())
 }
@@ -466,13 +450,18 @@ struct Thaw(String);
 
 impl Drop for Thaw {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/cluster/cluster"
-        ))
-        .args(["ctr", "task", "kill", "--signal", "SIGCONT", &self.0])
-        .status();
+        cluster_quietly(&["ctr", "task", "kill", "--signal", "SIGCONT", &self.0]);
     }
+}
+
+/// Runs the cluster script from a `Drop`, where a failure can only be ignored.
+fn cluster_quietly(args: &[&str]) {
+    let _ = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cluster/cluster"
+    ))
+    .args(args)
+    .status();
 }
 
 /// The API server stopped for 30 s: agents keep calling (the published ConfigMap stays as it
@@ -621,11 +610,6 @@ struct ApiServerBack;
 
 impl Drop for ApiServerBack {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/cluster/cluster"
-        ))
-        .arg("apiserver-start")
-        .status();
+        cluster_quietly(&["apiserver-start"]);
     }
 }

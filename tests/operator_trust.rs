@@ -682,14 +682,18 @@ async fn quantities_in_another_spelling_cause_no_writes() -> TestResult {
         requests["spec"]["containers"][0]["resources"]["requests"]["cpu"], "500m",
         "the server stores its own spelling"
     );
-    let leader = leader_pod(&client).await;
+    let leader = lease_holder(&client).await.expect("a leader");
     let writes = |text: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with("hector_operator_api_writes_total{resource=\"deployments\"}"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let before = writes(&operator_metrics(&client, &leader).await);
+    let before = writes(
+        &operator_pod_get(&client, &leader, 8080, "/metrics")
+            .await
+            .expect("operator metrics"),
+    );
     // Each label change is a watch event and a reconcile of the plugin.
     for i in 0..5 {
         api.patch(
@@ -701,36 +705,17 @@ async fn quantities_in_another_spelling_cause_no_writes() -> TestResult {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = writes(&operator_metrics(&client, &leader).await);
+    let after = writes(
+        &operator_pod_get(&client, &leader, 8080, "/metrics")
+            .await
+            .expect("operator metrics"),
+    );
     assert_eq!(after, before, "no Deployment write for an unchanged spec");
     assert_eq!(
         deployments.get("qty").await?.metadata.generation,
         stored.metadata.generation
     );
     Ok(())
-}
-
-/// The operator replica holding the lease.
-async fn leader_pod(client: &Client) -> String {
-    use k8s_openapi::api::coordination::v1::Lease;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "hector-system");
-    leases
-        .get("hector-operator")
-        .await
-        .expect("the Lease")
-        .spec
-        .and_then(|s| s.holder_identity)
-        .expect("a holder")
-}
-
-/// `/metrics` of an operator Pod through the API server's proxy; fails the test if unread.
-async fn operator_metrics(client: &Client, pod: &str) -> String {
-    let uri = format!("/api/v1/namespaces/hector-system/pods/{pod}:8080/proxy/metrics");
-    let request = http::Request::get(uri).body(Vec::new()).expect("request");
-    client
-        .request_text(request)
-        .await
-        .expect("operator metrics")
 }
 
 /// A watch that cannot list (here: no permission on ReplicaSets) keeps `/readyz` from saying
@@ -886,23 +871,4 @@ async fn a_watch_that_cannot_list_fails_readiness_and_is_logged() -> TestResult 
         "an error line names the resource and the refusal:\n{logged}"
     );
     Ok(())
-}
-
-fn kubectl_path() -> std::path::PathBuf {
-    if let Ok(k) = std::env::var("KUBECTL") {
-        return k.into();
-    }
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/cluster/cluster"
-    ))
-    .arg("kubectl-path")
-    .output()
-    .expect("tests/cluster/cluster kubectl-path");
-    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if path.is_file() {
-        path
-    } else {
-        "kubectl".into()
-    }
 }

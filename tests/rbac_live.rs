@@ -13,24 +13,8 @@ use common::*;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SA: &str = "system:serviceaccount:hector-system:hector-operator";
 
-fn kubectl() -> PathBuf {
-    if let Ok(k) = std::env::var("KUBECTL") {
-        return k.into();
-    }
-    let out = Command::new(PathBuf::from(ROOT).join("tests/cluster/cluster"))
-        .arg("kubectl-path")
-        .output()
-        .expect("tests/cluster/cluster kubectl-path");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    if path.is_file() {
-        path
-    } else {
-        "kubectl".into()
-    }
-}
-
 fn kubectl_out(args: &[&str]) -> (bool, String) {
-    let out = Command::new(kubectl())
+    let out = Command::new(kubectl_path())
         .args(args)
         .output()
         .expect("run kubectl");

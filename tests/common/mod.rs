@@ -215,3 +215,47 @@ pub async fn generate_text(address: &str, text: &str) -> Result<String, String> 
         .map(|r| r.into_inner().text)
         .map_err(|s| s.to_string())
 }
+
+/// The kubectl matching the local cluster (`KUBECTL` overrides; else kubectl on PATH).
+pub fn kubectl_path() -> std::path::PathBuf {
+    if let Ok(k) = std::env::var("KUBECTL") {
+        return k.into();
+    }
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cluster/cluster"
+    ))
+    .arg("kubectl-path")
+    .output()
+    .expect("tests/cluster/cluster kubectl-path");
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if path.is_file() {
+        path
+    } else {
+        "kubectl".into()
+    }
+}
+
+/// Namespace of the operator that `make test` deploys.
+pub const OPERATOR_NS: &str = "hector-system";
+
+/// Who holds the operator's Lease, if anyone.
+pub async fn lease_holder(client: &Client) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), OPERATOR_NS);
+    leases
+        .get_opt("hector-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// GET `path` on `port` of an operator Pod through the API server's proxy; `None` while it
+/// does not answer (or answers with an error status).
+pub async fn operator_pod_get(client: &Client, pod: &str, port: u16, path: &str) -> Option<String> {
+    let uri = format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{pod}:{port}/proxy{path}");
+    let request = http::Request::get(uri).body(Vec::new()).ok()?;
+    client.request_text(request).await.ok()
+}
