@@ -7,7 +7,14 @@ use hector_operator::cli;
 /// Validate, convert, discover and call Hector plugins; list and call the plugins the
 /// operator published.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit status: 0 on success, and also when the reader of the output stops early \
+                  (`hectorctl … | head`), which ends hectorctl quietly; 1 when a manifest is \
+                  invalid or a call or health check fails; 2 on a usage or connection error."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,8 +44,10 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // `hectorctl … | head`: the reader has what it wanted.
+        Err(err) if cli::output::is_stdout_closed(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            cli::output::note(format_args!("error: {}", cli::output::error_text(&err)));
             ExitCode::from(2)
         }
     }

@@ -3,7 +3,6 @@
 //! over its healthy endpoints.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tonic::codegen::{Body as HttpBody, Bytes, StdError};
 use tonic_health::pb::health_client::HealthClient;
 
 use super::endpoints::{SourceArgs, kube_client};
+use super::output;
 
 /// The environment variable that can name `--address`.
 pub const ADDRESS_ENV: &str = "HECTOR_PLUGIN_ADDRESS";
@@ -179,12 +179,73 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
             if args.source.endpoints_file.is_some() || args.source.namespace.is_some() {
                 anyhow::bail!("--namespace and --endpoints-file go with --plugin, not --address");
             }
-            let channel = hector_plugin_sdk::connect(&address, timeout).await?;
+            let channel = connect(&address, timeout).await?;
             let plugin_type = args.plugin_type.unwrap_or(PluginType::LlmProvider);
             repeat(channel, plugin_type, &args, &address).await
         }
         (None, None) => anyhow::bail!("give --address or --plugin"),
     }
+}
+
+/// Opens a channel to `address` (`HOST:PORT`, `http://HOST:PORT` or `unix:/path`). An address
+/// that cannot be understood is called invalid; one that can but does not answer is named
+/// with the reason, e.g. "cannot connect to 127.0.0.1:1: connection refused".
+async fn connect(address: &str, timeout: Duration) -> anyhow::Result<tonic::transport::Channel> {
+    if address.starts_with("unix:") {
+        return hector_plugin_sdk::connect(address, timeout)
+            .await
+            .map_err(|e| match e {
+                hector_plugin_sdk::SdkError::Address { reason, .. }
+                    if reason.starts_with("cannot connect") =>
+                {
+                    let reason = reason
+                        .trim_start_matches("cannot connect")
+                        .trim_start_matches(": ");
+                    anyhow::anyhow!("cannot connect to {address}: {reason}")
+                }
+                e => e.into(),
+            });
+    }
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| anyhow::anyhow!("invalid address {address:?}: {e}"))?;
+    endpoint
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot connect to {address}: {}",
+                connect_reason(&e, timeout)
+            )
+        })
+}
+
+/// Why a connection failed, in a person's words where the operating system's reason is
+/// known ("connection refused"), else the transport error's causes, each once.
+fn connect_reason(e: &(dyn std::error::Error + 'static), timeout: Duration) -> String {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{
+                ConnectionRefused, HostUnreachable, NetworkUnreachable, TimedOut,
+            };
+            match io.kind() {
+                ConnectionRefused => return "connection refused".into(),
+                TimedOut => return format!("no connection within {}s", timeout.as_secs()),
+                HostUnreachable => return "host unreachable".into(),
+                NetworkUnreachable => return "network unreachable".into(),
+                _ => {}
+            }
+        }
+        cause = c.source();
+    }
+    output::chain_text(std::iter::successors(Some(e), |c| c.source()))
 }
 
 /// What one call gave: whether it succeeded (health: healthy) and where it was served.
@@ -210,7 +271,7 @@ async fn repeat<T: Transport>(
     if args.repeat == 1 {
         let outcome = once().await?;
         if let Some(s) = outcome.served {
-            eprintln!("served by {}", s.endpoint);
+            output::note(format_args!("served by {}", s.endpoint));
         }
         return Ok(exit(outcome.ok));
     }
@@ -225,15 +286,17 @@ async fn repeat<T: Transport>(
                 *landed.entry(at).or_default() += 1;
                 failed += usize::from(!outcome.ok);
             }
+            // Nobody reads the answers any more: stop.
+            Err(e) if output::is_stdout_closed(&e) => return Err(e),
             Err(e) => {
-                eprintln!("call {i} failed: {e:#}");
+                output::note(format_args!("call {i} failed: {}", output::error_text(&e)));
                 failed += 1;
             }
         }
     }
-    eprintln!("{} calls, {failed} failed", args.repeat);
+    output::note(format_args!("{} calls, {failed} failed", args.repeat));
     for (endpoint, n) in &landed {
-        eprintln!("served by {endpoint}: {n}");
+        output::note(format_args!("served by {endpoint}: {n}"));
     }
     Ok(exit(failed == 0))
 }
@@ -307,6 +370,7 @@ async fn call<T: Transport>(
     method: &Method,
 ) -> anyhow::Result<Outcome> {
     let mut served = None;
+    let mut out = output::stdout();
     match method {
         Method::Generate { text, system } => {
             let r = LlmProviderClient::new(channel)
@@ -314,11 +378,16 @@ async fn call<T: Transport>(
                 .await?;
             served = served_by(&r);
             let r = r.into_inner();
-            println!("{}", r.text);
-            for t in r.tool_calls {
-                println!("tool call {} {}({})", t.id, t.name, t.arguments_json);
+            // One line at least, and never two newlines for a text that ends with one.
+            out.write_str(&r.text)?;
+            if r.text.is_empty() {
+                writeln!(out)?;
             }
-            eprintln!("tokens used: {}", r.tokens_used);
+            out.end_line()?;
+            for t in r.tool_calls {
+                writeln!(out, "tool call {} {}({})", t.id, t.name, t.arguments_json)?;
+            }
+            output::note(format_args!("tokens used: {}", r.tokens_used));
         }
         Method::Stream { text } => {
             let r = LlmProviderClient::new(channel)
@@ -326,27 +395,27 @@ async fn call<T: Transport>(
                 .await?;
             served = served_by(&r);
             let mut stream = r.into_inner();
-            let mut out = std::io::stdout();
+            // Every line ends before anything else is printed, on stdout or on stderr: the
+            // text streamed so far, a tool call, the tokens line and an error stand apart.
             while let Some(chunk) = stream.message().await? {
                 match ChunkType::try_from(chunk.r#type) {
-                    Ok(ChunkType::Text) => {
-                        write!(out, "{}", chunk.text)?;
-                        out.flush()?;
-                    }
+                    Ok(ChunkType::Text) => out.write_str(&chunk.text)?,
                     Ok(ChunkType::ToolCall) => {
                         if let Some(t) = chunk.tool_call {
-                            writeln!(out, "\ntool call {} {}({})", t.id, t.name, t.arguments_json)?;
+                            out.end_line()?;
+                            writeln!(out, "tool call {} {}({})", t.id, t.name, t.arguments_json)?;
                         }
                     }
                     Ok(ChunkType::Done) => {
-                        writeln!(out)?;
-                        eprintln!("tokens used: {}", chunk.tokens_used);
+                        out.end_line()?;
+                        output::note(format_args!("tokens used: {}", chunk.tokens_used));
                     }
                     Ok(ChunkType::Error) | Err(_) => {
                         anyhow::bail!("plugin error: {}", chunk.error)
                     }
                 }
             }
+            out.end_line()?;
         }
         Method::Embed { text } => {
             let r = EmbedderProviderClient::new(channel)
@@ -359,8 +428,8 @@ async fn call<T: Transport>(
             if !r.error.is_empty() {
                 anyhow::bail!("plugin error: {}", r.error);
             }
-            println!("dimension: {}", r.vector.len());
-            println!("vector: {:?}", r.vector);
+            writeln!(out, "dimension: {}", r.vector.len())?;
+            writeln!(out, "vector: {:?}", r.vector)?;
         }
         Method::Search {
             collection,
@@ -380,7 +449,7 @@ async fn call<T: Transport>(
                 anyhow::bail!("plugin error: {}", r.error);
             }
             for hit in r.results {
-                println!("{:.4}  {}  {}", hit.score, hit.id, hit.content);
+                writeln!(out, "{:.4}  {}  {}", hit.score, hit.id, hit.content)?;
             }
         }
         Method::Health => {
@@ -392,16 +461,21 @@ async fn call<T: Transport>(
                 .await;
             let own = own_health(channel, plugin_type).await?;
             match standard {
-                Ok(r) => println!(
+                Ok(r) => writeln!(
+                    out,
                     "grpc.health.v1: {:?}",
                     tonic_health::pb::health_check_response::ServingStatus::try_from(
                         r.into_inner().status
                     )
                     .unwrap_or(tonic_health::pb::health_check_response::ServingStatus::Unknown)
-                ),
-                Err(s) => println!("grpc.health.v1: unavailable ({})", s.message()),
+                )?,
+                Err(s) => writeln!(out, "grpc.health.v1: unavailable ({})", s.message())?,
             }
-            println!("plugin: healthy={} message={:?}", own.healthy, own.message);
+            writeln!(
+                out,
+                "plugin: healthy={} message={:?}",
+                own.healthy, own.message
+            )?;
             return Ok(Outcome {
                 ok: own.healthy,
                 served: None,
@@ -414,10 +488,11 @@ async fn call<T: Transport>(
                     .await?;
                 served = served_by(&r);
                 let i = r.into_inner();
-                println!(
+                writeln!(
+                    out,
                     "model: {}\nmax tokens: {}\ntemperature: {}",
                     i.model_name, i.max_tokens, i.temperature
-                );
+                )?;
             }
             PluginType::EmbedderProvider => {
                 let r = EmbedderProviderClient::new(channel)
@@ -425,7 +500,7 @@ async fn call<T: Transport>(
                     .await?;
                 served = served_by(&r);
                 let i = r.into_inner();
-                println!("model: {}\ndimension: {}", i.model_name, i.dimension);
+                writeln!(out, "model: {}\ndimension: {}", i.model_name, i.dimension)?;
             }
             other => {
                 anyhow::bail!("`info` is for llm_provider and embedder_provider, not {other}")
@@ -433,14 +508,15 @@ async fn call<T: Transport>(
         },
         Method::Manifest => {
             let m = manifest(channel, plugin_type).await?;
-            println!(
+            writeln!(
+                out,
                 "name: {}\nversion: {}\ntype: {}\nprotocol: {}\nhector_version: {}\nauthor: {}\ndescription: {}",
                 m.name, m.version, m.r#type, m.protocol, m.hector_version, m.author, m.description
-            );
+            )?;
             let mut caps: Vec<_> = m.capabilities.into_iter().collect();
             caps.sort();
             for (k, v) in caps {
-                println!("capability {k}: {v}");
+                writeln!(out, "capability {k}: {v}")?;
             }
         }
     }

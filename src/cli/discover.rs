@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::manifest::{RunArgs, print_report};
+use super::output;
 use crate::{convert, discover, manifest};
 
 /// Arguments of `hectorctl discover`.
@@ -30,15 +31,17 @@ pub struct DiscoverArgs {
 pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     let found = discover::discover(&args.paths, args.recursive);
     for (path, reason) in &found.skipped {
-        eprintln!("skipped {}: {reason}", path.display());
+        output::note(format_args!("skipped {}: {reason}", path.display()));
     }
     let mut invalid = 0;
     let mut docs = Vec::new();
+    let mut out = output::stdout();
     if !args.emit {
-        println!(
+        writeln!(
+            out,
             "{:<40} {:<24} {:<10} {:<20} STATUS",
             "FILE", "NAME", "VERSION", "TYPE"
-        );
+        )?;
     }
     for path in &found.manifests {
         let report = manifest::load(path);
@@ -53,36 +56,38 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
                     let r = convert::to_resource(m, &args.run.options(image, None));
                     docs.push(serde_norway::to_string(&r)?);
                 } else {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<40} {:<24} {:<10} {:<20} ok",
                         path.display(),
                         m.name,
                         m.version,
                         m.plugin_type
-                    );
+                    )?;
                 }
             }
             _ => {
                 invalid += 1;
                 if !args.emit {
-                    println!(
+                    writeln!(
+                        out,
                         "{:<40} {:<24} {:<10} {:<20} invalid",
                         path.display(),
                         "-",
                         "-",
                         "-"
-                    );
+                    )?;
                 }
             }
         }
     }
     if args.emit {
-        print!("{}", docs.join("---\n"));
+        out.write_str(&docs.join("---\n"))?;
     } else {
-        eprintln!(
+        output::note(format_args!(
             "{} manifest(s) found, {invalid} invalid",
             found.manifests.len()
-        );
+        ));
     }
     Ok(if invalid > 0 {
         ExitCode::from(1)

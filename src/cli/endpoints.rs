@@ -11,6 +11,8 @@ use hector_plugin_sdk::endpoints::{
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
+use super::output;
+
 /// Output formats of `hectorctl endpoints`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {
@@ -128,13 +130,14 @@ fn row(p: &PublishedPlugin) -> [String; 6] {
 /// Runs `hectorctl endpoints`.
 pub async fn run(args: EndpointsArgs) -> anyhow::Result<ExitCode> {
     let (doc, place) = read(&args.source).await?;
+    let mut out = output::stdout();
     match args.output {
-        Output::Json => print!("{}", doc.render()),
-        Output::Yaml => print!("{}", serde_norway::to_string(&doc)?),
+        Output::Json => out.write_str(&doc.render())?,
+        Output::Yaml => out.write_str(&serde_norway::to_string(&doc)?)?,
         Output::Table if doc.plugins.is_empty() => {
-            eprintln!("no plugins published in {place}");
+            output::note(format_args!("no plugins published in {place}"));
         }
-        Output::Table => print!("{}", table(&doc)),
+        Output::Table => out.write_str(&table(&doc))?,
     }
     Ok(ExitCode::SUCCESS)
 }

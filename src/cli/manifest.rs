@@ -9,6 +9,8 @@ use crate::convert::{self, ConvertOptions};
 use crate::crd::LaunchMode;
 use crate::manifest;
 
+use super::output;
+
 /// `hectorctl manifest` subcommands.
 #[derive(clap::Subcommand)]
 pub enum ManifestCommand {
@@ -91,7 +93,7 @@ pub struct ConvertArgs {
 /// Prints a report's findings to stderr; returns whether it had errors.
 pub fn print_report(report: &manifest::Report) -> bool {
     for line in report.lines() {
-        eprintln!("{line}");
+        output::note(line);
     }
     report.has_errors()
 }
@@ -101,19 +103,24 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ManifestCommand::Validate { files } => {
             let mut failed = 0;
+            let mut out = output::stdout();
             for file in &files {
                 let report = manifest::load(file);
                 if print_report(&report) {
                     failed += 1;
                 } else if let Some(m) = &report.manifest {
-                    println!(
+                    writeln!(
+                        out,
                         "{}: ok ({} {} {})",
                         report.file, m.name, m.version, m.plugin_type
-                    );
+                    )?;
                 }
             }
             if failed > 0 {
-                eprintln!("{failed} of {} manifest(s) invalid", files.len());
+                output::note(format_args!(
+                    "{failed} of {} manifest(s) invalid",
+                    files.len()
+                ));
                 Ok(ExitCode::from(1))
             } else {
                 Ok(ExitCode::SUCCESS)
@@ -128,7 +135,7 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
                 .manifest
                 .context("manifest has no errors but was not parsed")?;
             let resource = convert::to_resource(&m, &args.run.options(args.image, args.endpoint));
-            print!("{}", serde_norway::to_string(&resource)?);
+            output::stdout().write_str(&serde_norway::to_string(&resource)?)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -4,3 +4,4 @@ pub mod call;
 pub mod discover;
 pub mod endpoints;
 pub mod manifest;
+pub mod output;
