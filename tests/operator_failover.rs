@@ -526,21 +526,42 @@ async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResu
     drop(restart);
     stop.store(true, Ordering::SeqCst);
     caller.await?;
-    assert!(calls.load(Ordering::SeqCst) > 50, "the agent kept calling");
+    let made = calls.load(Ordering::SeqCst);
+    eprintln!(
+        "during the outage: {made} calls, {} failed",
+        failures.load(Ordering::SeqCst)
+    );
+    assert!(made > 50, "the agent kept calling");
     assert_eq!(
         failures.load(Ordering::SeqCst),
         0,
         "no call failed during the outage"
     );
 
+    // Read at once, before the cluster reacts to the outage: nothing was written meanwhile.
     let client = common::client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
-    settled(&client).await;
     assert_eq!(
         cms.get("hector-plugins").await?.resource_version(),
         rv_before,
-        "the published ConfigMap was not rewritten"
+        "the published ConfigMap was not rewritten during the outage"
     );
+    // Afterwards Kubernetes itself may mark the node and its Pods NotReady for a moment (its
+    // node controller saw no heartbeat for the outage's length), which unpublishes and
+    // republishes like any readiness change; what matters is that the plugin is published.
+    settled(&client).await;
+    eventually(
+        "the plugin published after the outage",
+        Duration::from_secs(120),
+        || async {
+            let cm = cms.get_opt("hector-plugins").await.ok()??;
+            cm.data?
+                .get("endpoints.json")?
+                .contains(&endpoint)
+                .then_some(())
+        },
+    )
+    .await;
     for (pod, before) in restarts_before {
         assert_eq!(
             restarts(&pod_named(&client, &pod).await),

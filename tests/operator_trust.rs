@@ -872,3 +872,40 @@ async fn a_watch_that_cannot_list_fails_readiness_and_is_logged() -> TestResult 
     );
     Ok(())
 }
+
+/// The model facts in `status.plugin` and in `hector-plugins` follow a plugin whose model
+/// changed (they used to be read once per plugin and kept).
+#[tokio::test]
+async fn model_facts_follow_a_changed_plugin() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-facts").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut spec = echo_spec();
+    spec["config"] = json!({"prefix": "t: ", "model": "model-one"});
+    apply(&api, plugin("facts", spec.clone())).await;
+    let model_of = |p: &HectorPlugin| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.plugin.as_ref())
+            .and_then(|i| i.model_name.clone())
+    };
+    wait_plugin(&api, "facts", "model-one in status", |p| {
+        model_of(p).as_deref() == Some("model-one")
+    })
+    .await;
+    spec["config"]["model"] = json!("model-two");
+    apply(&api, plugin("facts", spec)).await;
+    wait_plugin(&api, "facts", "model-two in status", |p| {
+        model_of(p).as_deref() == Some("model-two")
+            && p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+    })
+    .await;
+    let published = eventually("model-two published", Duration::from_secs(60), || async {
+        let file = endpoints_file(&client, &ns.name).await?;
+        let entry = file.plugins.get("facts")?.clone();
+        (entry.model.as_ref()?.model_name == "model-two").then_some(entry)
+    })
+    .await;
+    assert_eq!(published.endpoints.len(), 1);
+    Ok(())
+}
