@@ -315,16 +315,7 @@ async fn crd_accepts_valid_and_rejects_invalid_resources() -> TestResult {
 async fn kubectl_explain_shows_descriptions() {
     let client = client().await;
     install_crd(&client).await;
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| {
-        let out = std::process::Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/cluster/cluster"
-        ))
-        .arg("kubectl-path")
-        .output()
-        .expect("tests/cluster/cluster kubectl-path");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    });
+    let kubectl = kubectl_path();
     // The OpenAPI document picks up a new CRD a moment after it is established.
     let text = eventually(
         "kubectl explain to know HectorPlugin",

@@ -28,6 +28,10 @@ fn echo_spec() -> serde_json::Value {
     })
 }
 
+fn is_ready(p: &HectorPlugin) -> bool {
+    p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
+}
+
 fn condition(p: &HectorPlugin, type_: &str) -> Option<(String, String, String)> {
     p.status
         .as_ref()?
@@ -179,9 +183,12 @@ async fn a_users_objects_with_a_plugins_child_names_are_never_touched() -> TestR
     cms.delete("billing-config", &DeleteParams::default())
         .await?;
     services.delete("billing", &DeleteParams::default()).await?;
-    wait_plugin(&api, "billing", "Ready after the names were freed", |p| {
-        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-    })
+    wait_plugin(
+        &api,
+        "billing",
+        "Ready after the names were freed",
+        is_ready,
+    )
     .await;
     Ok(())
 }
@@ -226,10 +233,7 @@ async fn a_pod_that_copies_the_label_is_never_published() -> TestResult {
     let ns = TestNamespace::new(&client, "trust-pod").await;
     let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
     apply(&api, plugin("echo", echo_spec())).await;
-    let ready = wait_plugin(&api, "echo", "Ready", |p| {
-        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-    })
-    .await;
+    let ready = wait_plugin(&api, "echo", "Ready", is_ready).await;
     let own = ready.status.expect("status").endpoints;
     assert_eq!(own.len(), 1);
 
@@ -334,10 +338,7 @@ async fn an_api_rejection_is_shown_on_the_resource() -> TestResult {
     quotas
         .delete("no-deployments", &DeleteParams::default())
         .await?;
-    wait_plugin(&api, "quota", "Ready after the quota is lifted", |p| {
-        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-    })
-    .await;
+    wait_plugin(&api, "quota", "Ready after the quota is lifted", is_ready).await;
     Ok(())
 }
 
@@ -405,10 +406,7 @@ async fn missing_secret_and_missing_key_are_reported_then_heal_and_never_leak() 
             }))?,
         )
         .await?;
-    let ready = wait_plugin(&api, "sec", "Ready once the key exists", |p| {
-        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-    })
-    .await;
+    let ready = wait_plugin(&api, "sec", "Ready once the key exists", is_ready).await;
     let endpoint = ready
         .status
         .as_ref()
@@ -671,10 +669,7 @@ async fn quantities_in_another_spelling_cause_no_writes() -> TestResult {
     spec["resources"] = json!({"requests": {"cpu": "0.5", "memory": "0.0625Gi"},
                                "limits": {"memory": "1073741824"}});
     apply(&api, plugin("qty", spec)).await;
-    wait_plugin(&api, "qty", "Ready", |p| {
-        p.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)
-    })
-    .await;
+    wait_plugin(&api, "qty", "Ready", is_ready).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let stored = deployments.get("qty").await?;
     let requests = serde_json::to_value(&stored.spec.as_ref().expect("spec").template)?;
