@@ -569,6 +569,25 @@ async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResu
             "operator Pod {pod} did not restart"
         );
     }
+    // The operator is back when a replica leads with synced caches (`/readyz` says so).
+    let back = Instant::now();
+    let leader = eventually(
+        "a replica leading with synced caches",
+        Duration::from_secs(120),
+        || async {
+            let holder = lease_holder(&client).await?;
+            (operator_pod_get(&client, &holder, 8081, "/readyz")
+                .await
+                .as_deref()
+                == Some("leading"))
+            .then_some(holder)
+        },
+    )
+    .await;
+    eprintln!(
+        "{leader} leads with synced caches {:?} after the plugin was republished",
+        back.elapsed()
+    );
     // A change after the outage is published within seconds.
     let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
     apply(
