@@ -85,6 +85,40 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = crate::listener::ForwardMode::Connection)]
     pub forward: crate::listener::ForwardMode,
 
+    /// Serve TLS with a key made in memory at start; plaintext connections get only
+    /// `grpc.health.v1` (the kubelet's probe). The certificate names the Pod whose UID is in
+    /// `HECTOR_POD_UID`; its fingerprint is logged and pinned by agents.
+    #[arg(long)]
+    pub tls: bool,
+
+    /// Require the caller's ServiceAccount token (audience `hector.dev/plugins`) on every call
+    /// but `grpc.health.v1`, and admit only the callers of `--allow-namespace` and
+    /// `--allow-service-account`.
+    #[arg(long, conflicts_with = "open")]
+    pub auth: bool,
+
+    /// Admit any caller without a token (development only).
+    #[arg(long)]
+    pub open: bool,
+
+    /// With `--auth`: a namespace whose ServiceAccounts may call (repeatable).
+    #[arg(long = "allow-namespace", requires = "auth")]
+    pub allow_namespaces: Vec<String>,
+
+    /// With `--auth`: a ServiceAccount that may call, `NAMESPACE/NAME` or `NAMESPACE/*`
+    /// (repeatable).
+    #[arg(long = "allow-service-account", requires = "auth")]
+    pub allow_service_accounts: Vec<String>,
+
+    /// With `--auth`: the API server that publishes the service-account issuer's keys
+    /// (default: the one the kubelet names in `KUBERNETES_SERVICE_HOST`).
+    #[arg(long)]
+    pub apiserver: Option<http::Uri>,
+
+    /// With `--auth`: directory holding `token` and `ca.crt` for the API server.
+    #[arg(long, default_value = "/var/run/secrets/hector.dev/apiserver")]
+    pub apiserver_credentials: PathBuf,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HECTOR_LOG_FORMAT")]
     pub log_format: LogFormat,

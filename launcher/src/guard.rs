@@ -26,13 +26,15 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use crate::access::Authenticator;
 use crate::frames::{
     CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADER_LEN, HEADERS, PADDED, PRIORITY,
     PUSH_PROMISE, RST_STREAM, WINDOW_UPDATE, frame_header,
 };
 use crate::hpack::{Decoder, HpackError};
-use crate::policy::{self, PERMISSION_DENIED, Refusal};
+use crate::policy::{self, Refusal};
 use crate::sniff::PREFACE;
 
 /// The largest dynamic table a client may ask for. HTTP/2 servers (grpc-go, hyper, tonic)
@@ -142,12 +144,19 @@ pub struct Guard {
     reencode: bool,
     /// Dropped DATA octets not yet given back to the client's window.
     credit: usize,
+    /// Checks every new stream's caller; its token never reaches the plugin.
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Guard {
-    /// A guard for a connection from `peer`, whose bytes start with the client preface.
-    pub fn new(peer: Option<SocketAddr>) -> Self {
+    /// A guard for a connection from `peer`, whose bytes start with the client preface;
+    /// with `auth`, every call's caller is checked and its `authorization` header removed.
+    pub fn new(peer: Option<SocketAddr>, auth: Option<Arc<Authenticator>>) -> Self {
         Self {
+            // The token must not reach the plugin (it could replay it to other plugins):
+            // every block is re-encoded without it, from the first.
+            reencode: auth.is_some(),
+            auth,
             peer,
             preface_left: PREFACE.len(),
             head: [0; HEADER_LEN],
@@ -158,7 +167,6 @@ impl Guard {
             client_high: 0,
             plugin_high: 0,
             refused: BTreeSet::new(),
-            reencode: false,
             credit: 0,
         }
     }
@@ -382,12 +390,22 @@ impl Guard {
         let mut path = Vec::new();
         let mut fields = self.reencode.then(Vec::new);
         let mut list_size = 0usize;
+        let checks_callers = self.auth.is_some();
+        let mut authorization: Option<Vec<u8>> = None;
         self.decoder.decode(fragment, |name, value| {
             if name == b":path" {
                 paths += 1;
                 if paths == 1 {
                     path = value.to_vec();
                 }
+            }
+            if checks_callers && name == b"authorization" {
+                // A second one makes the header ambiguous: refused below as no token.
+                authorization = match authorization.take() {
+                    None => Some(value.to_vec()),
+                    Some(_) => Some(Vec::new()),
+                };
+                return;
             }
             if let Some(fields) = fields.as_mut() {
                 list_size = list_size.saturating_add(name.len() + value.len() + 32);
@@ -413,6 +431,20 @@ impl Guard {
             };
             if let Err(refusal) = checked {
                 return Ok(Verdict::Refuse(refusal));
+            }
+            if let Some(auth) = &self.auth {
+                let header = authorization.as_deref().filter(|h| !h.is_empty());
+                match auth.admit_blocking(header) {
+                    Ok(_) => policy::record_admitted(),
+                    Err(denial) => {
+                        let method = String::from_utf8_lossy(&path)
+                            .trim_start_matches('/')
+                            .chars()
+                            .take(200)
+                            .collect();
+                        return Ok(Verdict::Refuse(Refusal::Denied(method, denial)));
+                    }
+                }
             }
             self.plugin_high = stream;
         } else if self.refused.contains(&stream) || stream > self.plugin_high {
@@ -465,7 +497,12 @@ impl Guard {
                     self.refused.pop_first();
                 }
                 let client_done = flags & END_STREAM != 0;
-                sink.to_client(&refusal_frames(stream, &refusal.message(), client_done))?;
+                sink.to_client(&refusal_frames(
+                    stream,
+                    refusal.code(),
+                    &refusal.message(),
+                    client_done,
+                ))?;
             }
         }
         Ok(())
@@ -584,14 +621,14 @@ fn reencode(
 /// NO_ERROR to tell it to stop (RFC 9113 §8.1). The header block is encoded without the
 /// dynamic table (static `:status 200`, literals not indexed), so the client's HPACK state,
 /// which the plugin's encoder owns, is untouched.
-pub fn refusal_frames(stream: u32, message: &str, client_done: bool) -> Vec<u8> {
+pub fn refusal_frames(stream: u32, code: u8, message: &str, client_done: bool) -> Vec<u8> {
     let mut block = vec![0x88];
     // content-type (static name 31), literal without indexing.
     block.extend_from_slice(&[0x0f, 0x10]);
     put_string(&mut block, b"application/grpc");
     block.push(0);
     put_string(&mut block, b"grpc-status");
-    put_string(&mut block, PERMISSION_DENIED.to_string().as_bytes());
+    put_string(&mut block, code.to_string().as_bytes());
     block.push(0);
     put_string(&mut block, b"grpc-message");
     put_string(&mut block, &percent_encode(message));
@@ -744,7 +781,7 @@ mod tests {
 
     /// Feeds `input` in reads of `chunk` bytes.
     fn feed(input: &[u8], chunk: usize) -> (Recorder, Result<(), GuardError>) {
-        let mut guard = Guard::new(None);
+        let mut guard = Guard::new(None, None);
         let mut sink = Recorder::default();
         for piece in input.chunks(chunk) {
             if let Err(e) = guard.feed(piece, &mut sink) {

@@ -18,12 +18,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::access::Authenticator;
 use crate::backend::Backends;
 use crate::drain::{Closing, Drain};
 use crate::frames::{Downstream, GOAWAY};
 use crate::guard::{Guard, GuardError, Sink};
-use crate::policy::Peer;
+use crate::policy::{Peer, Plaintext};
 use crate::sniff::{EMPTY_SETTINGS, Next, Route, Sniffer};
+use crate::tls::TlsSocket;
 
 /// How connections are handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,6 +42,18 @@ const SNIFF_TIMEOUT: Duration = Duration::from_secs(300);
 /// plugin's next output (see [`Downstream::ask_goaway`]) before it is sent on its own.
 const IDLE_GOAWAY_AFTER: Duration = Duration::from_millis(100);
 
+/// How long a TLS client may take over its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection and call must pass besides the method rule: TLS, and the caller.
+#[derive(Clone, Default)]
+pub struct Gate {
+    /// Serve TLS; plaintext connections then reach only `grpc.health.v1`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Check every call's caller.
+    pub auth: Option<Arc<Authenticator>>,
+}
+
 /// Serves until `drain` is closed; the connections it accepted carry on until they end.
 pub async fn serve(
     listener: TcpListener,
@@ -47,6 +61,7 @@ pub async fn serve(
     backends: Backends,
     mode: ForwardMode,
     drain: Drain,
+    gate: Gate,
 ) {
     let mut closing = drain.closing();
     loop {
@@ -68,8 +83,9 @@ pub async fn serve(
         let backends = backends.clone();
         let open = drain.track();
         let closing = drain.closing();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, router, &backends, mode, closing).await {
+            if let Err(e) = accept(stream, peer, router, &backends, mode, closing, &gate).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(open);
@@ -77,61 +93,186 @@ pub async fn serve(
     }
 }
 
+/// Takes a new connection: with TLS on, a TLS client is served once its handshake is done
+/// and a plaintext one only locally (health); otherwise as it comes.
+async fn accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    backends: &Backends,
+    mode: ForwardMode,
+    closing: Closing,
+    gate: &Gate,
+) -> std::io::Result<()> {
+    let Some(acceptor) = &gate.tls else {
+        return handle(
+            Client::Tcp(stream),
+            peer,
+            router,
+            backends,
+            mode,
+            closing,
+            gate,
+        )
+        .await;
+    };
+    let mut first = [0u8; 1];
+    let n = match tokio::time::timeout(SNIFF_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(peeked) => peeked?,
+        Err(_) => return Ok(()),
+    };
+    if n == 1 && first[0] == crate::tls::HANDSHAKE_RECORD {
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(handshake) => handshake?,
+            Err(_) => return Ok(()),
+        };
+        handle(
+            Client::Tls(Box::new(tls)),
+            peer,
+            router,
+            backends,
+            mode,
+            closing,
+            gate,
+        )
+        .await
+    } else {
+        serve_local(stream, Vec::new(), peer, router, closing, true).await
+    }
+}
+
+/// A client connection, before it is routed.
+enum Client {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 async fn handle(
-    mut stream: TcpStream,
+    mut client: Client,
     peer: SocketAddr,
     router: axum::Router,
     backends: &Backends,
     mode: ForwardMode,
     mut closing: Closing,
+    gate: &Gate,
 ) -> std::io::Result<()> {
     let (route, replay, goaway_sent) = match mode {
         ForwardMode::Request => (Route::Local, Vec::new(), false),
         ForwardMode::Connection => {
-            match tokio::time::timeout(SNIFF_TIMEOUT, sniff(&mut stream, &mut closing)).await {
+            let sniffed = match &mut client {
+                Client::Tcp(s) => tokio::time::timeout(SNIFF_TIMEOUT, sniff(s, &mut closing)).await,
+                Client::Tls(s) => {
+                    tokio::time::timeout(SNIFF_TIMEOUT, sniff(s.as_mut(), &mut closing)).await
+                }
+            };
+            match sniffed {
                 Ok(result) => result?,
                 Err(_) => return Ok(()),
             }
         }
     };
     match route {
-        Route::Local => {
-            let io = TokioIo::new(Rewind::new(replay, stream));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let service = WithPeer { router, peer };
-            let conn = builder.serve_connection(io, TowerToHyperService::new(service));
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => return result.map_err(std::io::Error::other),
-                _ = closing.wait() => conn.as_mut().graceful_shutdown(),
-            }
-            conn.await.map_err(std::io::Error::other)
-        }
+        Route::Local => match client {
+            Client::Tcp(s) => serve_local(s, replay, peer, router, closing, false).await,
+            Client::Tls(s) => serve_local(*s, replay, peer, router, closing, false).await,
+        },
         Route::Plugin => {
             // Counted as the plugin's until the splice ends, so that a retiring plugin is
             // stopped only once its clients have left.
             let (backend, _counted) = backends.pick();
             let closing = Either(closing, backend.drain.closing());
-            let client = stream.into_std()?;
-            if let Some(path) = backend.address.strip_prefix("unix:") {
-                let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
-                    .await?
-                    .into_std()?;
-                splice(client, plugin, replay, goaway_sent, closing, peer).await
-            } else {
-                let plugin = TcpStream::connect(&backend.address).await?;
-                plugin.set_nodelay(true)?;
-                splice(
-                    client,
-                    plugin.into_std()?,
-                    replay,
-                    goaway_sent,
-                    closing,
-                    peer,
-                )
-                .await
+            let auth = gate.auth.clone();
+            match client {
+                Client::Tcp(s) => {
+                    let client = s.into_std()?;
+                    splice_to(
+                        client,
+                        &backend.address,
+                        replay,
+                        goaway_sent,
+                        closing,
+                        peer,
+                        auth,
+                    )
+                    .await
+                }
+                Client::Tls(s) => {
+                    let (socket, conn) = s.into_inner();
+                    let client = TlsSocket::new(socket.into_std()?, conn);
+                    splice_to(
+                        client,
+                        &backend.address,
+                        replay,
+                        goaway_sent,
+                        closing,
+                        peer,
+                        auth,
+                    )
+                    .await
+                }
             }
         }
+    }
+}
+
+/// Serves a connection with the launcher's own HTTP/2 server (health, and request-by-request
+/// forwarding); `plaintext` marks its requests as having come without TLS where TLS is
+/// required.
+async fn serve_local<S>(
+    stream: S,
+    replay: Vec<u8>,
+    peer: SocketAddr,
+    router: axum::Router,
+    mut closing: Closing,
+    plaintext: bool,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Rewind::new(replay, stream));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let service = WithPeer {
+        router,
+        peer,
+        plaintext,
+    };
+    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result.map_err(std::io::Error::other),
+        _ = closing.wait() => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await.map_err(std::io::Error::other)
+}
+
+/// Connects to the plugin at `address` and splices `client` to it.
+async fn splice_to<C: Duplex>(
+    client: C,
+    address: &str,
+    replay: Vec<u8>,
+    goaway_sent: bool,
+    closing: Either,
+    peer: SocketAddr,
+    auth: Option<Arc<Authenticator>>,
+) -> std::io::Result<()> {
+    if let Some(path) = address.strip_prefix("unix:") {
+        let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
+            .await?
+            .into_std()?;
+        splice(client, plugin, replay, goaway_sent, closing, peer, auth).await
+    } else {
+        let plugin = TcpStream::connect(address).await?;
+        plugin.set_nodelay(true)?;
+        splice(
+            client,
+            plugin.into_std()?,
+            replay,
+            goaway_sent,
+            closing,
+            peer,
+            auth,
+        )
+        .await
     }
 }
 
@@ -179,18 +320,37 @@ macro_rules! duplex {
 duplex!(std::net::TcpStream);
 duplex!(std::os::unix::net::UnixStream);
 
+impl Duplex for TlsSocket {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        TlsSocket::duplicate(self)
+    }
+    fn blocking(&self) -> std::io::Result<()> {
+        self.socket().set_nonblocking(false)
+    }
+    fn close_write(&self) {
+        if let Ok(mut this) = TlsSocket::duplicate(self) {
+            this.close_notify();
+        }
+        let _ = self.socket().shutdown(std::net::Shutdown::Write);
+    }
+    fn close(&self) {
+        let _ = self.socket().shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// Copies both directions until both ends are done. Blocking threads rather than the async
 /// runtime: a blocked read returns the data in one system call, where readiness polling
 /// needs several, and this path carries every plugin call. The client's bytes go through a
 /// [`Guard`], which refuses calls reserved to the launcher stream by stream and answers them
 /// itself. On drain, a GOAWAY goes to the client between two of the plugin's frames.
-async fn splice<P: Duplex>(
-    client: std::net::TcpStream,
+async fn splice<C: Duplex, P: Duplex>(
+    client: C,
     plugin: P,
     replay: Vec<u8>,
     goaway_sent: bool,
     mut closing: Either,
     peer: SocketAddr,
+    auth: Option<Arc<Authenticator>>,
 ) -> std::io::Result<()> {
     client.blocking()?;
     plugin.blocking()?;
@@ -204,7 +364,7 @@ async fn splice<P: Duplex>(
                 plugin: &mut plugin_w,
                 client: &downstream,
             };
-            let r = guard_client(&mut client_r, &mut sink, &replay, peer);
+            let r = guard_client(&mut client_r, &mut sink, &replay, peer, auth);
             match &r {
                 Ok(()) | Err(GuardError::Io(_)) => plugin_w.close_write(),
                 Err(e) => {
@@ -262,12 +422,12 @@ async fn splice<P: Duplex>(
 
 /// The guard's outputs on a spliced connection: the plugin's socket, and the client's
 /// shared write side for the launcher's own answers.
-struct SpliceSink<'a, P> {
+struct SpliceSink<'a, P, C> {
     plugin: &'a mut P,
-    client: &'a Downstream<std::net::TcpStream>,
+    client: &'a Downstream<C>,
 }
 
-impl<P: std::io::Write> Sink for SpliceSink<'_, P> {
+impl<P: std::io::Write, C: std::io::Write> Sink for SpliceSink<'_, P, C> {
     fn to_plugin(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.plugin.write_all(bytes)
     }
@@ -283,8 +443,9 @@ fn guard_client(
     sink: &mut impl Sink,
     replay: &[u8],
     peer: SocketAddr,
+    auth: Option<Arc<Authenticator>>,
 ) -> Result<(), GuardError> {
-    let mut guard = Guard::new(Some(peer));
+    let mut guard = Guard::new(Some(peer), auth);
     guard.feed(replay, sink)?;
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -304,6 +465,7 @@ fn guard_client(
 struct WithPeer {
     router: axum::Router,
     peer: SocketAddr,
+    plaintext: bool,
 }
 
 impl<B> tower::Service<http::Request<B>> for WithPeer
@@ -320,14 +482,17 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         request.extensions_mut().insert(Peer(self.peer));
+        if self.plaintext {
+            request.extensions_mut().insert(Plaintext);
+        }
         self.router.call(request)
     }
 }
 
 /// Copies the plugin's bytes to the client, tracking frame boundaries on the way.
-fn copy_frames(
+fn copy_frames<C: std::io::Write>(
     from: &mut impl std::io::Read,
-    to: &Downstream<std::net::TcpStream>,
+    to: &Downstream<C>,
 ) -> std::io::Result<()> {
     // The size `std::io::copy` uses between two sockets.
     let mut buf = [0u8; 8 * 1024];
@@ -344,8 +509,8 @@ fn copy_frames(
 
 /// Reads the start of a connection until its route is known. Also says whether a GOAWAY
 /// was sent meanwhile (the launcher started closing connections before this one was routed).
-async fn sniff(
-    stream: &mut TcpStream,
+async fn sniff<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     closing: &mut Closing,
 ) -> std::io::Result<(Route, Vec<u8>, bool)> {
     let mut sniffer = Sniffer::default();
@@ -358,6 +523,7 @@ async fn sniff(
             // After our SETTINGS only: that must be the first frame a server sends.
             _ = closing.wait(), if settings_sent && !goaway_sent => {
                 stream.write_all(&GOAWAY).await?;
+                stream.flush().await?;
                 goaway_sent = true;
                 continue;
             }
@@ -368,6 +534,7 @@ async fn sniff(
         let next = sniffer.feed(&buf[..n]);
         if !settings_sent && sniffer.preface_state() == Some(true) {
             stream.write_all(&EMPTY_SETTINGS).await?;
+            stream.flush().await?;
             settings_sent = true;
         }
         match next {

@@ -3,6 +3,7 @@
 //! configuration read from mounted files, and serves it on the Pod's port with standard
 //! `grpc.health.v1`, forwarding every other call to the plugin.
 
+mod access;
 mod args;
 mod backend;
 mod child;
@@ -13,6 +14,8 @@ mod goplugin;
 mod guard;
 mod handshake;
 mod hpack;
+mod issuer;
+mod jwt;
 mod listener;
 mod plugin;
 mod policy;
@@ -20,6 +23,7 @@ mod proxy;
 mod reload;
 mod run;
 mod sniff;
+mod tls;
 
 use clap::Parser;
 

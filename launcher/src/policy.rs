@@ -25,8 +25,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::access::Denial;
+
 /// gRPC's `PERMISSION_DENIED`.
 pub const PERMISSION_DENIED: u8 = 7;
+/// gRPC's `UNAUTHENTICATED`.
+pub const UNAUTHENTICATED: u8 = 16;
+/// gRPC's `UNAVAILABLE`.
+pub const UNAVAILABLE: u8 = 14;
 
 /// The lifecycle methods of `hector.plugin.*` services that only the launcher may call.
 const RESERVED_METHODS: [&str; 2] = ["Initialize", "Shutdown"];
@@ -46,6 +52,10 @@ pub enum Refusal {
     GoPlugin(String),
     /// A request whose `:path` is missing, repeated, or not `/package.Service/Method`.
     NotAMethod,
+    /// A caller the launcher does not admit to `service/method` (see [`crate::access`]).
+    Denied(String, Denial),
+    /// A plugin call over plaintext where the plugin is served over TLS: `service/method`.
+    Plaintext(String),
 }
 
 impl Refusal {
@@ -63,13 +73,48 @@ impl Refusal {
                                     (/package.Service/Method)"
                     .into()
             }
+            Refusal::Denied(
+                _,
+                Denial::Unauthenticated(m) | Denial::NotAllowed(m) | Denial::Unavailable(m),
+            ) => m.clone(),
+            Refusal::Plaintext(m) => format!(
+                "{m}: this plugin is served over TLS only (agents pin the certificate the operator \
+                 publishes); plaintext connections reach only grpc.health.v1"
+            ),
+        }
+    }
+
+    /// The gRPC status code the caller gets.
+    pub fn code(&self) -> u8 {
+        match self {
+            Refusal::Denied(_, Denial::Unauthenticated(_)) | Refusal::Plaintext(_) => {
+                UNAUTHENTICATED
+            }
+            Refusal::Denied(_, Denial::Unavailable(_)) => UNAVAILABLE,
+            _ => PERMISSION_DENIED,
+        }
+    }
+
+    /// The metrics label of this kind of refusal.
+    fn kind(&self) -> usize {
+        match self {
+            Refusal::Lifecycle(_) => 0,
+            Refusal::GoPlugin(_) => 1,
+            Refusal::NotAMethod => 2,
+            Refusal::Denied(_, Denial::Unauthenticated(_)) => 3,
+            Refusal::Denied(_, Denial::NotAllowed(_)) => 4,
+            Refusal::Denied(_, Denial::Unavailable(_)) => 5,
+            Refusal::Plaintext(_) => 6,
         }
     }
 
     /// The refused method, for logs.
     pub fn method(&self) -> &str {
         match self {
-            Refusal::Lifecycle(m) | Refusal::GoPlugin(m) => m,
+            Refusal::Lifecycle(m)
+            | Refusal::GoPlugin(m)
+            | Refusal::Denied(m, _)
+            | Refusal::Plaintext(m) => m,
             Refusal::NotAMethod => "(not a gRPC method path)",
         }
     }
@@ -122,21 +167,77 @@ fn is_identifier(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// Refusals since the launcher started, in every connection and mode.
-static REFUSED: AtomicU64 = AtomicU64::new(0);
+/// Metrics labels of the kinds of refusal, in [`Refusal::kind`] order.
+const KINDS: [&str; 7] = [
+    "lifecycle",
+    "go_plugin",
+    "not_a_method",
+    "unauthenticated",
+    "not_allowed",
+    "keys_unavailable",
+    "plaintext",
+];
 
-/// Counts and logs a refusal. Only the method and the caller's address are logged, never
-/// what the request carried.
+/// Refusals since the launcher started, in every connection and mode, by kind.
+static REFUSED: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+/// Refusals of every kind, for the log line.
+static REFUSED_ALL: AtomicU64 = AtomicU64::new(0);
+/// Calls admitted by the caller check since the launcher started.
+static ADMITTED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts and logs a refusal. Only the method, the caller's address and the reason are
+/// logged, never what the request carried.
 pub fn record(refusal: &Refusal, peer: Option<SocketAddr>) {
-    let refused_total = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    REFUSED[refusal.kind()].fetch_add(1, Ordering::Relaxed);
+    let refused_total = REFUSED_ALL.fetch_add(1, Ordering::Relaxed) + 1;
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
-    tracing::warn!(
-        method = refusal.method(),
-        %peer,
-        refused_total,
-        "refused a call from the network: reserved to the launcher"
-    );
+    match refusal {
+        Refusal::Denied(..) | Refusal::Plaintext(_) => tracing::warn!(
+            method = refusal.method(),
+            %peer,
+            reason = KINDS[refusal.kind()],
+            refused_total,
+            message = %refusal.message(),
+            "refused a call from the network"
+        ),
+        _ => tracing::warn!(
+            method = refusal.method(),
+            %peer,
+            refused_total,
+            "refused a call from the network: reserved to the launcher"
+        ),
+    }
 }
+
+/// Counts a call whose caller was admitted.
+pub fn record_admitted() {
+    ADMITTED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The counters in the Prometheus text format.
+pub fn render_metrics() -> String {
+    let mut out = String::from(
+        "# HELP hector_launcher_refused_total Calls refused by the launcher, by reason.\n\
+         # TYPE hector_launcher_refused_total counter\n",
+    );
+    for (kind, counter) in KINDS.iter().zip(REFUSED.iter()) {
+        out.push_str(&format!(
+            "hector_launcher_refused_total{{reason=\"{kind}\"}} {}\n",
+            counter.load(Ordering::Relaxed)
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP hector_launcher_admitted_total Calls whose caller token was verified and allowed.\n\
+         # TYPE hector_launcher_admitted_total counter\n\
+         hector_launcher_admitted_total {}\n",
+        ADMITTED.load(Ordering::Relaxed)
+    ));
+    out
+}
+
+/// Marks a request that came over plaintext on a launcher that serves plugins over TLS.
+#[derive(Clone, Copy, Debug)]
+pub struct Plaintext;
 
 /// The client's address, carried in request extensions to the request forwarder.
 #[derive(Clone, Copy, Debug)]

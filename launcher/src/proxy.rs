@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -15,9 +16,10 @@ use hyper::body::{Frame, SizeHint};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::access::Authenticator;
 use crate::backend::Backends;
 use crate::drain::Tracked;
-use crate::policy::{self, Peer};
+use crate::policy::{self, Peer, Plaintext, Refusal};
 
 /// Why the plugin connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -127,15 +129,22 @@ impl tower::Service<Request<axum::body::Body>> for Forward {
 /// Forwards each request to the plugin that is current when the request arrives, so that
 /// after a configuration change the next request on any connection reaches the new plugin,
 /// while requests already sent finish on the old one, which waits for them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Switch {
     backends: Backends,
+    tls_required: bool,
+    auth: Option<Arc<Authenticator>>,
 }
 
 impl Switch {
-    /// Forwards to whichever of `backends` is current.
-    pub fn new(backends: Backends) -> Self {
-        Self { backends }
+    /// Forwards to whichever of `backends` is current; with `tls_required`, not what came
+    /// over plaintext; with `auth`, only calls of admitted callers, without their token.
+    pub fn new(backends: Backends, tls_required: bool, auth: Option<Arc<Authenticator>>) -> Self {
+        Self {
+            backends,
+            tls_required,
+            auth,
+        }
     }
 }
 
@@ -148,20 +157,50 @@ impl tower::Service<Request<Body>> for Switch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         // Every request is checked, whichever connection it came on: the plugin's lifecycle
         // is the launcher's (see `crate::policy`). The whole `:path`, query included: a
         // query is no part of a gRPC method, and a server may ignore it.
         let path = request.uri().path_and_query().map_or("", |p| p.as_str());
-        if let Err(refusal) = policy::check(path.as_bytes()) {
-            let peer = request.extensions().get::<Peer>().map(|p| p.0);
-            policy::record(&refusal, peer);
-            let status = tonic::Status::permission_denied(refusal.message());
-            return Box::pin(async move { Ok(trailers_only(status)) });
+        let peer = request.extensions().get::<Peer>().map(|p| p.0);
+        let mut checked = policy::check(path.as_bytes());
+        if checked.is_ok() && self.tls_required && request.extensions().get::<Plaintext>().is_some()
+        {
+            checked = Err(Refusal::Plaintext(method_of(path)));
         }
-        let (backend, tracked) = self.backends.pick();
-        let mut forward = backend.forward.clone();
+        if let Err(refusal) = checked {
+            policy::record(&refusal, peer);
+            return Box::pin(async move { Ok(trailers_only(status_of(&refusal))) });
+        }
+        let method = method_of(path);
+        let auth = self.auth.clone();
+        let backends = self.backends.clone();
         Box::pin(async move {
+            if let Some(auth) = auth {
+                let header = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes().to_vec());
+                let several = request
+                    .headers()
+                    .get_all(http::header::AUTHORIZATION)
+                    .iter()
+                    .count()
+                    > 1;
+                let header = header.filter(|_| !several);
+                match auth.admit(header.as_deref()).await {
+                    Ok(_) => policy::record_admitted(),
+                    Err(denial) => {
+                        let refusal = Refusal::Denied(method, denial);
+                        policy::record(&refusal, peer);
+                        return Ok(trailers_only(status_of(&refusal)));
+                    }
+                }
+                // The plugin never sees the caller's token (it could replay it elsewhere).
+                request.headers_mut().remove(http::header::AUTHORIZATION);
+            }
+            let (backend, tracked) = backends.pick();
+            let mut forward = backend.forward.clone();
             let response = tower::Service::call(&mut forward, request).await?;
             // Counted until the last byte of the answer (a stream's trailers) has gone out.
             Ok(response.map(|body| {
@@ -172,6 +211,17 @@ impl tower::Service<Request<Body>> for Switch {
             }))
         })
     }
+}
+
+/// `service/method` of a path, bounded, for refusals.
+fn method_of(path: &str) -> String {
+    path.trim_start_matches('/').chars().take(200).collect()
+}
+
+/// The gRPC status a refused call is answered with.
+fn status_of(refusal: &Refusal) -> tonic::Status {
+    let code = tonic::Code::from_i32(i32::from(refusal.code()));
+    tonic::Status::new(code, refusal.message())
 }
 
 /// A response body that keeps its call counted as in flight until it is dropped.

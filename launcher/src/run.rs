@@ -89,6 +89,14 @@ pub async fn run(args: Args) -> i32 {
     keys.sort();
     // Key names only: values may be secrets.
     tracing::info!(?keys, "configuration loaded");
+    // Before the plugin starts: a launcher that cannot close its plugin must not open it.
+    let gate = match gate(&args) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up who may call the plugin");
+            return EXIT_CONFIG;
+        }
+    };
 
     let started = match plugin::start(&args, 1, config.clone(), None).await {
         Ok(s) => s,
@@ -122,7 +130,15 @@ pub async fn run(args: Args) -> i32 {
     let drain = Drain::default();
     let router = tonic::service::Routes::new(health_service)
         .into_axum_router()
-        .fallback_service(crate::proxy::Switch::new(backends.clone()));
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { crate::policy::render_metrics() }),
+        )
+        .fallback_service(crate::proxy::Switch::new(
+            backends.clone(),
+            gate.tls.is_some(),
+            gate.auth.clone(),
+        ));
     // Not tonic's server: it would enforce `grpc-timeout` itself and answer CANCELLED;
     // forwarded, the plugin enforces it and answers as it does.
     let mut server = tokio::spawn(crate::listener::serve(
@@ -131,6 +147,7 @@ pub async fn run(args: Args) -> i32 {
         backends.clone(),
         args.forward,
         drain.clone(),
+        gate,
     ));
     let mut signals = Signals::new();
     tracing::info!(listen = %args.listen, service, "launcher serving");
@@ -432,4 +449,45 @@ async fn mirror_health(
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// TLS and the caller check, as the command line asks.
+fn gate(args: &Args) -> Result<crate::listener::Gate, String> {
+    let mut gate = crate::listener::Gate::default();
+    if args.tls {
+        let uid = std::env::var("HECTOR_POD_UID")
+            .ok()
+            .filter(|u| !u.is_empty());
+        if uid.is_none() {
+            tracing::warn!("HECTOR_POD_UID is not set: the certificate names no Pod");
+        }
+        let identity = crate::tls::Identity::generate(uid.as_deref()).map_err(|e| e.to_string())?;
+        tracing::info!(fingerprint = %identity.fingerprint, pod_uid = uid.as_deref().unwrap_or(""), "serving TLS");
+        gate.tls = Some(tokio_rustls::TlsAcceptor::from(identity.config));
+    }
+    if args.auth {
+        let allow =
+            crate::access::Allowlist::new(&args.allow_namespaces, &args.allow_service_accounts)?;
+        if allow == crate::access::Allowlist::default() {
+            return Err(
+                "--auth needs at least one --allow-namespace or --allow-service-account".into(),
+            );
+        }
+        let source = match &args.apiserver {
+            Some(server) => crate::issuer::Source {
+                server: server.clone(),
+                credentials: args.apiserver_credentials.clone(),
+            },
+            None => crate::issuer::Source::in_cluster(args.apiserver_credentials.clone()).ok_or(
+                "--auth needs the API server: KUBERNETES_SERVICE_HOST is not set and --apiserver is not given",
+            )?,
+        };
+        let issuer = crate::issuer::Issuer::new(source);
+        tokio::spawn(issuer.clone().keep_fresh());
+        tracing::info!(rule = %allow.describe(), "callers are checked");
+        gate.auth = Some(crate::access::Authenticator::new(allow, issuer));
+    } else if args.open {
+        tracing::warn!("--open: any caller that can reach this port may call the plugin");
+    }
+    Ok(gate)
 }

@@ -1,0 +1,614 @@
+//! The launcher closed to the network: TLS with a certificate pinned by fingerprint, and
+//! callers admitted by their ServiceAccount token. The issuer here is a local HTTPS server
+//! with the API server's two discovery paths and a key of the test's own; the same checks
+//! against a real API server and real tokens run in the cluster tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
+use hector_plugin_sdk::proto::{GenerateRequest, Message};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+const AUDIENCE: &str = "hector.dev/plugins";
+const ISSUER: &str = "https://issuer.test";
+const POD_UID: &str = "6f1c2a9e-0000-4000-8000-00000000cafe";
+
+fn echo_llm() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_hector-plugin-launcher")).with_file_name("echo-llm");
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace binaries",
+        p.display()
+    );
+    p
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Signing keys and the JWKS the fake issuer serves (which may be changed while it runs).
+struct Keys {
+    keys: Vec<(String, EcdsaKeyPair)>,
+    served: Mutex<usize>,
+    fetches: Mutex<u32>,
+}
+
+impl Keys {
+    fn new(kids: &[&str]) -> Arc<Self> {
+        let rng = SystemRandom::new();
+        let keys = kids
+            .iter()
+            .map(|kid| {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .expect("key");
+                let key = EcdsaKeyPair::from_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    pkcs8.as_ref(),
+                    &rng,
+                )
+                .expect("key");
+                (kid.to_string(), key)
+            })
+            .collect();
+        Arc::new(Self {
+            keys,
+            served: Mutex::new(1),
+            fetches: Mutex::new(0),
+        })
+    }
+
+    fn jwks(&self) -> String {
+        let served = *self.served.lock().expect("lock");
+        let keys: Vec<_> = self.keys[..served]
+            .iter()
+            .map(|(kid, key)| {
+                let p = key.public_key().as_ref();
+                serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+                    "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])})
+            })
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    fn token(&self, key: usize, namespace: &str, name: &str, aud: &str, exp: i64) -> String {
+        let (kid, pair) = &self.keys[key];
+        let header = serde_json::json!({"alg": "ES256", "kid": kid});
+        let claims = serde_json::json!({
+            "iss": ISSUER, "aud": [aud], "exp": exp, "iat": exp - 3600, "nbf": exp - 3600,
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "u"}},
+        });
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = pair
+            .sign(&SystemRandom::new(), signed.as_bytes())
+            .expect("sign");
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+/// An HTTPS server answering the API server's OIDC discovery and JWKS paths, only to a
+/// bearer token. Returns its address and a directory with `token` and `ca.crt`.
+async fn fake_issuer(keys: Arc<Keys>) -> (SocketAddr, tempfile::TempDir) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    params.is_ca = rcgen::IsCa::NoCa;
+    let cert = params.self_signed(&key).expect("cert");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("ca.crt"), cert.pem()).expect("ca");
+    std::fs::write(dir.path().join("token"), "api-token\n").expect("token");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let keys = keys.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let keys = keys.clone();
+                        async move {
+                            let authorized =
+                                req.headers().get("authorization").map(|v| v.as_bytes())
+                                    == Some(b"Bearer api-token");
+                            let body = match (authorized, req.uri().path()) {
+                            (false, _) => None,
+                            (true, "/.well-known/openid-configuration") => Some(
+                                serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://elsewhere/jwks"})
+                                    .to_string(),
+                            ),
+                            (true, "/openid/v1/jwks") => {
+                                *keys.fetches.lock().expect("lock") += 1;
+                                Some(keys.jwks())
+                            }
+                            _ => None,
+                        };
+                            let response = match body {
+                                Some(b) => http::Response::new(axum::body::Body::from(b)),
+                                None => http::Response::builder()
+                                    .status(401)
+                                    .body(axum::body::Body::empty())
+                                    .expect("response"),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, dir)
+}
+
+/// A launcher process with TLS and the caller check.
+struct Launcher {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+    _config: tempfile::TempDir,
+}
+
+impl Launcher {
+    fn start(issuer: SocketAddr, credentials: &std::path::Path, forward: &str) -> Self {
+        let config = tempfile::tempdir().expect("dir");
+        std::fs::write(config.path().join("prefix"), "echo: ").expect("config");
+        let addr = format!(
+            "127.0.0.1:{}",
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("port")
+                .port()
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hector-plugin-launcher"))
+            .args([
+                "--listen",
+                &addr,
+                "--type",
+                "llm_provider",
+                "--launch",
+                "network",
+            ])
+            .args(["--forward", forward, "--tls", "--auth"])
+            .args([
+                "--allow-namespace",
+                "agents",
+                "--allow-service-account",
+                "ops/prober",
+            ])
+            .arg("--apiserver")
+            .arg(format!("https://{issuer}"))
+            .arg("--apiserver-credentials")
+            .arg(credentials)
+            .arg("--config-dir")
+            .arg(config.path())
+            .arg("--")
+            .arg(echo_llm())
+            .env("HECTOR_POD_UID", POD_UID)
+            .env("HECTOR_LAUNCHER_DRAIN_DELAY", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("launcher");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    log.lock().expect("lock").push_str(&(line + "\n"));
+                }
+            });
+        }
+        Self {
+            child,
+            addr,
+            log,
+            _config: config,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("lock").clone()
+    }
+
+    /// The fingerprint the launcher logged at start.
+    async fn fingerprint(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(f) = self
+                .log()
+                .split("fingerprint=")
+                .nth(1)
+                .map(|rest| rest.chars().take(71).collect::<String>())
+            {
+                return f;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no fingerprint logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Accepts exactly the pinned certificate and remembers what it saw.
+#[derive(Debug)]
+struct Pinned {
+    pin: String,
+    seen: Mutex<Option<(String, Vec<u8>)>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        let seen = format!(
+            "sha256:{}",
+            digest
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        *self.seen.lock().expect("lock") = Some((seen.clone(), end_entity.to_vec()));
+        if seen == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate {seen} is not the pinned one"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A TLS channel to `addr` pinned to `pin`.
+async fn tls_channel(
+    addr: &str,
+    pin: &str,
+) -> Result<(Channel, Arc<Pinned>), tonic::transport::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let pinned = Arc::new(Pinned {
+        pin: pin.to_string(),
+        seen: Mutex::new(None),
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(pinned.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let target = addr.to_string();
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                let name = ServerName::try_from("plugin").map_err(std::io::Error::other)?;
+                let tls = connector.connect(name.to_owned(), tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await?;
+    Ok((channel, pinned))
+}
+
+fn hello() -> GenerateRequest {
+    GenerateRequest {
+        messages: vec![Message {
+            role: "user".into(),
+            content: "hello".into(),
+            ..Default::default()
+        }],
+        tools: vec![],
+    }
+}
+
+fn with_token(token: Option<&str>) -> Request<GenerateRequest> {
+    let mut request = Request::new(hello());
+    if let Some(t) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+    }
+    request
+}
+
+async fn generate(channel: &Channel, token: Option<&str>) -> Result<String, tonic::Status> {
+    LlmProviderClient::new(channel.clone())
+        .generate(with_token(token))
+        .await
+        .map(|r| r.into_inner().text)
+}
+
+async fn callers_are_checked(forward: &str) -> TestResult {
+    let keys = Keys::new(&["k1", "k2"]);
+    let (issuer, credentials) = fake_issuer(keys.clone()).await;
+    let launcher = Launcher::start(issuer, credentials.path(), forward);
+    let pin = launcher.fingerprint().await;
+    let exp = now() + 3600;
+    let agent = keys.token(0, "agents", "planner", AUDIENCE, exp);
+
+    // Ready once the plugin answers an allowed caller.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (channel, pinned) = loop {
+        if let Ok((ch, pinned)) = tls_channel(&launcher.addr, &pin).await
+            && generate(&ch, Some(&agent)).await.is_ok()
+        {
+            break (ch, pinned);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served:\n{}",
+            launcher.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(generate(&channel, Some(&agent)).await?, "echo: hello");
+    // The certificate names the Pod.
+    let der = pinned
+        .seen
+        .lock()
+        .expect("lock")
+        .clone()
+        .map(|s| s.1)
+        .unwrap_or_default();
+    let uri = format!("urn:hector:pod:{POD_UID}");
+    assert!(
+        der.windows(uri.len()).any(|w| w == uri.as_bytes()),
+        "the certificate names the Pod"
+    );
+
+    // On the same connection, a later stream without a token, with a bad one, or from a
+    // caller not on the list, is refused with the code that says why.
+    let cases = [
+        (None, Code::Unauthenticated, "carried none"),
+        (
+            Some(keys.token(0, "agents", "planner", "other-audience", exp)),
+            Code::Unauthenticated,
+            "audience",
+        ),
+        (
+            Some(keys.token(0, "agents", "planner", AUDIENCE, now() - 7200)),
+            Code::Unauthenticated,
+            "expired",
+        ),
+        (
+            Some(keys.token(0, "tenant-b", "spy", AUDIENCE, exp)),
+            Code::PermissionDenied,
+            "caller tenant-b/spy is not allowed",
+        ),
+        (
+            Some(keys.token(0, "ops", "other", AUDIENCE, exp)),
+            Code::PermissionDenied,
+            "caller ops/other is not allowed",
+        ),
+        (
+            Some(format!("{}x", &agent[..agent.len() - 2])),
+            Code::Unauthenticated,
+            "invalid token",
+        ),
+    ];
+    for (token, code, text) in cases {
+        let status = generate(&channel, token.as_deref())
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), code, "{text}: {status:?}");
+        assert!(
+            status.message().contains(text),
+            "{text}: {}",
+            status.message()
+        );
+        assert!(
+            token.is_none_or(|t| !status.message().contains(&t)),
+            "the token is never echoed"
+        );
+    }
+    // An allowed single account, and the connection still works after all the refusals.
+    let prober = keys.token(0, "ops", "prober", AUDIENCE, exp);
+    assert_eq!(generate(&channel, Some(&prober)).await?, "echo: hello");
+    assert_eq!(generate(&channel, Some(&agent)).await?, "echo: hello");
+
+    // The lifecycle stays the launcher's, whoever asks.
+    let mut lifecycle =
+        hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient::new(channel.clone());
+    let mut init = Request::new(hector_plugin_sdk::proto::InitializeRequest::default());
+    init.metadata_mut()
+        .insert("authorization", format!("Bearer {agent}").parse()?);
+    let status = lifecycle.initialize(init).await.expect_err("reserved");
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // A key the launcher has not seen yet is fetched on first use.
+    let fetches = *keys.fetches.lock().expect("lock");
+    *keys.served.lock().expect("lock") = 2;
+    // Unknown key ids refresh at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rotated = keys.token(1, "agents", "planner", AUDIENCE, exp);
+    assert_eq!(generate(&channel, Some(&rotated)).await?, "echo: hello");
+    assert!(
+        *keys.fetches.lock().expect("lock") > fetches,
+        "the keys were fetched again"
+    );
+
+    // A client pinned to another certificate never completes the handshake.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let admitted = admitted_count(&launcher.addr).await;
+    if let Ok((ch, _)) = tls_channel(&launcher.addr, &wrong).await {
+        let status = generate(&ch, Some(&agent))
+            .await
+            .expect_err("must not reach the plugin");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(
+        admitted_count(&launcher.addr).await,
+        admitted,
+        "nothing was sent"
+    );
+
+    // Plaintext: health answers, the plugin does not.
+    let plain = hector_plugin_sdk::connect(&launcher.addr, Duration::from_secs(5)).await?;
+    let health = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    assert_eq!(health.into_inner().status, 1, "SERVING over plaintext");
+    let status = generate(&plain, Some(&agent))
+        .await
+        .expect_err("plaintext refused");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("TLS only"),
+        "{}",
+        status.message()
+    );
+
+    // Every refusal was counted by reason; the log names callers, never tokens.
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&launcher.addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        text
+    };
+    for line in [
+        "hector_launcher_refused_total{reason=\"unauthenticated\"} 4",
+        "hector_launcher_refused_total{reason=\"not_allowed\"} 2",
+        "hector_launcher_refused_total{reason=\"lifecycle\"} 1",
+        "hector_launcher_refused_total{reason=\"plaintext\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
+    let log = launcher.log();
+    assert!(!log.contains(&agent), "a token reached the log");
+    assert!(log.contains("tenant-b/spy"), "{log}");
+    Ok(())
+}
+
+/// The launcher's count of admitted calls, read from its plaintext metrics.
+async fn admitted_count(addr: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("read");
+    text.lines()
+        .find_map(|l| l.strip_prefix("hector_launcher_admitted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("admitted counter")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_are_checked_on_spliced_connections() -> TestResult {
+    callers_are_checked("connection").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_are_checked_request_by_request() -> TestResult {
+    callers_are_checked("request").await
+}
