@@ -45,6 +45,7 @@ test: deps check cluster-up images ## The whole suite: lints, unit, protocol and
 bench: ## Benchmarks: launcher overhead, direct vs proxied (prints figures)
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p hector-plugin-launcher --bench overhead
+	$(CARGO) bench -p hector-plugin-launcher --bench secure
 	$(CARGO) bench -p hector-plugin-remote --bench overhead
 
 bench-operator: ## Publication latency vs the endpoint controller, idle writes, memory (needs make deploy)

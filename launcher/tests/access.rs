@@ -9,21 +9,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
 use hector_plugin_sdk::proto::{GenerateRequest, Message};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+#[path = "support/secure.rs"]
+mod secure;
+
+use secure::{AUDIENCE, Keys, fake_issuer, tls_channel};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-const AUDIENCE: &str = "hector.dev/plugins";
-const ISSUER: &str = "https://issuer.test";
 const POD_UID: &str = "6f1c2a9e-0000-4000-8000-00000000cafe";
 
 fn echo_llm() -> PathBuf {
@@ -40,147 +36,6 @@ fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Signing keys and the JWKS the fake issuer serves (which may be changed while it runs).
-struct Keys {
-    keys: Vec<(String, EcdsaKeyPair)>,
-    served: Mutex<usize>,
-    fetches: Mutex<u32>,
-}
-
-impl Keys {
-    fn new(kids: &[&str]) -> Arc<Self> {
-        let rng = SystemRandom::new();
-        let keys = kids
-            .iter()
-            .map(|kid| {
-                let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .expect("key");
-                let key = EcdsaKeyPair::from_pkcs8(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    pkcs8.as_ref(),
-                    &rng,
-                )
-                .expect("key");
-                (kid.to_string(), key)
-            })
-            .collect();
-        Arc::new(Self {
-            keys,
-            served: Mutex::new(1),
-            fetches: Mutex::new(0),
-        })
-    }
-
-    fn jwks(&self) -> String {
-        let served = *self.served.lock().expect("lock");
-        let keys: Vec<_> = self.keys[..served]
-            .iter()
-            .map(|(kid, key)| {
-                let p = key.public_key().as_ref();
-                serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
-                    "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])})
-            })
-            .collect();
-        serde_json::json!({ "keys": keys }).to_string()
-    }
-
-    fn token(&self, key: usize, namespace: &str, name: &str, aud: &str, exp: i64) -> String {
-        let (kid, pair) = &self.keys[key];
-        let header = serde_json::json!({"alg": "ES256", "kid": kid});
-        let claims = serde_json::json!({
-            "iss": ISSUER, "aud": [aud], "exp": exp, "iat": exp - 3600, "nbf": exp - 3600,
-            "sub": format!("system:serviceaccount:{namespace}:{name}"),
-            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "u"}},
-        });
-        let signed = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let sig = pair
-            .sign(&SystemRandom::new(), signed.as_bytes())
-            .expect("sign");
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-    }
-}
-
-/// An HTTPS server answering the API server's OIDC discovery and JWKS paths, only to a
-/// bearer token. Returns its address and a directory with `token` and `ca.crt`.
-async fn fake_issuer(keys: Arc<Keys>) -> (SocketAddr, tempfile::TempDir) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-    params.is_ca = rcgen::IsCa::NoCa;
-    let cert = params.self_signed(&key).expect("cert");
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("ca.crt"), cert.pem()).expect("ca");
-    std::fs::write(dir.path().join("token"), "api-token\n").expect("token");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .expect("config");
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let keys = keys.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| {
-                        let keys = keys.clone();
-                        async move {
-                            let authorized =
-                                req.headers().get("authorization").map(|v| v.as_bytes())
-                                    == Some(b"Bearer api-token");
-                            let body = match (authorized, req.uri().path()) {
-                            (false, _) => None,
-                            (true, "/.well-known/openid-configuration") => Some(
-                                serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://elsewhere/jwks"})
-                                    .to_string(),
-                            ),
-                            (true, "/openid/v1/jwks") => {
-                                *keys.fetches.lock().expect("lock") += 1;
-                                Some(keys.jwks())
-                            }
-                            _ => None,
-                        };
-                            let response = match body {
-                                Some(b) => http::Response::new(axum::body::Body::from(b)),
-                                None => http::Response::builder()
-                                    .status(401)
-                                    .body(axum::body::Body::empty())
-                                    .expect("response"),
-                            };
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    (addr, dir)
 }
 
 /// A launcher process with TLS and the caller check.
@@ -284,113 +139,6 @@ impl Drop for Launcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Accepts exactly the pinned certificate and remembers what it saw.
-#[derive(Debug)]
-struct Pinned {
-    pin: String,
-    seen: Mutex<Option<(String, Vec<u8>)>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        let seen = format!(
-            "sha256:{}",
-            digest
-                .as_ref()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        *self.seen.lock().expect("lock") = Some((seen.clone(), end_entity.to_vec()));
-        if seen == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate {seen} is not the pinned one"
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A TLS channel to `addr` pinned to `pin`.
-async fn tls_channel(
-    addr: &str,
-    pin: &str,
-) -> Result<(Channel, Arc<Pinned>), tonic::transport::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pinned = Arc::new(Pinned {
-        pin: pin.to_string(),
-        seen: Mutex::new(None),
-        provider: provider.clone(),
-    });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(pinned.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let target = addr.to_string();
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            let target = target.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&target).await?;
-                let name = ServerName::try_from("plugin").map_err(std::io::Error::other)?;
-                let tls = connector.connect(name.to_owned(), tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await?;
-    Ok((channel, pinned))
 }
 
 fn hello() -> GenerateRequest {
