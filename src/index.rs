@@ -131,6 +131,9 @@ pub struct EndpointState {
     pub last_failure: Option<(FailureKind, String)>,
     /// Whether its Pod's Ready condition is true (always true for an external endpoint).
     pub ready: bool,
+    /// `sha256:…` of the TLS certificate its last healthy probe verified (launcher-run
+    /// plugins); agents pin it.
+    pub fingerprint: Option<String>,
 }
 
 /// How an endpoint looks from outside.
@@ -153,6 +156,7 @@ impl EndpointState {
             failures: 0,
             last_failure: None,
             ready,
+            fingerprint: None,
         }
     }
 
@@ -218,6 +222,15 @@ impl PluginState {
             .iter()
             .filter(|(_, s)| s.usable())
             .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// The certificate fingerprints of published endpoints that have one.
+    pub fn certificates(&self) -> BTreeMap<String, String> {
+        self.endpoints
+            .iter()
+            .filter(|(_, s)| s.usable())
+            .filter_map(|(a, s)| Some((a.clone(), s.fingerprint.clone()?)))
             .collect()
     }
 
@@ -306,6 +319,21 @@ impl Index {
                 changed = true;
             }
         }
+        changed
+    }
+
+    /// Sets the certificate fingerprint a healthy probe of an endpoint verified; returns
+    /// whether it changed (a restarted launcher makes a new key).
+    pub fn set_fingerprint(&mut self, key: &PluginKey, address: &str, fingerprint: String) -> bool {
+        let Some(e) = self
+            .plugins
+            .get_mut(key)
+            .and_then(|s| s.endpoints.get_mut(address))
+        else {
+            return false;
+        };
+        let changed = e.fingerprint.as_ref() != Some(&fingerprint);
+        e.fingerprint = Some(fingerprint);
         changed
     }
 

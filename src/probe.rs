@@ -13,10 +13,13 @@ use hector_plugin_sdk::endpoints::{EmbedderFacts, ModelFacts};
 use hector_plugin_sdk::proto::embedder_provider_client::EmbedderProviderClient;
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
 use hector_plugin_sdk::proto::{Empty, ManifestResponse};
+use hector_plugin_sdk::tls::{Connector, Pin, PinVerifier, client_config_for, pod_uri};
+use hector_plugin_sdk::token::TokenSource;
 use hector_plugin_sdk::{LifecycleClient, PluginType, SdkError};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tonic::Code;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -45,6 +48,11 @@ pub struct ProbeSpec {
     pub period: Duration,
     /// Time one probe RPC may take.
     pub timeout: Duration,
+    /// Served by the launcher over TLS with a certificate naming its Pod, to callers with a
+    /// token: the prober verifies the certificate names the Pod it expects, reports its
+    /// fingerprint, and sends the operator's token. External endpoints get neither TLS nor
+    /// the token (which every launcher accepts, so it must not go anywhere else).
+    pub secure: bool,
 }
 
 /// Checks what a plugin reports against what the resource says. Fields the plugin leaves
@@ -78,16 +86,35 @@ pub fn check_identity(reported: &ManifestResponse, expected: &Identity) -> Resul
     }
 }
 
-/// A channel to `address` that connects on first use and reconnects by itself.
-pub fn channel(address: &str, timeout: Duration) -> Result<Channel, String> {
+/// A channel to `address` that connects on first use and reconnects by itself; with
+/// `tls`, over TLS checked by that verifier.
+pub fn channel(
+    address: &str,
+    timeout: Duration,
+    tls: Option<Arc<PinVerifier>>,
+) -> Result<Channel, String> {
     Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| format!("bad address {address:?}: {e}"))
         .map(|e| {
-            e.connect_timeout(timeout)
+            let e = e
+                .connect_timeout(timeout)
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .connect_lazy()
+                .http2_keep_alive_interval(Duration::from_secs(30));
+            match tls {
+                Some(verifier) => {
+                    e.connect_with_connector_lazy(Connector::new(client_config_for(verifier)))
+                }
+                None => e.connect_lazy(),
+            }
         })
+}
+
+/// The verifier for a launcher endpoint: any certificate whose signature verifies and that
+/// names `pod_uid`, so that an address now held by another Pod is not taken for this one.
+pub fn launcher_verifier(pod_uid: Option<&str>) -> Arc<PinVerifier> {
+    PinVerifier::new(Pin::Any {
+        expect_uri_san: pod_uid.map(pod_uri),
+    })
 }
 
 fn sdk_reason(e: &SdkError) -> (FailureKind, String) {
@@ -99,8 +126,13 @@ fn sdk_reason(e: &SdkError) -> (FailureKind, String) {
     }
 }
 
-/// Probes `channel` once.
-pub async fn probe_once(channel: &Channel, spec: &ProbeSpec, want_facts: bool) -> ProbeOutcome {
+/// Probes `channel` once, sending `authorization` with every plugin call.
+pub async fn probe_once(
+    channel: &Channel,
+    spec: &ProbeSpec,
+    want_facts: bool,
+    authorization: Option<AsciiMetadataValue>,
+) -> ProbeOutcome {
     let limit = spec.timeout;
     let timed_out = |what: &str| {
         ProbeOutcome::Failed(
@@ -110,7 +142,14 @@ pub async fn probe_once(channel: &Channel, spec: &ProbeSpec, want_facts: bool) -
     };
 
     // The plugin's own Health first: when it is unhealthy its message is the reason to report.
-    let lifecycle = LifecycleClient::new(channel.clone(), spec.identity.plugin_type);
+    let lifecycle = LifecycleClient::new(channel.clone(), spec.identity.plugin_type)
+        .with_authorization(authorization.clone());
+    let authorize = move |mut request: tonic::Request<()>| {
+        if let Some(value) = &authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    };
     match tokio::time::timeout(limit, lifecycle.health()).await {
         Err(_) => return timed_out("Health"),
         Ok(Err(e)) => {
@@ -182,7 +221,7 @@ pub async fn probe_once(channel: &Channel, spec: &ProbeSpec, want_facts: bool) -
     // Facts are a courtesy: a plugin that does not answer is still healthy.
     match spec.identity.plugin_type {
         PluginType::LlmProvider => {
-            let mut llm = LlmProviderClient::new(channel.clone());
+            let mut llm = LlmProviderClient::with_interceptor(channel.clone(), authorize);
             if let Ok(Ok(info)) = tokio::time::timeout(limit, llm.get_model_info(Empty {})).await {
                 let info = info.into_inner();
                 facts.model = Some(ModelFacts {
@@ -192,7 +231,7 @@ pub async fn probe_once(channel: &Channel, spec: &ProbeSpec, want_facts: bool) -
             }
         }
         PluginType::EmbedderProvider => {
-            let mut embedder = EmbedderProviderClient::new(channel.clone());
+            let mut embedder = EmbedderProviderClient::with_interceptor(channel.clone(), authorize);
             if let Ok(Ok(info)) =
                 tokio::time::timeout(limit, embedder.get_embedder_info(Empty {})).await
             {
@@ -252,7 +291,10 @@ impl FactsSchedule {
 pub struct Prober {
     index: Arc<Mutex<Index>>,
     specs: Mutex<HashMap<PluginKey, ProbeSpec>>,
-    tasks: Mutex<HashMap<(PluginKey, String), AbortHandle>>,
+    /// Probe tasks by plugin and address, with the UID of the Pod each expects there.
+    tasks: Mutex<HashMap<(PluginKey, String), (AbortHandle, Option<String>)>>,
+    /// The operator's own token, for launchers that check callers.
+    token: TokenSource,
     changes: broadcast::Sender<PluginKey>,
     metrics: Arc<Metrics>,
 }
@@ -268,6 +310,7 @@ impl Prober {
         index: Arc<Mutex<Index>>,
         changes: broadcast::Sender<PluginKey>,
         metrics: Arc<Metrics>,
+        token: TokenSource,
     ) -> Arc<Self> {
         Arc::new(Self {
             index,
@@ -275,6 +318,7 @@ impl Prober {
             tasks: Mutex::default(),
             changes,
             metrics,
+            token,
         })
     }
 
@@ -292,22 +336,39 @@ impl Prober {
         wanted: &BTreeMap<String, bool>,
         carried: &[String],
         facts: Option<Facts>,
+        pod_uids: &BTreeMap<String, String>,
     ) {
         lock(&self.specs).insert(key.clone(), spec);
         let EndpointChanges { added, removed } =
             lock(&self.index).set_endpoints(key, wanted, threshold, carried, facts);
         let mut tasks = lock(&self.tasks);
         for address in removed {
-            if let Some(task) = tasks.remove(&(key.clone(), address)) {
+            if let Some((task, _)) = tasks.remove(&(key.clone(), address)) {
                 task.abort();
             }
         }
-        for address in added {
+        let mut start = added;
+        // An address now held by another Pod (same IP, new Pod) is probed afresh, with the
+        // new Pod's identity.
+        for (address, uid) in pod_uids {
+            if let Some((task, known)) = tasks.get(&(key.clone(), address.clone()))
+                && known.as_ref() != Some(uid)
+            {
+                task.abort();
+                if !start.contains(address) {
+                    start.push(address.clone());
+                }
+            }
+        }
+        for address in start {
             let me = Arc::clone(self);
             let task_key = key.clone();
             let task_address = address.clone();
-            let handle = tokio::spawn(async move { me.run(task_key, task_address).await });
-            tasks.insert((key.clone(), address), handle.abort_handle());
+            let uid = pod_uids.get(&address).cloned();
+            let task_uid = uid.clone();
+            let handle =
+                tokio::spawn(async move { me.run(task_key, task_address, task_uid).await });
+            tasks.insert((key.clone(), address), (handle.abort_handle(), uid));
         }
     }
 
@@ -317,7 +378,7 @@ impl Prober {
         let addresses = lock(&self.index).remove(key);
         let mut tasks = lock(&self.tasks);
         for address in addresses {
-            if let Some(task) = tasks.remove(&(key.clone(), address)) {
+            if let Some((task, _)) = tasks.remove(&(key.clone(), address)) {
                 task.abort();
             }
         }
@@ -325,16 +386,19 @@ impl Prober {
 
     /// Stops every probe (shutdown).
     pub fn stop_all(&self) {
-        for (_, task) in lock(&self.tasks).drain() {
+        for (_, (task, _)) in lock(&self.tasks).drain() {
             task.abort();
         }
     }
 
-    async fn run(self: Arc<Self>, key: PluginKey, address: String) {
+    async fn run(self: Arc<Self>, key: PluginKey, address: String, pod_uid: Option<String>) {
         let Some(first) = lock(&self.specs).get(&key).cloned() else {
             return;
         };
-        let channel = match channel(&address, first.timeout) {
+        let verifier = first
+            .secure
+            .then(|| launcher_verifier(pod_uid.as_deref()));
+        let channel = match channel(&address, first.timeout, verifier.clone()) {
             Ok(c) => c,
             Err(message) => {
                 self.record(
@@ -355,7 +419,20 @@ impl Prober {
             }
             let want_facts = facts.want(lock(&self.index).has_facts(&key));
             let started = Instant::now();
-            let outcome = probe_once(&channel, &spec, want_facts).await;
+            let authorization = if spec.secure {
+                self.token
+                    .header()
+                    .and_then(|h| AsciiMetadataValue::try_from(h.as_bytes()).ok())
+            } else {
+                None
+            };
+            let outcome = probe_once(&channel, &spec, want_facts, authorization).await;
+            if let (ProbeOutcome::Healthy(_), Some(verifier)) = (&outcome, &verifier)
+                && let Some(fingerprint) = verifier.accepted()
+                && lock(&self.index).set_fingerprint(&key, &address, fingerprint)
+            {
+                let _ = self.changes.send(key.clone());
+            }
             facts.record(&outcome, want_facts);
             self.metrics.observe_probe(
                 &key,

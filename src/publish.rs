@@ -62,6 +62,18 @@ pub fn render(
         if endpoints.is_empty() {
             continue;
         }
+        // An endpoint carried over from before this operator started (or led) keeps the
+        // certificate published for it until a probe verifies one.
+        let mut certificates = state.certificates();
+        if let Some(old) = before(&name) {
+            for e in &endpoints {
+                if !certificates.contains_key(e)
+                    && let Some(c) = old.certificates.get(e)
+                {
+                    certificates.insert(e.clone(), c.clone());
+                }
+            }
+        }
         let m = &source.plugin.spec.manifest;
         let facts = state.facts.clone().unwrap_or_default();
         let mut entry = PublishedPlugin {
@@ -71,6 +83,7 @@ pub fn render(
             version: m.version.clone(),
             address: address(source.plugin),
             endpoints,
+            certificates,
             capabilities: m.capabilities.clone(),
             description: m.description.clone(),
             author: m.author.clone(),

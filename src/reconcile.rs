@@ -418,6 +418,17 @@ impl Ctx {
             .collect()
     }
 
+    /// The UID of the Pod behind each endpoint of [`Ctx::pod_endpoints`].
+    fn pod_uids(&self, plugin: &HectorPlugin) -> BTreeMap<String, String> {
+        self.plugin_pods(plugin)
+            .iter()
+            .filter_map(|p| {
+                let ip = p.status.as_ref()?.pod_ip.as_ref()?;
+                Some((endpoint_address(ip, plugin.spec.port), p.metadata.uid.clone()?))
+            })
+            .collect()
+    }
+
     async fn record_event(&self, plugin: &HectorPlugin, t: &status::Transition) {
         let event = Event {
             type_: if t.is_warning() {
@@ -783,6 +794,12 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         },
         period: Duration::from_secs(u64::try_from(spec.health.period_seconds).unwrap_or(10)),
         timeout: Duration::from_secs(u64::try_from(spec.health.timeout_seconds).unwrap_or(2)),
+        secure: !external,
+    };
+    let pod_uids = if external {
+        BTreeMap::new()
+    } else {
+        ctx.pod_uids(plugin)
     };
     let threshold = u32::try_from(spec.health.failure_threshold).unwrap_or(3);
     ctx.shared.prober.set(
@@ -792,6 +809,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         &wanted,
         &carried,
         carried_facts,
+        &pod_uids,
     );
 
     let state = ctx.shared.prober.index().get(&key);

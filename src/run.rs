@@ -56,6 +56,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "/usr/local/bin/hector-plugin-remote")]
     pub remote_path: String,
 
+    /// File holding the operator's ServiceAccount token for audience `hector.dev/plugins`,
+    /// which the prober presents to plugins (default: `HECTOR_PLUGIN_TOKEN_FILE`, else
+    /// `/var/run/secrets/hector.dev/token` when it exists).
+    #[arg(long)]
+    pub plugin_token_file: Option<std::path::PathBuf>,
+
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -108,6 +114,9 @@ pub enum RunError {
     /// No usable Kubernetes configuration.
     #[error("cannot reach the Kubernetes API: {0}")]
     Client(#[from] kube::Error),
+    /// The plugin token file named cannot be read.
+    #[error("plugin token: {0}")]
+    Token(String),
     /// No Kubernetes configuration found.
     #[error("no Kubernetes configuration: {0}")]
     Config(#[from] kube::config::InferConfigError),
@@ -217,6 +226,13 @@ enum TermEnd {
 /// once (the fence), stops its controllers and stands by again; it does not exit, so an API
 /// server outage costs no restart.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let token = hector_plugin_sdk::token::TokenSource::resolve(args.plugin_token_file.as_deref())
+        .map_err(|e| RunError::Token(e.to_string()))?;
+    if !token.is_some() {
+        tracing::warn!(
+            "no plugin token (see --plugin-token-file): launchers that check callers will refuse the prober"
+        );
+    }
     let config = kube::Config::infer().await?;
     let metrics = Arc::new(Metrics::default());
     let fence = if args.leader_elect {
@@ -315,6 +331,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             Arc::new(std::sync::Mutex::new(Index::default())),
             changes.clone(),
             Arc::clone(&metrics),
+            token.clone(),
         );
         let shared = Arc::new(Shared {
             client: fenced.clone(),

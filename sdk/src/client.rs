@@ -68,6 +68,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct LifecycleClient {
     channel: Channel,
     plugin_type: PluginType,
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl LifecycleClient {
@@ -76,7 +77,15 @@ impl LifecycleClient {
         Self {
             channel,
             plugin_type,
+            authorization: None,
         }
+    }
+
+    /// Sends `value` as the `authorization` header of every call (a caller's token for a
+    /// launcher that checks callers).
+    pub fn with_authorization(mut self, value: Option<tonic::metadata::AsciiMetadataValue>) -> Self {
+        self.authorization = value;
+        self
     }
 
     /// The plugin type this client speaks to.
@@ -98,7 +107,11 @@ impl LifecycleClient {
             PathAndQuery::try_from(format!("/{}/{}", self.plugin_type.service_name(), method))
                 .map_err(|e| rpc_err(Status::internal(e.to_string())))?;
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        grpc.unary(Request::new(message), path, codec)
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        grpc.unary(request, path, codec)
             .await
             .map(|r| r.into_inner())
             .map_err(rpc_err)
