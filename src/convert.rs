@@ -107,6 +107,7 @@ pub fn to_resource(m: &Manifest, o: &ConvertOptions) -> HectorPlugin {
         image_pull_secrets: vec![],
         health: HealthSettings::default(),
         endpoint: o.endpoint.clone(),
+        access: Default::default(),
     };
     HectorPlugin {
         metadata: ObjectMeta {

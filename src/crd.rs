@@ -82,6 +82,7 @@ fn config_keys_rule(field: &str) -> Rule {
     validation = Rule::new("has(self.image) != has(self.endpoint)").message("exactly one of spec.image (run the plugin in Pods) or spec.endpoint (use a plugin running elsewhere) must be set"),
     validation = Rule::new("!has(self.image) || (has(self.command) && size(self.command) > 0)").message("spec.command (the plugin executable inside the image) is required with spec.image"),
     validation = Rule::new("!has(self.endpoint) || !has(self.secretConfig) || size(self.secretConfig) == 0").message("spec.secretConfig cannot be delivered to a plugin given by spec.endpoint; configure it where it runs"),
+    validation = Rule::new("!has(self.endpoint) || !has(self.access) || ((!has(self.access.open) || !self.access.open) && (!has(self.access.namespaces) || size(self.access.namespaces) == 0) && (!has(self.access.serviceAccounts) || size(self.access.serviceAccounts) == 0))").message("spec.access cannot be enforced for a plugin given by spec.endpoint (the operator runs no Pods for it); restrict its callers where it runs"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HectorPluginSpec {
@@ -186,6 +187,112 @@ pub struct HectorPluginSpec {
         regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
     )]
     pub endpoint: Option<String>,
+
+    /// Who may call the plugin. By default only ServiceAccounts of the plugin's own namespace;
+    /// `namespaces` and `serviceAccounts` admit more. Enforced twice: by a NetworkPolicy (which
+    /// Pods may connect) and by the launcher in every plugin Pod (TLS, and a ServiceAccount
+    /// token checked on every call). Not allowed with `endpoint`: a plugin running elsewhere is
+    /// protected where it runs.
+    #[serde(default, skip_serializing_if = "AccessSpec::is_default")]
+    pub access: AccessSpec,
+}
+
+/// Most entries each list of `spec.access` may have.
+pub const ACCESS_ENTRIES_MAX: usize = 64;
+
+/// A namespace name (a DNS-1123 label), as a CEL/RE2 pattern; its 63-character limit is the
+/// schema's `maxLength`.
+pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// `NAMESPACE/NAME` or `NAMESPACE/*`, as a CEL/RE2 pattern: a DNS-1123 label (bounded to 63
+/// here, since the whole entry has one `maxLength`), `/`, then `*` or a DNS-1123 subdomain.
+/// Character classes instead of escapes keep it the same in Rust, CEL and YAML.
+pub const SERVICE_ACCOUNT_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/([*]|[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$";
+
+/// The longest `spec.access.serviceAccounts` entry: a 63-character namespace, `/` and a
+/// 253-character ServiceAccount name.
+pub const SERVICE_ACCOUNT_ENTRY_MAX: usize = 63 + 1 + 253;
+
+/// Who may call a plugin run in Pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = Rule::new(
+    "!has(self.open) || !self.open || ((!has(self.namespaces) || size(self.namespaces) == 0) && (!has(self.serviceAccounts) || size(self.serviceAccounts) == 0))"
+).message(
+    "spec.access.open: true admits every caller, so it cannot be combined with spec.access.namespaces or spec.access.serviceAccounts; remove the lists, or set open: false"
+).field_path(".open").reason(kube::core::Reason::FieldValueForbidden))]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSpec {
+    /// Admit every caller that can reach the plugin's Pods, from any namespace and without a
+    /// ServiceAccount token (traffic is still TLS). A development escape hatch: anyone in the
+    /// cluster can then spend the plugin's credentials. Cannot be combined with `namespaces` or
+    /// `serviceAccounts`. Default false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub open: bool,
+
+    /// More namespaces whose ServiceAccounts may all call the plugin; the plugin's own
+    /// namespace is always allowed. Each a namespace name (a DNS-1123 label: at most 63
+    /// lowercase letters, digits or `-`, starting and ending with a letter or digit). At most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "namespaces_schema")]
+    pub namespaces: Vec<String>,
+
+    /// Single ServiceAccounts that may call the plugin, as `NAMESPACE/NAME`, or `NAMESPACE/*`
+    /// for every ServiceAccount of that namespace. Their namespaces are also let through the
+    /// plugin's NetworkPolicy; the launcher then admits only the listed accounts. At most 64
+    /// entries of at most 317 characters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "service_accounts_schema")]
+    pub service_accounts: Vec<String>,
+}
+
+impl AccessSpec {
+    /// Whether nothing is set: only the plugin's own namespace may call.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A list of namespace names, each checked by a CEL rule so that the API server's error
+/// names the entry and says what a namespace name is (a bare `pattern` only prints the regex).
+fn namespaces_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let rule = format!("self.matches('{NAMESPACE_PATTERN}')");
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": ACCESS_ENTRIES_MAX,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 63,
+            "x-kubernetes-validations": [{
+                "rule": rule,
+                "message": "must be a namespace name: a DNS-1123 label of at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                "reason": "FieldValueInvalid"
+            }]
+        }
+    })
+}
+
+/// A list of `NAMESPACE/NAME` or `NAMESPACE/*` entries, checked entry by entry as above.
+fn service_accounts_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let rule = format!("self.matches('{SERVICE_ACCOUNT_PATTERN}')");
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": ACCESS_ENTRIES_MAX,
+        "items": {
+            "type": "string",
+            "minLength": 3,
+            "maxLength": SERVICE_ACCOUNT_ENTRY_MAX,
+            "x-kubernetes-validations": [{
+                "rule": rule,
+                "message": "must be NAMESPACE/NAME (one ServiceAccount) or NAMESPACE/* (every ServiceAccount of the namespace), in lowercase: a namespace name, '/', then '*' or a ServiceAccount name",
+                "reason": "FieldValueInvalid"
+            }]
+        }
+    })
 }
 
 fn default_port() -> i32 {
@@ -648,7 +755,94 @@ mod tests {
         );
         assert_eq!(capabilities["maxProperties"], 64);
         // The rules of the spec itself are still there.
-        assert_eq!(rules(&spec).len(), 3);
+        assert_eq!(rules(&spec).len(), 4);
+    }
+
+    #[test]
+    fn access_entries_are_checked_one_by_one_with_a_reason() {
+        let spec = spec_schema();
+        let access = &spec["properties"]["access"];
+        for (list, max_len) in [
+            ("namespaces", 63),
+            ("serviceAccounts", SERVICE_ACCOUNT_ENTRY_MAX),
+        ] {
+            let node = &access["properties"][list];
+            assert_eq!(node["maxItems"], ACCESS_ENTRIES_MAX, "{list}");
+            assert_eq!(node["items"]["maxLength"], max_len, "{list}");
+            let (rule, message) = rules(&node["items"]).into_iter().next().expect("a rule");
+            assert!(rule.starts_with("self.matches('^"), "{list}: {rule}");
+            assert!(message.starts_with("must be "), "{list}: {message}");
+            assert!(
+                node["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{list} is explained"
+            );
+        }
+        let (rule, message) = rules(access).into_iter().next().expect("open rule");
+        assert!(rule.contains("self.open"), "{rule}");
+        assert!(message.starts_with("spec.access.open: "), "{message}");
+        assert_eq!(access["x-kubernetes-validations"][0]["fieldPath"], ".open");
+        assert!(
+            rules(&spec).iter().any(|(r, m)| r.contains("self.endpoint")
+                && r.contains("self.access")
+                && m.starts_with("spec.access ")),
+            "access is refused with an endpoint"
+        );
+        // Unset access is not written out, so existing resources and generated manifests
+        // stay as they were.
+        assert!(access.get("default").is_none());
+        let empty = serde_json::to_value(AccessSpec::default()).expect("json");
+        assert_eq!(empty, serde_json::json!({}));
+    }
+
+    /// The API server runs the CRD's patterns (RE2); the operator checks the same entries in
+    /// Rust. Both must agree on every sample, or a value could pass one and not the other.
+    #[test]
+    fn access_patterns_agree_with_the_rust_checks() {
+        let namespace = regex::Regex::new(NAMESPACE_PATTERN).expect("RE2-compatible");
+        let account = regex::Regex::new(SERVICE_ACCOUNT_PATTERN).expect("RE2-compatible");
+        let label63 = "a".repeat(63);
+        let label64 = "a".repeat(64);
+        let names = [
+            "a", "agents", "a-b", "0", "-a", "a-", "A", "a_b", "a.b", "", "ns1", &label63, &label64,
+        ];
+        for n in names {
+            let schema_ok = namespace.is_match(n) && n.len() <= 63;
+            assert_eq!(
+                schema_ok,
+                crate::access::is_dns1123_label(n),
+                "namespace {n:?}"
+            );
+        }
+        let entries: Vec<String> = names
+            .iter()
+            .flat_map(|ns| {
+                [
+                    "*",
+                    "bot",
+                    "bot-1.team",
+                    "Bot",
+                    "a..b",
+                    "",
+                    "*x",
+                    "a/b",
+                    ".a",
+                ]
+                .map(|name| format!("{ns}/{name}"))
+            })
+            .chain(["nslash".to_string(), "a//b".to_string()])
+            .collect();
+        for e in &entries {
+            let schema_ok = account.is_match(e) && e.len() <= SERVICE_ACCOUNT_ENTRY_MAX;
+            let rust_ok = crate::access::callers(
+                "x",
+                &AccessSpec {
+                    service_accounts: vec![e.clone()],
+                    ..Default::default()
+                },
+            )
+            .is_ok();
+            assert_eq!(schema_ok, rust_ok, "service account entry {e:?}");
+        }
     }
 
     #[test]

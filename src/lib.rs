@@ -1,5 +1,6 @@
 //! hector-operator: runs Hector plugins remotely on Kubernetes.
 
+pub mod access;
 pub mod apply;
 pub mod build;
 pub mod cli;

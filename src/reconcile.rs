@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -108,6 +109,7 @@ pub struct Ctx {
     replicasets: Store<ReplicaSet>,
     deployments: Store<Deployment>,
     services: Store<Service>,
+    network_policies: Store<NetworkPolicy>,
     configmaps: Store<ConfigMap>,
     mount_events: Store<CoreEvent>,
     publish: mpsc::UnboundedSender<String>,
@@ -242,6 +244,15 @@ fn resolve_config(plugin: &HectorPlugin) -> (ConfigVerdict, Option<ResolvedConfi
             return (ConfigVerdict::Invalid(reason, text.join("; ")), None);
         }
     };
+    // The CRD's rules reject these at apply; this keeps an invalid allowlist from ever
+    // reaching a NetworkPolicy or the launcher's flags (e.g. a CRD older than the operator).
+    if let Err(errors) = crate::access::check(spec) {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return (
+            ConfigVerdict::Invalid("InvalidAccess", text.join("; ")),
+            None,
+        );
+    }
     let mut message = format!(
         "{} key(s), {} from Secrets",
         resolved.values.len() + resolved.secrets.len(),
@@ -554,6 +565,33 @@ impl Ctx {
         let cached_d = self.deployments.get(&ObjectRef::new(&name).within(&ns));
         let cached_s = self.services.get(&ObjectRef::new(&name).within(&ns));
         let uid = plugin.uid().unwrap_or_default();
+
+        // Before the Deployment, so that a new plugin's Pods start behind their policy.
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        let cached_np = self
+            .network_policies
+            .get(&ObjectRef::new(&name).within(&ns));
+        match build::network_policy(plugin, &self.shared.settings)? {
+            Some(np) => {
+                let claim = self
+                    .claim(&policies, "NetworkPolicy", &name, cached_np, plugin)
+                    .await?;
+                match self
+                    .put(&policies, "NetworkPolicy", &name, &np, claim)
+                    .await?
+                {
+                    Ok(true) => tracing::info!(plugin = %key_of(plugin), "applied NetworkPolicy"),
+                    Ok(false) => {}
+                    Err(c) => conflicts.push(c),
+                }
+            }
+            None => {
+                if let Some(live) = cached_np.filter(|n| controlled_by(&n.metadata, &uid)) {
+                    self.delete(&policies, "NetworkPolicy", &*live).await?;
+                }
+            }
+        }
+
         let mut deployment = None;
         match build::deployment(plugin, config, &self.shared.settings)? {
             Some(d) => {
@@ -1193,6 +1231,7 @@ async fn sync_gate(ctx: Arc<Ctx>, synced: watch::Sender<bool>) {
         && ctx.replicasets.wait_until_ready().await.is_ok()
         && ctx.deployments.wait_until_ready().await.is_ok()
         && ctx.services.wait_until_ready().await.is_ok()
+        && ctx.network_policies.wait_until_ready().await.is_ok()
         && ctx.configmaps.wait_until_ready().await.is_ok()
         && ctx.mount_events.wait_until_ready().await.is_ok();
     if ready {
@@ -1212,6 +1251,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let (replicasets, replicasets_writer) = reflector::store();
     let (deployments, deployments_writer) = reflector::store();
     let (services, services_writer) = reflector::store();
+    let (network_policies, network_policies_writer) = reflector::store();
     let (configmaps, configmaps_writer) = reflector::store();
     let (mount_events, events_writer) = reflector::store();
     let (synced_tx, synced) = watch::channel(false);
@@ -1222,6 +1262,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         replicasets,
         deployments,
         services,
+        network_policies,
         configmaps,
         mount_events,
         publish: publish_tx,
@@ -1297,6 +1338,15 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     .default_backoff()
     .reflect(services_writer)
     .touched_objects();
+    // A deleted or edited NetworkPolicy is put back at once, like the other children.
+    let network_policy_stream = observed(
+        watcher(scope.api::<NetworkPolicy>(&client), managed.clone()),
+        "networkpolicies",
+        &shared,
+    )
+    .default_backoff()
+    .reflect(network_policies_writer)
+    .touched_objects();
     let endpoints_name = shared.configmap.clone();
     let cm_publish = ctx.publish.clone();
     let configmap_stream = observed(
@@ -1331,6 +1381,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let controller = Controller::for_stream(plugin_stream, plugins.clone())
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
+        .owns_stream(network_policy_stream)
         .owns_stream(configmap_stream)
         .watches_stream(pod_stream, |pod: Pod| {
             let ns = pod.namespace()?;
@@ -1384,6 +1435,36 @@ fn tokio_stream_wrapper<T: Clone + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::fixtures;
+
+    /// An invalid `spec.access` stops the reconcile before anything is built, and the status
+    /// names every bad entry by its field path.
+    #[test]
+    fn invalid_access_is_a_config_verdict_with_field_paths_and_applies_nothing() {
+        let yaml = fixtures::LLM.replace(
+            "  image:",
+            "  access: {namespaces: [ok, Bad_NS], serviceAccounts: [nobody]}\n  image:",
+        );
+        let (verdict, resolved) = resolve_config(&fixtures::plugin(&yaml));
+        assert!(resolved.is_none(), "nothing is applied");
+        let ConfigVerdict::Invalid(reason, message) = verdict else {
+            panic!("invalid access must not be valid: {verdict:?}");
+        };
+        assert_eq!(reason, "InvalidAccess");
+        assert!(
+            message.contains("spec.access.namespaces[1]: \"Bad_NS\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("spec.access.serviceAccounts[0]: \"nobody\""),
+            "{message}"
+        );
+        assert!(!message.contains("namespaces[0]"), "{message}");
+
+        let (verdict, resolved) = resolve_config(&fixtures::plugin(fixtures::LLM));
+        assert!(matches!(verdict, ConfigVerdict::Valid(_)), "{verdict:?}");
+        assert!(resolved.is_some());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn failed_publications_retry_once_per_namespace_with_growing_waits() {

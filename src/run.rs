@@ -1,6 +1,7 @@
 //! `hector-operator run`: wires logging, the health and metrics endpoints, leader election,
 //! the prober and one controller per watched scope, and shuts all of it down on SIGTERM.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use kube::client::ClientBuilder;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{broadcast, watch};
 
+use crate::access::OperatorIdentity;
 use crate::build::Settings;
 use crate::crd::ImagePullPolicy;
 use crate::fence::{Fence, FenceLayer};
@@ -97,6 +99,56 @@ pub struct RunArgs {
     /// Seconds a Lease holds without renewal; a dead leader is replaced within this time.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
     pub lease_duration: u64,
+
+    /// The namespace this operator runs in: plugin NetworkPolicies let its Pods in from there
+    /// (default: the namespace of the in-Pod ServiceAccount; outside a Pod, hector-system).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+
+    /// The ServiceAccount this operator runs as: every plugin admits it, so that the prober
+    /// can call.
+    #[arg(long, env = "OPERATOR_SERVICE_ACCOUNT", default_value = DEFAULT_SERVICE_ACCOUNT)]
+    pub operator_service_account: String,
+
+    /// Labels selecting this operator's Pods (its Deployment's selector), `key=value,...`:
+    /// plugin NetworkPolicies let these Pods in.
+    #[arg(
+        long,
+        env = "OPERATOR_POD_LABELS",
+        default_value = DEFAULT_POD_LABELS,
+        value_parser = parse_labels
+    )]
+    pub operator_pod_labels: BTreeMap<String, String>,
+}
+
+/// The operator's ServiceAccount in `deploy/` and the chart's default release.
+const DEFAULT_SERVICE_ACCOUNT: &str = "hector-operator";
+/// The operator's namespace when it runs outside a Pod (as `deploy/` installs it).
+const DEFAULT_NAMESPACE: &str = "hector-system";
+/// The selector labels of the operator's Pods in `deploy/` and the chart's default release.
+pub const DEFAULT_POD_LABELS: &str =
+    "app.kubernetes.io/name=hector-operator,app.kubernetes.io/instance=hector-operator";
+
+/// `key=value,...` as labels: at least one, keys not empty or repeated. An empty set would
+/// select every Pod of the operator's namespace, so it is refused.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not key=value"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(format!("{pair:?} has an empty key"));
+        }
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(format!("label {key:?} is given twice"));
+        }
+    }
+    if labels.is_empty() {
+        return Err("at least one label is needed to select the operator's Pods".into());
+    }
+    Ok(labels)
 }
 
 fn parse_pull_policy(s: &str) -> Result<ImagePullPolicy, String> {
@@ -155,6 +207,26 @@ fn default_namespace() -> String {
     std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "default".into())
+}
+
+/// Who this operator is, for plugin Pods to admit its prober.
+fn operator_identity(args: &RunArgs) -> OperatorIdentity {
+    let namespace = args
+        .operator_namespace
+        .clone()
+        .filter(|n| !n.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    OperatorIdentity {
+        namespace,
+        service_account: args.operator_service_account.clone(),
+        pod_labels: args.operator_pod_labels.clone(),
+    }
 }
 
 fn default_identity() -> String {
@@ -296,9 +368,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             fence.clone(),
         )
     });
+    let operator = operator_identity(&args);
+    tracing::info!(
+        service_account = %operator.service_account_entry(),
+        pods = ?operator.pod_labels,
+        "plugin Pods admit calls from this operator's ServiceAccount and Pods"
+    );
     let settings = Settings {
         launcher_image: launcher_image(&plain, &args).await,
         launcher_pull_policy: args.launcher_pull_policy,
+        operator,
     };
     let recorder = Recorder::new(
         fenced.clone(),
@@ -420,4 +499,66 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     health_server.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn the_operator_identity_defaults_to_the_deploy_install() {
+        let cli =
+            Cli::try_parse_from(["hector-operator", "--operator-namespace=ops"]).expect("parses");
+        let id = operator_identity(&cli.run);
+        assert_eq!(id.service_account_entry(), "ops/hector-operator");
+        assert_eq!(
+            id.pod_labels,
+            BTreeMap::from([
+                (
+                    "app.kubernetes.io/instance".to_string(),
+                    "hector-operator".to_string()
+                ),
+                (
+                    "app.kubernetes.io/name".to_string(),
+                    "hector-operator".to_string()
+                ),
+            ])
+        );
+        let cli = Cli::try_parse_from([
+            "hector-operator",
+            "--operator-namespace=ops",
+            "--operator-service-account=ops-sa",
+            "--operator-pod-labels=app.kubernetes.io/name=x, app.kubernetes.io/instance=y",
+        ])
+        .expect("parses");
+        let id = operator_identity(&cli.run);
+        assert_eq!(id.service_account_entry(), "ops/ops-sa");
+        assert_eq!(
+            id.pod_labels
+                .get("app.kubernetes.io/instance")
+                .map(String::as_str),
+            Some("y")
+        );
+    }
+
+    #[test]
+    fn pod_labels_must_select_something() {
+        for bad in ["", ",", "a", "=b", "a=1,a=2"] {
+            assert!(parse_labels(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_labels("a=1,b=").expect("valid"),
+            BTreeMap::from([
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), String::new())
+            ])
+        );
+    }
 }

@@ -443,10 +443,12 @@ fn values_reach_the_pod() {
             "--health-addr=0.0.0.0:9091",
             "--lease-name=ops-lease",
             "--lease-duration=30",
+            // Another release name, other selector labels: plugin NetworkPolicies follow.
+            "--operator-pod-labels=app.kubernetes.io/name=hector-operator,app.kubernetes.io/instance=ops",
             "--remote-path=/opt/remote",
         ]
     );
-    assert_eq!(c["env"][2], json!({"name": "RUST_BACKTRACE", "value": "1"}));
+    assert_eq!(c["env"][3], json!({"name": "RUST_BACKTRACE", "value": "1"}));
     assert_eq!(c["ports"][0]["containerPort"], 9090);
     assert_eq!(c["ports"][1]["containerPort"], 9091);
     assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
@@ -496,6 +498,112 @@ fn values_reach_the_pod() {
     let a = args(find(&docs, "Deployment", "ops-hector-operator"));
     assert_eq!(a[1], "--launcher-image=example.org/launcher:1");
     assert!(a.contains(&"--launcher-pull-policy=Always".to_string()));
+}
+
+/// The labels the operator tells plugin NetworkPolicies to let in, parsed from its flags (or
+/// the operator's default when the chart passes none).
+fn operator_pod_labels(deployment: &Value) -> serde_json::Map<String, Value> {
+    let flag = args(deployment)
+        .iter()
+        .find_map(|a| a.strip_prefix("--operator-pod-labels=").map(str::to_string))
+        .unwrap_or_else(|| hector_operator::run::DEFAULT_POD_LABELS.to_string());
+    hector_operator::run::parse_labels(&flag)
+        .expect("the chart passes valid labels")
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
+}
+
+/// Plugin NetworkPolicies let in the operator's Pods by its selector labels, and plugins admit
+/// its ServiceAccount: whatever the release is called, the operator is told the labels its own
+/// Pods carry and learns its ServiceAccount from its Pod. Its prober's token has the plugins'
+/// audience.
+#[test]
+fn plugins_let_in_the_operator_whatever_the_release_is_called() {
+    for (release, extra) in [
+        ("hector-operator", &[][..]),
+        ("ops", &[][..]),
+        ("ops", &["--set", "nameOverride=hector"][..]),
+        (
+            "ops",
+            &[
+                "--set",
+                "podLabels.tier=control",
+                "--set",
+                "serviceAccount.name=robot",
+            ][..],
+        ),
+    ] {
+        let docs = render(release, "platform", extra);
+        let d = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("a Deployment");
+        let labels = operator_pod_labels(d);
+        assert_eq!(
+            Value::Object(labels.clone()),
+            d["spec"]["selector"]["matchLabels"],
+            "{release} {extra:?}: the policy selects the operator's Pods by its selector"
+        );
+        for (k, v) in &labels {
+            assert_eq!(
+                &d["spec"]["template"]["metadata"]["labels"][k], v,
+                "{release} {extra:?}: the operator's Pods carry {k}"
+            );
+        }
+        let c = container(d);
+        let env = c["env"].as_array().expect("env");
+        assert!(
+            env.contains(&json!({"name": "OPERATOR_SERVICE_ACCOUNT",
+                "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}})),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&json!({"name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})),
+            "{env:?}"
+        );
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "plugin-token", "mountPath": "/var/run/secrets/hector.dev", "readOnly": true}])
+        );
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "plugin-token", "projected": {"sources": [{"serviceAccountToken":
+                {"audience": "hector.dev/plugins", "expirationSeconds": 3600, "path": "token"}}]}}])
+        );
+    }
+}
+
+/// The chart's rules, cluster-wide or per namespace: plugin NetworkPolicies can be managed,
+/// and still nothing on Secrets.
+#[test]
+fn rules_cover_network_policies_and_never_secrets() {
+    for extra in [&[][..], &["--set", "watchNamespaces={team-a}"][..]] {
+        let docs = render("hector", "hector-system", extra);
+        let roles: Vec<Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+            .cloned()
+            .collect();
+        let rules: Vec<&Value> = roles
+            .iter()
+            .flat_map(|r| r["rules"].as_array().expect("rules").iter())
+            .collect();
+        assert!(
+            rules.contains(
+                &&json!({"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                "verbs": ["get", "list", "watch", "create", "patch", "delete"]})
+            ),
+            "{extra:?}: {rules:?}"
+        );
+        for rule in rules {
+            let resources = rule["resources"].as_array().expect("resources");
+            assert!(!resources.contains(&json!("secrets")), "{extra:?}: {rule}");
+            assert!(!resources.contains(&json!("*")), "{extra:?}: {rule}");
+        }
+    }
 }
 
 #[test]

@@ -145,7 +145,26 @@ fn deployment_follows_the_operator_contract() {
         json!([
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "OPERATOR_SERVICE_ACCOUNT", "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
         ])
+    );
+    // The token the prober presents to plugins, for their audience only.
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "plugin-token", "mountPath": "/var/run/secrets/hector.dev", "readOnly": true}])
+    );
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "plugin-token", "projected": {"sources": [{"serviceAccountToken":
+            {"audience": "hector.dev/plugins", "expirationSeconds": 3600, "path": "token"}}]}}])
+    );
+    // Plugin NetworkPolicies let in the Pods the operator's default labels select: these.
+    let pod_labels = hector_operator::run::parse_labels(hector_operator::run::DEFAULT_POD_LABELS)
+        .expect("the default parses");
+    assert_eq!(
+        serde_json::to_value(&pod_labels).unwrap(),
+        d["spec"]["selector"]["matchLabels"],
+        "the operator's default pod labels are this Deployment's selector"
     );
     assert_eq!(
         c["ports"],
@@ -213,6 +232,8 @@ fn expected_cluster_rules() -> Value {
         {"apiGroups": [""], "resources": ["services", "configmaps"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ])

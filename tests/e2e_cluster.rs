@@ -410,6 +410,13 @@ async fn built_objects_run_the_plugin() -> TestResult {
     let settings = build::Settings {
         launcher_image: format!("hector.dev/hector-operator:{IMAGE_TAG}"),
         launcher_pull_policy: hector_operator::crd::ImagePullPolicy::Never,
+        operator: hector_operator::access::OperatorIdentity {
+            namespace: "hector-system".into(),
+            service_account: "hector-operator".into(),
+            pod_labels: hector_operator::run::parse_labels(
+                hector_operator::run::DEFAULT_POD_LABELS,
+            )?,
+        },
     };
     let config_map = build::config_map(&stored, &config)?;
     let deployment = build::deployment(&stored, &config, &settings)?.ok_or("a Deployment")?;

@@ -1,7 +1,8 @@
 //! The plugin's Deployment: an init container copies the launcher from the operator image
 //! into a shared volume, and the plugin container runs the launcher in front of the plugin
 //! executable, with configuration mounted as files (plain values from the config ConfigMap,
-//! secret values straight from their Secrets).
+//! secret values straight from their Secrets). The launcher serves TLS and checks callers'
+//! ServiceAccount tokens against `spec.access`.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +10,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, GRPCAction,
-    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SeccompProfile, SecretProjection, SecurityContext, TCPSocketAction,
-    Volume, VolumeMount, VolumeProjection,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, GRPCAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecretProjection, SecurityContext, ServiceAccountTokenProjection, TCPSocketAction, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -21,8 +23,8 @@ use kube::ResourceExt;
 
 use super::config_map::{CONFIG_HASH_ANNOTATION, config_hash};
 use super::{
-    BuildError, CONFIG_DIR, LAUNCHER_DIR, LAUNCHER_IN_IMAGE, Settings, config_map_name, labels,
-    owned_meta, selector,
+    BuildError, CONFIG_DIR, LAUNCHER_DIR, LAUNCHER_IN_IMAGE, Settings, callers, config_map_name,
+    labels, owned_meta, selector,
 };
 use crate::config::ResolvedConfig;
 use crate::crd::HectorPlugin;
@@ -31,6 +33,14 @@ use crate::crd::HectorPlugin;
 const RUN_AS_USER: i64 = 65532;
 /// Time for the launcher's drain: its delay and timeout plus the plugin's own shutdown.
 const TERMINATION_GRACE_SECONDS: i64 = 45;
+/// Where the launcher reads a token and CA for the API server, to fetch the keys that verify
+/// callers' ServiceAccount tokens (OIDC discovery and JWKS).
+pub const API_SERVER_CREDENTIALS_DIR: &str = "/var/run/secrets/hector.dev/apiserver";
+/// The environment variable carrying the Pod's uid, which the launcher puts into its
+/// certificate.
+const POD_UID_ENV: &str = "HECTOR_POD_UID";
+/// Lifetime of the projected API server token; the kubelet renews it well before.
+const TOKEN_SECONDS: i64 = 3600;
 
 /// The Deployment for `plugin`, or `None` for a plugin given by `spec.endpoint`.
 pub fn deployment(
@@ -52,8 +62,11 @@ pub fn deployment(
         format!("--launch={}", spec.launch.launcher_flag()),
         format!("--listen=0.0.0.0:{}", spec.port),
         format!("--config-dir={CONFIG_DIR}"),
-        "--".into(),
     ];
+    // In the command, not the args: `spec.access` changes the Pod template, so it rolls the
+    // Pods like any other change of the command line.
+    command.extend(callers(plugin)?.launcher_args(&settings.operator));
+    command.push("--".into());
     command.extend(spec.command.iter().cloned());
 
     let grpc_probe = |period: i32, failures: i32| Probe {
@@ -72,7 +85,7 @@ pub fn deployment(
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(command),
         args: (!spec.args.is_empty()).then(|| spec.args.clone()),
-        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        env: Some(env(&spec.env)),
         ports: Some(vec![ContainerPort {
             name: Some("grpc".into()),
             container_port: spec.port,
@@ -100,6 +113,7 @@ pub fn deployment(
         volume_mounts: Some(vec![
             mount("launcher", LAUNCHER_DIR),
             mount("config", CONFIG_DIR),
+            mount("apiserver", API_SERVER_CREDENTIALS_DIR),
             // go-plugin children create their Unix socket under the temporary directory,
             // and the root filesystem is read-only.
             VolumeMount {
@@ -154,8 +168,14 @@ pub fn deployment(
                 projected: Some(config_projection(plugin, config)),
                 ..Default::default()
             },
+            Volume {
+                name: "apiserver".into(),
+                projected: Some(api_server_projection()),
+                ..Default::default()
+            },
         ]),
-        // Plugins do not talk to the Kubernetes API.
+        // Plugins do not talk to the Kubernetes API; the launcher reads only the discovery
+        // documents, with the token of the `apiserver` volume, not the default mount.
         automount_service_account_token: Some(false),
         // The launcher drains on SIGTERM (fails readiness, keeps serving for a few seconds,
         // finishes in-flight calls, then shuts the plugin down); this covers all of it.
@@ -235,6 +255,60 @@ fn restricted() -> SecurityContext {
     }
 }
 
+/// The plugin's environment, then the Pod's uid for the launcher's certificate. A variable of
+/// that name in `spec.env` is dropped: the launcher must get the true uid, and a repeated name
+/// would make the server-side apply of the Deployment fail.
+fn env(spec_env: &[EnvVar]) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = spec_env
+        .iter()
+        .filter(|e| e.name != POD_UID_ENV)
+        .cloned()
+        .collect();
+    env.push(EnvVar {
+        name: POD_UID_ENV.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: None,
+                field_path: "metadata.uid".into(),
+            }),
+            ..Default::default()
+        }),
+    });
+    env
+}
+
+/// What the launcher needs to fetch the API server's token-signing keys: a token for the API
+/// server itself (no audience) and the cluster's CA. Every ServiceAccount may read those
+/// documents (Kubernetes' `system:service-account-issuer-discovery` binding).
+fn api_server_projection() -> ProjectedVolumeSource {
+    ProjectedVolumeSource {
+        sources: Some(vec![
+            VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: None,
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            },
+            VolumeProjection {
+                config_map: Some(ConfigMapProjection {
+                    name: "kube-root-ca.crt".into(),
+                    optional: None,
+                    items: Some(vec![KeyToPath {
+                        key: "ca.crt".into(),
+                        path: "ca.crt".into(),
+                        mode: None,
+                    }]),
+                }),
+                ..Default::default()
+            },
+        ]),
+        default_mode: None,
+    }
+}
+
 /// One directory, one file per configuration key: plain values from the config ConfigMap,
 /// each secret value from its own Secret key.
 fn config_projection(plugin: &HectorPlugin, config: &ResolvedConfig) -> ProjectedVolumeSource {
@@ -303,6 +377,10 @@ mod tests {
                 "--launch=go-plugin",
                 "--listen=0.0.0.0:50051",
                 "--config-dir=/etc/hector/config",
+                "--tls",
+                "--auth",
+                "--allow-namespace=agents",
+                "--allow-service-account=hector-system/hector-operator",
                 "--",
                 "/plugin/my-llm",
             ]
@@ -459,6 +537,144 @@ mod tests {
                 .as_ref()
                 .and_then(|s| s.read_only_root_filesystem),
             Some(true)
+        );
+    }
+
+    fn launcher_flags(d: &Deployment) -> Vec<String> {
+        let command = pod(d).containers[0].command.clone().expect("command");
+        let end = command.iter().position(|a| a == "--").expect("--");
+        command[1..end].to_vec()
+    }
+
+    fn with_access(access: &str) -> String {
+        fixtures::LLM.replace("  image:", &format!("  access: {access}\n  image:"))
+    }
+
+    #[test]
+    fn the_allowlist_is_passed_to_the_launcher_and_nothing_unlisted() {
+        let d = build(&with_access(
+            "{namespaces: [zeta, alpha, agents], serviceAccounts: [team-b/*, team-a/bot]}",
+        ))
+        .expect("image given");
+        let flags = launcher_flags(&d);
+        assert_eq!(
+            flags[4..],
+            [
+                "--tls",
+                "--auth",
+                "--allow-namespace=agents",
+                "--allow-namespace=alpha",
+                "--allow-namespace=zeta",
+                "--allow-service-account=team-a/bot",
+                "--allow-service-account=team-b/*",
+                "--allow-service-account=hector-system/hector-operator",
+            ]
+        );
+        let allowed: Vec<&str> = flags
+            .iter()
+            .filter_map(|f| f.strip_prefix("--allow-namespace="))
+            .collect();
+        assert_eq!(allowed, ["agents", "alpha", "zeta"], "no other namespace");
+        assert!(!flags.iter().any(|f| f == "--open"));
+    }
+
+    #[test]
+    fn open_access_is_tls_without_an_allowlist() {
+        let d = build(&with_access("{open: true}")).expect("image given");
+        let flags = launcher_flags(&d);
+        assert_eq!(flags[4..], ["--tls", "--open"]);
+        assert!(
+            !flags
+                .iter()
+                .any(|f| f.starts_with("--allow") || f == "--auth")
+        );
+    }
+
+    #[test]
+    fn changing_access_rolls_the_pods() {
+        let template = |d: &Deployment| d.spec.as_ref().map(|s| s.template.clone());
+        let before = build(fixtures::LLM).expect("image given");
+        let after = build(&with_access("{namespaces: [alpha]}")).expect("image given");
+        assert_ne!(template(&before), template(&after));
+        assert_eq!(
+            template(&before),
+            template(&build(fixtures::LLM).expect("image given")),
+            "the same access builds the same template"
+        );
+    }
+
+    #[test]
+    fn invalid_access_builds_no_deployment() {
+        let p = fixtures::plugin(&with_access("{serviceAccounts: [no-slash]}"));
+        let config = resolve(
+            &p.spec.manifest.config_schema,
+            &p.spec.config,
+            &p.spec.secret_config,
+        )
+        .expect("valid");
+        let err = deployment(&p, &config, &fixtures::settings()).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .starts_with("spec.access.serviceAccounts[0]: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_launcher_learns_the_pod_uid_which_spec_env_cannot_override() {
+        let yaml = fixtures::LLM.replace(
+            "  image:",
+            "  env: [{name: A, value: a}, {name: HECTOR_POD_UID, value: forged}]\n  image:",
+        );
+        let d = build(&yaml).expect("image given");
+        let env = pod(&d).containers[0].env.clone().expect("env");
+        let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["A", "HECTOR_POD_UID"], "one of each name");
+        let uid = &env[1];
+        assert_eq!(uid.value, None);
+        assert_eq!(
+            uid.value_from
+                .as_ref()
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            Some("metadata.uid")
+        );
+    }
+
+    #[test]
+    fn the_launcher_gets_api_server_credentials_but_no_default_token() {
+        let d = build(fixtures::LLM).expect("image given");
+        let p = pod(&d);
+        assert_eq!(p.automount_service_account_token, Some(false));
+        let m = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/run/secrets/hector.dev/apiserver")
+            .expect("mounted");
+        assert_eq!(m.read_only, Some(true));
+        let init = &p.init_containers.as_ref().expect("init")[0];
+        assert!(
+            !init
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|x| x.name == m.name),
+            "the init container needs no token"
+        );
+        let volume = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .and_then(|v| v.projected.as_ref())
+            .expect("projected volume");
+        assert_eq!(
+            serde_json::to_value(volume).expect("json"),
+            serde_json::json!({"sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3600, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+            ]})
         );
     }
 

@@ -1,12 +1,15 @@
 //! Pure builders of the Kubernetes objects that run one HectorPlugin: its configuration
-//! ConfigMap, Deployment and Service. No I/O: the controller applies what these return.
+//! ConfigMap, Deployment, Service and NetworkPolicy. No I/O: the controller applies what
+//! these return.
 
 mod config_map;
 mod deployment;
+mod network_policy;
 mod service;
 
 pub use config_map::{CONFIG_HASH_ANNOTATION, config_map};
-pub use deployment::deployment;
+pub use deployment::{API_SERVER_CREDENTIALS_DIR, deployment};
+pub use network_policy::network_policy;
 pub use service::service;
 
 use std::collections::BTreeMap;
@@ -14,6 +17,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
+use crate::access::{self, Callers, OperatorIdentity};
 use crate::crd::{HectorPlugin, ImagePullPolicy};
 
 /// Label on every object made for a plugin, naming the HectorPlugin; also the Pod selector.
@@ -32,6 +36,8 @@ pub struct Settings {
     pub launcher_image: String,
     /// Its pull policy.
     pub launcher_pull_policy: ImagePullPolicy,
+    /// Who the operator is: every plugin admits its prober.
+    pub operator: OperatorIdentity,
 }
 
 /// Why objects cannot be built for a resource.
@@ -40,6 +46,9 @@ pub enum BuildError {
     /// The resource has no namespace, name or uid yet (it was not read from the API server).
     #[error("the HectorPlugin has no {0}; only stored resources can own objects")]
     Unstored(&'static str),
+    /// `spec.access` is invalid (the reconciler reports this earlier, as ConfigValid=False).
+    #[error("{0}")]
+    InvalidAccess(String),
 }
 
 /// Name of the plugin's configuration ConfigMap.
@@ -83,6 +92,17 @@ fn owned_meta(plugin: &HectorPlugin, name: String) -> Result<ObjectMeta, BuildEr
         labels: Some(labels(plugin)),
         owner_references: Some(vec![owner(plugin)?]),
         ..Default::default()
+    })
+}
+
+/// Who may call `plugin`'s Pods; nothing is built from an invalid `spec.access`.
+fn callers(plugin: &HectorPlugin) -> Result<Callers, BuildError> {
+    let namespace = plugin
+        .namespace()
+        .ok_or(BuildError::Unstored("namespace"))?;
+    access::callers(&namespace, &plugin.spec.access).map_err(|errors| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        BuildError::InvalidAccess(text.join("; "))
     })
 }
 
@@ -132,6 +152,17 @@ spec:
         super::Settings {
             launcher_image: "hector.dev/hector-operator:dev".into(),
             launcher_pull_policy: crate::crd::ImagePullPolicy::IfNotPresent,
+            operator: crate::access::OperatorIdentity {
+                namespace: "hector-system".into(),
+                service_account: "hector-operator".into(),
+                pod_labels: [
+                    ("app.kubernetes.io/name", "hector-operator"),
+                    ("app.kubernetes.io/instance", "hector-operator"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            },
         }
     }
 }

@@ -87,6 +87,11 @@ differs, so the default rendering runs the same command line as deploy/.
 - --lease-duration={{ .Values.leaderElection.leaseDurationSeconds }}
 {{- end }}
 {{- end }}
+{{- /* Plugin NetworkPolicies let in the Pods with these labels: the selector labels. */}}
+{{- $podLabels := printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" (include "hector-operator.name" .) .Release.Name }}
+{{- if ne $podLabels "app.kubernetes.io/name=hector-operator,app.kubernetes.io/instance=hector-operator" }}
+- --operator-pod-labels={{ $podLabels }}
+{{- end }}
 {{- with .Values.extraArgs }}
 {{ toYaml . }}
 {{- end }}
@@ -117,6 +122,10 @@ differs, so the default rendering runs the same command line as deploy/.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# Plugin NetworkPolicies: only allowed callers and the operator reach a plugin's port.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # No permission on Secrets at all: secret values reach plugin Pods through the kubelet
 # only. A missing Secret or key is read from the kubelet's FailedMount Events.
 - apiGroups: [""]
