@@ -96,40 +96,13 @@ async fn apply_plugin(client: &Client, ns: &str, name: &str, spec: Value) {
     apply(&api, plugin(name, spec)).await;
 }
 
-/// A binary of the workspace, built next to hectorctl.
-fn bin(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_hectorctl")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        path.display()
-    );
-    path
-}
-
-/// The Go host that loads plugins the way Hector's loader does (built once per run).
-fn loader() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("hector-agent-loader-{}", std::process::id()));
-        let status = Command::new(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins/go-llm/build.sh"),
-        )
-        .arg(&out)
-        .arg("./cmd/loader")
-        .status()
-        .expect("run tests/plugins/go-llm/build.sh (is Go installed?)");
-        assert!(status.success(), "building the loader failed: {status}");
-        out
-    })
-    .clone()
-}
-
 /// Runs the loader on `plugin` with `args` and `env`: its JSON lines and its stderr.
 fn load(plugin: &Path, args: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, String) {
-    let out: Output = Command::new(loader())
+    let out: Output = Command::new(go_loader())
         .args(args)
         .arg(plugin)
+        // The agent's identity here: a token every launcher admits (see `common`).
+        .env("HECTOR_PLUGIN_TOKEN_FILE", operator_token_file())
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
@@ -176,6 +149,7 @@ fn assert_llm_session(lines: &[Value], stderr: &str, expect: &str) {
 fn hectorctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hectorctl"))
         .args(args)
+        .env("HECTOR_PLUGIN_TOKEN_FILE", operator_token_file())
         .output()
         .expect("run hectorctl");
     (
@@ -210,7 +184,7 @@ async fn a_go_plugin_host_here_reaches_published_plugins_through_hector_plugin_r
     apply_plugin(&client, &ns.name, "vectors", embedder_spec(16)).await;
     let echo = wait_published(&client, &ns.name, "echo", 1).await;
     let vectors = wait_published(&client, &ns.name, "vectors", 1).await;
-    let remote = bin("hector-plugin-remote");
+    let remote = workspace_bin("hector-plugin-remote");
     let llm_ops = [
         "-op",
         "generate:hello cluster",

@@ -314,7 +314,7 @@ async fn config_change_rolls_pods_without_a_failed_call() -> TestResult {
     // test runtime is single-threaded: on a multi-threaded one, hyper can hand a call to a
     // connection in the instant between the server's GOAWAY and its own notice of it, and
     // fail that call unsent (`Cancelled`, "connection closed"); see docs/launcher.md.
-    let channel = hector_plugin_sdk::connect(&address, Duration::from_secs(2)).await?;
+    let channel = plugin_channel(&address).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let (v1, v2, failures) = (
         Arc::new(AtomicUsize::new(0)),
@@ -327,7 +327,7 @@ async fn config_change_rolls_pods_without_a_failed_call() -> TestResult {
             use hector_plugin_sdk::proto::{
                 GenerateRequest, Message, llm_provider_client::LlmProviderClient,
             };
-            let mut llm = LlmProviderClient::new(channel);
+            let mut llm = LlmProviderClient::with_interceptor(channel, authorize);
             let deadline = Instant::now() + Duration::from_secs(240);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let req = GenerateRequest {

@@ -822,6 +822,8 @@ async fn a_watch_that_cannot_list_fails_readiness_and_is_logged() -> TestResult 
             "--health-addr",
             &format!("127.0.0.1:{health}"),
         ])
+        .arg("--plugin-token-file")
+        .arg(operator_token_file())
         .env("KUBECONFIG", &config)
         .env_remove("POD_NAME")
         .stdout(Stdio::null())

@@ -117,24 +117,86 @@ pub fn pod_ready(p: &Pod) -> bool {
 /// One `Generate` with `text` and one `GetModelInfo` at `address`: the answer and the model
 /// name, or `None` while the plugin cannot be reached yet.
 pub async fn generate_at(address: String, text: &str) -> Option<(String, String)> {
-    use hector_plugin_sdk::proto::{
-        Empty, GenerateRequest, Message, llm_provider_client::LlmProviderClient,
-    };
-    let ch = hector_plugin_sdk::connect(&address, Duration::from_secs(2))
-        .await
-        .ok()?;
-    let mut llm = LlmProviderClient::new(ch);
-    let req = GenerateRequest {
+    use hector_plugin_sdk::proto::{Empty, llm_provider_client::LlmProviderClient};
+    let ch = plugin_channel(&address).await.ok()?;
+    let mut llm = LlmProviderClient::with_interceptor(ch, authorize);
+    let answer = llm.generate(user_request(text)).await.ok()?.into_inner().text;
+    let info = llm.get_model_info(Empty {}).await.ok()?.into_inner();
+    Some((answer, info.model_name))
+}
+
+fn user_request(text: &str) -> hector_plugin_sdk::proto::GenerateRequest {
+    use hector_plugin_sdk::proto::{GenerateRequest, Message};
+    GenerateRequest {
         messages: vec![Message {
             role: "user".into(),
             content: text.into(),
             ..Default::default()
         }],
         tools: vec![],
-    };
-    let answer = llm.generate(req).await.ok()?.into_inner().text;
-    let info = llm.get_model_info(Empty {}).await.ok()?.into_inner();
-    Some((answer, info.model_name))
+    }
+}
+
+/// A token for `namespace/service_account` and `audience`, from the API server's TokenRequest.
+pub fn mint_token(namespace: &str, service_account: &str, audience: &str) -> String {
+    let out = std::process::Command::new(kubectl_path())
+        .args(["create", "token", service_account, "-n", namespace])
+        .args(["--audience", audience, "--duration", "2h"])
+        .output()
+        .expect("kubectl create token");
+    assert!(
+        out.status.success(),
+        "kubectl create token {namespace}/{service_account}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A file holding a token of the operator's ServiceAccount for plugins, which every launcher
+/// admits (it is how the operator's prober calls): tests that exercise something other than
+/// caller checks call plugins with it. Minted once per test binary.
+pub fn operator_token_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let token = mint_token(OPERATOR_NS, "hector-operator", "hector.dev/plugins");
+        let path = std::env::temp_dir().join(format!("hector-e2e-token-{}", std::process::id()));
+        std::fs::write(&path, token).expect("write the token file");
+        path
+    })
+    .clone()
+}
+
+/// Adds the operator's token to a call (see [`operator_token_file`]).
+pub fn authorize(
+    mut request: tonic::Request<()>,
+) -> Result<tonic::Request<()>, tonic::Status> {
+    static VALUE: std::sync::OnceLock<tonic::metadata::AsciiMetadataValue> =
+        std::sync::OnceLock::new();
+    let value = VALUE.get_or_init(|| {
+        let token = std::fs::read_to_string(operator_token_file()).expect("token file");
+        format!("Bearer {}", token.trim()).parse().expect("ASCII token")
+    });
+    request.metadata_mut().insert("authorization", value.clone());
+    Ok(request)
+}
+
+/// A connection to a plugin endpoint: over TLS to a launcher (accepting its certificate — the
+/// tests of pinning pin it themselves), in plaintext to anything else (an external endpoint).
+pub async fn plugin_channel(address: &str) -> Result<tonic::transport::Channel, String> {
+    use hector_plugin_sdk::tls::{Connector, Pin, client_config};
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2));
+    let secure = endpoint
+        .clone()
+        .connect_with_connector(Connector::new(client_config(Pin::Any {
+            expect_uri_san: None,
+        })))
+        .await;
+    match secure {
+        Ok(ch) => Ok(ch),
+        Err(_) => endpoint.connect().await.map_err(|e| e.to_string()),
+    }
 }
 
 pub async fn apply<K>(api: &Api<K>, value: serde_json::Value) -> K
@@ -196,21 +258,10 @@ pub fn manifest() -> serde_json::Value {
 /// One `Generate` with `text` at `address`, as an agent would call it: the answer's text, or
 /// the error as text.
 pub async fn generate_text(address: &str, text: &str) -> Result<String, String> {
-    use hector_plugin_sdk::proto::{
-        GenerateRequest, Message, llm_provider_client::LlmProviderClient,
-    };
-    let ch = hector_plugin_sdk::connect(address, Duration::from_secs(2))
-        .await
-        .map_err(|e| e.to_string())?;
-    LlmProviderClient::new(ch)
-        .generate(GenerateRequest {
-            messages: vec![Message {
-                role: "user".into(),
-                content: text.into(),
-                ..Default::default()
-            }],
-            tools: vec![],
-        })
+    use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
+    let ch = plugin_channel(address).await?;
+    LlmProviderClient::with_interceptor(ch, authorize)
+        .generate(user_request(text))
         .await
         .map(|r| r.into_inner().text)
         .map_err(|s| s.to_string())
@@ -258,4 +309,34 @@ pub async fn operator_pod_get(client: &Client, pod: &str, port: u16, path: &str)
     let uri = format!("/api/v1/namespaces/{OPERATOR_NS}/pods/{pod}:{port}/proxy{path}");
     let request = http::Request::get(uri).body(Vec::new()).ok()?;
     client.request_text(request).await.ok()
+}
+
+/// A binary of the workspace, built next to hectorctl.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_BIN_EXE_hectorctl")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// The Go host that loads plugins the way Hector's loader does (built once per test binary).
+pub fn go_loader() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("hector-agent-loader-{}", std::process::id()));
+        let status = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/plugins/go-llm/build.sh"
+        ))
+        .arg(&out)
+        .arg("./cmd/loader")
+        .status()
+        .expect("run tests/plugins/go-llm/build.sh (is Go installed?)");
+        assert!(status.success(), "building the loader failed: {status}");
+        out
+    })
+    .clone()
 }
