@@ -77,6 +77,7 @@ pub fn render(
             hector_version: m.hector_version.clone(),
             model: facts.model,
             embedder: facts.embedder,
+            certificates: Default::default(),
             last_changed: String::new(),
         };
         entry.last_changed = match before(&name) {

@@ -15,6 +15,7 @@ use crate::proto::{
     HealthRequest, HealthResponse, InitializeRequest, InitializeResponse, ManifestRequest,
     ManifestResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
 };
+use crate::token::TokenSource;
 
 /// Opens a channel to `address`: `HOST:PORT`, `http://HOST:PORT` or `unix:/path/to/socket`.
 pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, SdkError> {
@@ -68,15 +69,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct LifecycleClient {
     channel: Channel,
     plugin_type: PluginType,
+    token: TokenSource,
 }
 
 impl LifecycleClient {
-    /// A client for the service of `plugin_type` over `channel`.
+    /// A client for the service of `plugin_type` over `channel`, sending no token.
     pub fn new(channel: Channel, plugin_type: PluginType) -> Self {
         Self {
             channel,
             plugin_type,
+            token: TokenSource::none(),
         }
+    }
+
+    /// The same client, sending `token`'s `authorization` header with every call.
+    pub fn with_token(mut self, token: TokenSource) -> Self {
+        self.token = token;
+        self
     }
 
     /// The plugin type this client speaks to.
@@ -98,7 +107,13 @@ impl LifecycleClient {
             PathAndQuery::try_from(format!("/{}/{}", self.plugin_type.service_name(), method))
                 .map_err(|e| rpc_err(Status::internal(e.to_string())))?;
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        grpc.unary(Request::new(message), path, codec)
+        let mut request = Request::new(message);
+        if let Some(value) = self.token.metadata() {
+            request
+                .metadata_mut()
+                .insert(crate::token::AUTHORIZATION, value);
+        }
+        grpc.unary(request, path, codec)
             .await
             .map(|r| r.into_inner())
             .map_err(rpc_err)
