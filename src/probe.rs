@@ -19,7 +19,6 @@ use hector_plugin_sdk::{LifecycleClient, PluginType, SdkError};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tonic::Code;
-use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -53,6 +52,8 @@ pub struct ProbeSpec {
     /// fingerprint, and sends the operator's token. External endpoints get neither TLS nor
     /// the token (which every launcher accepts, so it must not go anywhere else).
     pub secure: bool,
+    /// The UID of the Pod behind each endpoint (`ip:port`), which its certificate must name.
+    pub pod_uids: BTreeMap<String, String>,
 }
 
 /// Checks what a plugin reports against what the resource says. Fields the plugin leaves
@@ -126,12 +127,12 @@ fn sdk_reason(e: &SdkError) -> (FailureKind, String) {
     }
 }
 
-/// Probes `channel` once, sending `authorization` with every plugin call.
+/// Probes `channel` once, sending `token` with every plugin call.
 pub async fn probe_once(
     channel: &Channel,
     spec: &ProbeSpec,
     want_facts: bool,
-    authorization: Option<AsciiMetadataValue>,
+    token: TokenSource,
 ) -> ProbeOutcome {
     let limit = spec.timeout;
     let timed_out = |what: &str| {
@@ -142,14 +143,9 @@ pub async fn probe_once(
     };
 
     // The plugin's own Health first: when it is unhealthy its message is the reason to report.
-    let lifecycle = LifecycleClient::new(channel.clone(), spec.identity.plugin_type)
-        .with_authorization(authorization.clone());
-    let authorize = move |mut request: tonic::Request<()>| {
-        if let Some(value) = &authorization {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    };
+    let lifecycle =
+        LifecycleClient::new(channel.clone(), spec.identity.plugin_type).with_token(token.clone());
+    let authorize = token;
     match tokio::time::timeout(limit, lifecycle.health()).await {
         Err(_) => return timed_out("Health"),
         Ok(Err(e)) => {
@@ -292,12 +288,15 @@ pub struct Prober {
     index: Arc<Mutex<Index>>,
     specs: Mutex<HashMap<PluginKey, ProbeSpec>>,
     /// Probe tasks by plugin and address, with the UID of the Pod each expects there.
-    tasks: Mutex<HashMap<(PluginKey, String), (AbortHandle, Option<String>)>>,
+    tasks: Mutex<HashMap<(PluginKey, String), ProbeTask>>,
     /// The operator's own token, for launchers that check callers.
     token: TokenSource,
     changes: broadcast::Sender<PluginKey>,
     metrics: Arc<Metrics>,
 }
+
+/// A probe task, and the UID of the Pod it expects at its address.
+type ProbeTask = (AbortHandle, Option<String>);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not stop probing; the data is still consistent per call.
@@ -336,8 +335,8 @@ impl Prober {
         wanted: &BTreeMap<String, bool>,
         carried: &[String],
         facts: Option<Facts>,
-        pod_uids: &BTreeMap<String, String>,
     ) {
+        let pod_uids = spec.pod_uids.clone();
         lock(&self.specs).insert(key.clone(), spec);
         let EndpointChanges { added, removed } =
             lock(&self.index).set_endpoints(key, wanted, threshold, carried, facts);
@@ -350,7 +349,7 @@ impl Prober {
         let mut start = added;
         // An address now held by another Pod (same IP, new Pod) is probed afresh, with the
         // new Pod's identity.
-        for (address, uid) in pod_uids {
+        for (address, uid) in &pod_uids {
             if let Some((task, known)) = tasks.get(&(key.clone(), address.clone()))
                 && known.as_ref() != Some(uid)
             {
@@ -395,9 +394,7 @@ impl Prober {
         let Some(first) = lock(&self.specs).get(&key).cloned() else {
             return;
         };
-        let verifier = first
-            .secure
-            .then(|| launcher_verifier(pod_uid.as_deref()));
+        let verifier = first.secure.then(|| launcher_verifier(pod_uid.as_deref()));
         let channel = match channel(&address, first.timeout, verifier.clone()) {
             Ok(c) => c,
             Err(message) => {
@@ -419,14 +416,12 @@ impl Prober {
             }
             let want_facts = facts.want(lock(&self.index).has_facts(&key));
             let started = Instant::now();
-            let authorization = if spec.secure {
-                self.token
-                    .header()
-                    .and_then(|h| AsciiMetadataValue::try_from(h.as_bytes()).ok())
+            let token = if spec.secure {
+                self.token.clone()
             } else {
-                None
+                TokenSource::none()
             };
-            let outcome = probe_once(&channel, &spec, want_facts, authorization).await;
+            let outcome = probe_once(&channel, &spec, want_facts, token).await;
             if let (ProbeOutcome::Healthy(_), Some(verifier)) = (&outcome, &verifier)
                 && let Some(fingerprint) = verifier.accepted()
                 && lock(&self.index).set_fingerprint(&key, &address, fingerprint)

@@ -435,7 +435,10 @@ impl Ctx {
             .iter()
             .filter_map(|p| {
                 let ip = p.status.as_ref()?.pod_ip.as_ref()?;
-                Some((endpoint_address(ip, plugin.spec.port), p.metadata.uid.clone()?))
+                Some((
+                    endpoint_address(ip, plugin.spec.port),
+                    p.metadata.uid.clone()?,
+                ))
             })
             .collect()
     }
@@ -833,11 +836,11 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         period: Duration::from_secs(u64::try_from(spec.health.period_seconds).unwrap_or(10)),
         timeout: Duration::from_secs(u64::try_from(spec.health.timeout_seconds).unwrap_or(2)),
         secure: !external,
-    };
-    let pod_uids = if external {
-        BTreeMap::new()
-    } else {
-        ctx.pod_uids(plugin)
+        pod_uids: if external {
+            BTreeMap::new()
+        } else {
+            ctx.pod_uids(plugin)
+        },
     };
     let threshold = u32::try_from(spec.health.failure_threshold).unwrap_or(3);
     ctx.shared.prober.set(
@@ -847,7 +850,6 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         &wanted,
         &carried,
         carried_facts,
-        &pod_uids,
     );
 
     let state = ctx.shared.prober.index().get(&key);

@@ -14,9 +14,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::*;
 use hector_plugin_sdk::endpoints::{ENDPOINTS_KEY, EndpointsFile, PublishedPlugin};
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
-use hector_plugin_sdk::proto::{
-    GenerateRequest, InitializeRequest, Message, ShutdownRequest,
-};
+use hector_plugin_sdk::proto::{GenerateRequest, InitializeRequest, Message, ShutdownRequest};
 use hector_plugin_sdk::tls::{Connector, Pin, client_config};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -46,7 +44,12 @@ async fn published(client: &Client, ns: &str, name: &str) -> PublishedPlugin {
         &format!("{name} published with a certificate"),
         Duration::from_secs(150),
         || async {
-            let text = cms.get_opt("hector-plugins").await.ok()??.data?.remove(ENDPOINTS_KEY)?;
+            let text = cms
+                .get_opt("hector-plugins")
+                .await
+                .ok()??
+                .data?
+                .remove(ENDPOINTS_KEY)?;
             let doc = EndpointsFile::parse(&text).ok()?;
             doc.plugins
                 .get(name)
@@ -77,8 +80,10 @@ fn hello(text: &str, token: Option<&str>) -> tonic::Request<GenerateRequest> {
         tools: vec![],
     });
     if let Some(t) = token {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
     }
     r.set_timeout(Duration::from_secs(5));
     r
@@ -86,8 +91,10 @@ fn hello(text: &str, token: Option<&str>) -> tonic::Request<GenerateRequest> {
 
 fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
     r
 }
 
@@ -96,7 +103,11 @@ fn kubectl_raw(path: &str) -> Value {
         .args(["get", "--raw", path])
         .output()
         .expect("kubectl get --raw");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
@@ -152,7 +163,9 @@ fn now() -> i64 {
 /// The launcher's count of admitted calls, from its plaintext `/metrics`.
 async fn admitted(endpoint: &str) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(endpoint).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .expect("connect");
     s.write_all(b"GET /metrics HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n")
         .await
         .expect("write");
@@ -165,7 +178,8 @@ async fn admitted(endpoint: &str) -> u64 {
 }
 
 async fn create_sa(client: &Client, ns: &str, name: &str) {
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).expect("sa");
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("sa");
     Api::<ServiceAccount>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &sa)
         .await
@@ -177,11 +191,17 @@ async fn run_pod(client: &Client, ns: &str, pod: Value, containers: &[&str]) -> 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let pod: Pod = serde_json::from_value(pod).expect("pod");
     let name = pod.name_any();
-    pods.create(&PostParams::default(), &pod).await.expect("create Pod");
-    let phase = eventually(&format!("Pod {name} to finish"), Duration::from_secs(150), || async {
-        let phase = pods.get(&name).await.ok()?.status?.phase?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-    })
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create Pod");
+    let phase = eventually(
+        &format!("Pod {name} to finish"),
+        Duration::from_secs(150),
+        || async {
+            let phase = pods.get(&name).await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
     .await;
     let mut logs = String::new();
     for c in containers {
@@ -189,7 +209,10 @@ async fn run_pod(client: &Client, ns: &str, pod: Value, containers: &[&str]) -> 
             container: Some(c.to_string()),
             ..Default::default()
         };
-        logs.push_str(&format!("--- {c}\n{}", pods.logs(&name, &lp).await.unwrap_or_default()));
+        logs.push_str(&format!(
+            "--- {c}\n{}",
+            pods.logs(&name, &lp).await.unwrap_or_default()
+        ));
     }
     (phase, logs)
 }
@@ -222,7 +245,8 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
     let stranger = TestNamespace::new(&client, "acc-stranger").await;
     create_sa(&client, &agents.name, "allowed").await;
     create_sa(&client, &agents.name, "other").await;
-    let api: Api<hector_operator::crd::HectorPlugin> = Api::namespaced(client.clone(), &plugin_ns.name);
+    let api: Api<hector_operator::crd::HectorPlugin> =
+        Api::namespaced(client.clone(), &plugin_ns.name);
     apply(
         &api,
         plugin(
@@ -248,7 +272,11 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
     let allowed = mint_token(&agents.name, "allowed", AUDIENCE);
     let channel = pinned(&endpoint, &pin).await?;
     let mut llm = LlmProviderClient::new(channel.clone());
-    let answer = llm.generate(hello("hi", Some(&allowed))).await?.into_inner().text;
+    let answer = llm
+        .generate(hello("hi", Some(&allowed)))
+        .await?
+        .into_inner()
+        .text;
     assert_eq!(answer, "closed: hi");
 
     // Refused callers, on the same connection, each with the code and reason that fit.
@@ -281,11 +309,21 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
             .await
             .expect_err("refused");
         assert_eq!(status.code(), *code, "{reason}: {status:?}");
-        assert!(status.message().contains(reason.as_str()), "{reason}: {}", status.message());
+        assert!(
+            status.message().contains(reason.as_str()),
+            "{reason}: {}",
+            status.message()
+        );
     }
     // The cluster-signed token is accepted while valid: the expiry was the only problem.
     let fresh = cluster_signed_token(&agents.name, "allowed", now() + 600);
-    assert_eq!(llm.generate(hello("signed", Some(&fresh))).await?.into_inner().text, "closed: signed");
+    assert_eq!(
+        llm.generate(hello("signed", Some(&fresh)))
+            .await?
+            .into_inner()
+            .text,
+        "closed: signed"
+    );
 
     // The lifecycle is refused even to an allowed caller, as later streams of a connection
     // whose first call was allowed; the plugin keeps its configuration and never restarts.
@@ -304,7 +342,13 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
         .await
         .expect_err("Shutdown is the launcher's");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_eq!(llm.generate(hello("still", Some(&allowed))).await?.into_inner().text, "closed: still");
+    assert_eq!(
+        llm.generate(hello("still", Some(&allowed)))
+            .await?
+            .into_inner()
+            .text,
+        "closed: still"
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), &plugin_ns.name);
     for p in pods.list(&Default::default()).await? {
         let restarts: i32 = p
@@ -328,7 +372,11 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
             .is_ok(),
     };
     assert!(!sent, "a wrongly pinned client must not get an answer");
-    assert_eq!(admitted(&endpoint).await, before, "no call reached the launcher's caller check");
+    assert_eq!(
+        admitted(&endpoint).await,
+        before,
+        "no call reached the launcher's caller check"
+    );
 
     // Plaintext: health answers (the kubelet's probe), the plugin does not.
     let plain = hector_plugin_sdk::connect(&endpoint, Duration::from_secs(3)).await?;
@@ -337,13 +385,35 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
         .await
         .expect_err("plaintext refused");
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert!(status.message().contains("TLS only"), "{}", status.message());
+    assert!(
+        status.message().contains("TLS only"),
+        "{}",
+        status.message()
+    );
 
     // From Pods: another namespace cannot even connect; the allowed one can.
-    let (_, blocked) = run_pod(&client, &stranger.name, connect_pod("probe", &endpoint), &["nc"]).await;
-    assert!(blocked.contains("BLOCKED"), "a stranger's Pod connected:\n{blocked}");
-    let (_, connected) = run_pod(&client, &agents.name, connect_pod("probe", &endpoint), &["nc"]).await;
-    assert!(connected.contains("CONNECTED"), "the allowed namespace's Pod could not connect:\n{connected}");
+    let (_, blocked) = run_pod(
+        &client,
+        &stranger.name,
+        connect_pod("probe", &endpoint),
+        &["nc"],
+    )
+    .await;
+    assert!(
+        blocked.contains("BLOCKED"),
+        "a stranger's Pod connected:\n{blocked}"
+    );
+    let (_, connected) = run_pod(
+        &client,
+        &agents.name,
+        connect_pod("probe", &endpoint),
+        &["nc"],
+    )
+    .await;
+    assert!(
+        connected.contains("CONNECTED"),
+        "the allowed namespace's Pod could not connect:\n{connected}"
+    );
 
     // hector-plugin-remote, loaded as Hector's loader does, with a caller that is not
     // allowed: Initialize fails naming the plugin, the caller and the rule.
@@ -359,7 +429,10 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, mint_token(&agents.name, "other", AUDIENCE))?;
     let out = std::process::Command::new(go_loader())
-        .args(["-config", &json!({"remote_address": endpoint, "token_file": token_file}).to_string()])
+        .args([
+            "-config",
+            &json!({"remote_address": endpoint, "token_file": token_file}).to_string(),
+        ])
         .args(["-op", "generate:x"])
         .arg(workspace_bin("hector-plugin-remote"))
         .env("HECTOR_PLUGINS_ENDPOINTS", &endpoints_file)
@@ -370,7 +443,8 @@ async fn a_closed_plugin_answers_only_its_callers() -> TestResult {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("refused this agent") && text.contains(&format!("caller {}/other", agents.name)),
+        text.contains("refused this agent")
+            && text.contains(&format!("caller {}/other", agents.name)),
         "{text}"
     );
     Ok(())
@@ -448,11 +522,16 @@ async fn an_agent_pod_keeps_calling_across_a_token_rotation() -> TestResult {
     let second = mint_token(&ns.name, "agent", AUDIENCE);
     let mut rotated = cms.get("agent-token").await?;
     rotated.data = Some([("token".to_string(), second)].into());
-    cms.replace("agent-token", &PostParams::default(), &rotated).await?;
-    let phase = eventually("the agent Pod to finish", Duration::from_secs(150), || async {
-        let phase = pods.get("agent").await.ok()?.status?.phase?;
-        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
-    })
+    cms.replace("agent-token", &PostParams::default(), &rotated)
+        .await?;
+    let phase = eventually(
+        "the agent Pod to finish",
+        Duration::from_secs(150),
+        || async {
+            let phase = pods.get("agent").await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
     .await;
     let logs = pods.logs("agent", &lp).await?;
     let generated: Vec<Value> = logs
@@ -463,7 +542,9 @@ async fn an_agent_pod_keeps_calling_across_a_token_rotation() -> TestResult {
         .collect();
     assert_eq!(generated.len(), 2, "{phase}:\n{logs}");
     assert_eq!(generated[0]["text"], "closed: before", "{logs}");
-    assert_eq!(generated[1]["text"], "closed: after", "the rotated token was used:\n{logs}");
+    assert_eq!(
+        generated[1]["text"], "closed: after",
+        "the rotated token was used:\n{logs}"
+    );
     Ok(())
 }
-

@@ -1,6 +1,7 @@
 //! [`PluginChannel`]: a tower `Service` under tonic's generated clients that sends every call
 //! to one of the plugin's endpoints, round-robin per call, and retries a call on another
-//! endpoint only when it provably never reached the one that failed.
+//! endpoint only when it provably never reached the one that failed. Every call carries the
+//! caller's token, and a plugin that published certificates is reached over pinned TLS.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,8 +23,10 @@ use crate::body::status_response;
 use crate::directory::{Directory, TaskGuard};
 use crate::error::ClientError;
 use crate::follow::{self, Target};
+use crate::options::ChannelOptions;
 use crate::pool::{Call, Pool, Served};
 use crate::resolve::Resolver;
+use crate::secure::PluginTls;
 use crate::target::{HostPort, parse_address_list};
 
 type Body = tonic::body::Body;
@@ -55,10 +58,21 @@ impl std::fmt::Debug for PluginChannel {
 }
 
 impl PluginChannel {
-    /// A channel to plugin `name` of `directory`, following its published endpoints. It must
-    /// be published now (see [`Directory::wait_for`]); its published type decides which
-    /// typed client fits.
+    /// A channel to plugin `name` of `directory`, following its published endpoints and
+    /// certificates. It must be published now (see [`Directory::wait_for`]); its published
+    /// type decides which typed client fits. Calls carry the token of the default
+    /// [`ChannelOptions`].
     pub async fn published(directory: &Directory, name: &str) -> Result<Self, ClientError> {
+        Self::published_with(directory, name, &ChannelOptions::default()).await
+    }
+
+    /// [`Self::published`] with `options`.
+    pub async fn published_with(
+        directory: &Directory,
+        name: &str,
+        options: &ChannelOptions,
+    ) -> Result<Self, ClientError> {
+        let token = options.token_source()?;
         let plugin = directory.require(name)?;
         let plugin_type: PluginType =
             plugin
@@ -74,14 +88,29 @@ impl PluginChannel {
             directory: directory.clone(),
             name: name.to_string(),
         };
-        Self::start(name, plugin_type, label, target, targets).await
+        let security = Security {
+            tls: PluginTls::for_published(name, &plugin),
+            token,
+        };
+        Self::start(name, plugin_type, label, target, targets, security).await
     }
 
     /// A channel to fixed addresses: `HOST:PORT`, or several separated by commas, of a plugin
     /// of `plugin_type`. Names are resolved again every few seconds (a headless Service's
     /// name gives every Pod; a ClusterIP Service's name gives one virtual address, behind
-    /// which kube-proxy balances connections, not calls).
+    /// which kube-proxy balances connections, not calls). Plaintext: no certificates are
+    /// known for bare addresses. Calls carry the token of the default [`ChannelOptions`].
     pub async fn connect(addresses: &str, plugin_type: PluginType) -> Result<Self, ClientError> {
+        Self::connect_with(addresses, plugin_type, &ChannelOptions::default()).await
+    }
+
+    /// [`Self::connect`] with `options`.
+    pub async fn connect_with(
+        addresses: &str,
+        plugin_type: PluginType,
+        options: &ChannelOptions,
+    ) -> Result<Self, ClientError> {
+        let token = options.token_source()?;
         let targets = parse_address_list(addresses)?;
         let list: Vec<String> = targets.iter().map(HostPort::to_string).collect();
         let label = format!("at {}", list.join(","));
@@ -91,6 +120,7 @@ impl PluginChannel {
             label,
             Target::Addresses(targets.clone()),
             targets,
+            Security { tls: None, token },
         )
         .await
     }
@@ -101,6 +131,7 @@ impl PluginChannel {
         label: String,
         target: Target,
         targets: Vec<HostPort>,
+        security: Security,
     ) -> Result<Self, ClientError> {
         let mut resolver = Resolver::default();
         let resolved = resolver.resolve(&targets).await;
@@ -115,6 +146,8 @@ impl PluginChannel {
             });
         }
         let pool = Arc::new(Pool::new());
+        pool.set_tls(security.tls);
+        pool.set_token(security.token);
         pool.set_label(label);
         pool.set_endpoints(resolved.addrs);
         let tasks = follow::spawn(
@@ -165,6 +198,9 @@ impl PluginChannel {
             timeout,
         )
         .await
+        .into_iter()
+        .map(|(addr, r)| (addr, r.map_err(|e| e.to_string())))
+        .collect()
     }
 
     fn typed(&self, wanted: PluginType) -> Result<Self, ClientError> {
@@ -231,10 +267,25 @@ impl PluginChannel {
     }
 }
 
+/// How a channel's connections are secured and its calls authenticated.
+struct Security {
+    tls: Option<PluginTls>,
+    token: hector_plugin_sdk::token::TokenSource,
+}
+
 impl Directory {
     /// A balanced channel to published plugin `name`; see [`PluginChannel::published`].
     pub async fn plugin(&self, name: &str) -> Result<PluginChannel, ClientError> {
         PluginChannel::published(self, name).await
+    }
+
+    /// [`Directory::plugin`] with `options`.
+    pub async fn plugin_with(
+        &self,
+        name: &str,
+        options: &ChannelOptions,
+    ) -> Result<PluginChannel, ClientError> {
+        PluginChannel::published_with(self, name, options).await
     }
 }
 

@@ -99,6 +99,9 @@ pub enum ClientError {
         /// The type of the client asked for.
         wanted: hector_plugin_sdk::PluginType,
     },
+    /// The caller's token file cannot be used.
+    #[error(transparent)]
+    Token(#[from] hector_plugin_sdk::token::TokenError),
     /// None of the addresses could be resolved.
     #[error("cannot resolve remote plugin {label}: {}", reasons.join("; "))]
     Unresolvable {

@@ -1,6 +1,7 @@
 //! Keeping a [`Pool`]'s endpoints up to date: a published plugin is followed as the operator
-//! republishes it (endpoints come and go), DNS names are resolved again from time to time,
-//! and endpoints out of the rotation are probed until they answer again.
+//! republishes it (endpoints and their certificates come and go), DNS names are resolved
+//! again from time to time, and endpoints out of the rotation are probed until they answer
+//! again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::directory::Directory;
-use crate::pool::Pool;
+use crate::pool::{Pool, ProbeError};
 use crate::resolve::Resolver;
+use crate::secure::PluginTls;
 use crate::target::{HostPort, published_targets};
 
 /// How often DNS names are resolved again (answers are cached for
@@ -103,6 +105,11 @@ async fn follow(
         };
         if changed && let Some((rx, directory, name)) = published.as_mut() {
             rx.borrow_and_update();
+            // Pins first, so that connections to new endpoints are made under them. An
+            // unpublished plugin keeps its last pins: it has no endpoint to use them on.
+            if let Some(plugin) = directory.get(name) {
+                pool.set_tls(PluginTls::for_published(name, &plugin));
+            }
             if let Some(t) = current_targets(directory, name) {
                 targets = t;
             }
@@ -122,7 +129,7 @@ pub async fn probe(
     addrs: &[SocketAddr],
     service: &str,
     timeout: Duration,
-) -> Vec<(SocketAddr, Result<(), String>)> {
+) -> Vec<(SocketAddr, Result<(), ProbeError>)> {
     let mut set = JoinSet::new();
     for &addr in addrs {
         let pool = pool.clone();
@@ -130,13 +137,18 @@ pub async fn probe(
         set.spawn(async move {
             let result = match pool.health(addr, &service, timeout).await {
                 Ok(h) if h.healthy => Ok(()),
-                Ok(h) if h.message.is_empty() => Err("reports unhealthy".to_string()),
-                Ok(h) => Err(format!("reports unhealthy: {}", h.message)),
-                Err(reason) => Err(reason),
+                Ok(h) if h.message.is_empty() => {
+                    Err(ProbeError::Failed("reports unhealthy".to_string()))
+                }
+                Ok(h) => Err(ProbeError::Failed(format!(
+                    "reports unhealthy: {}",
+                    h.message
+                ))),
+                Err(e) => Err(e),
             };
             match &result {
                 Ok(()) => pool.mark_up(addr),
-                Err(reason) => pool.mark_down(addr, reason),
+                Err(e) => pool.mark_down(addr, &e.to_string()),
             }
             (addr, result)
         });

@@ -7,6 +7,10 @@
 //! over the plugin's healthy endpoints **per call**, round-robin, retrying a call on another
 //! endpoint only when it provably never reached the one that failed.
 //!
+//! Every call carries the agent's projected ServiceAccount token (`authorization: Bearer …`)
+//! when there is one — see [`ChannelOptions`] for which file — and a plugin that published
+//! certificates is reached only over TLS pinned to them ([`PluginTls`]).
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use hector_plugin_client::{Directory, served};
@@ -38,13 +42,17 @@ pub mod deadline;
 mod directory;
 pub mod error;
 pub mod follow;
+mod options;
 pub mod pool;
 pub mod resolve;
+pub mod secure;
 mod socket;
 pub mod target;
 
 pub use channel::{PluginChannel, served};
 pub use directory::{Directory, FILE_POLL};
 pub use error::{AddressError, ClientError};
-pub use pool::Served;
+pub use options::ChannelOptions;
+pub use pool::{ProbeError, Served};
+pub use secure::PluginTls;
 pub use target::HostPort;

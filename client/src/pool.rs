@@ -8,6 +8,9 @@
 //! and message in one write (hyper waits for flow-control credit between the two, which
 //! costs the plugin an extra wake-up per call), and it says exactly whether a stream was
 //! opened, which is what retrying safely depends on.
+//!
+//! A plugin that published certificates is reached over TLS pinned to them ([`PluginTls`]);
+//! every call, `Health` probes included, carries the caller's token when there is one.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
@@ -20,13 +23,17 @@ use http::header::{CONNECTION, CONTENT_TYPE, TE};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::Status;
 
 use hector_plugin_sdk::proto::{HealthRequest, HealthResponse};
+use hector_plugin_sdk::tls;
+use hector_plugin_sdk::token::{AUTHORIZATION, TokenSource};
 
 use crate::balance::{EndpointSet, Failure, Observed, Stage};
 use crate::body::{ReadError, Remote, read_all, status_response};
 use crate::deadline;
+use crate::secure::PluginTls;
 use crate::socket::{SharedStream, peer_closed};
 
 /// How long opening a connection may take.
@@ -115,13 +122,14 @@ impl Call {
         })
     }
 
-    /// The request head for one attempt on `authority`, with the time left as its timeout.
-    fn request(&self, authority: &Authority, left: Option<Duration>) -> Request<()> {
+    /// The request head for one attempt on `authority` over a connection of `scheme`
+    /// (`http`, or `https` over TLS), with the time left as its timeout.
+    fn request(&self, authority: &Authority, scheme: &str, left: Option<Duration>) -> Request<()> {
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
         // Building from parsed parts cannot fail; the bare path is a harmless fallback.
         *request.uri_mut() = Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(authority.clone())
             .path_and_query(self.path.clone())
             .build()
@@ -149,13 +157,27 @@ impl Call {
     }
 }
 
-/// An open connection: its sender, this side's address of it, and its socket (to see a
-/// peer's close before a call is sent over it).
+/// An open connection: its sender, this side's address of it, its socket (to see a peer's
+/// close before a call is sent over it), and over TLS the fingerprint of the certificate it
+/// accepted (to drop it when the plugin withdraws that certificate).
 #[derive(Clone)]
 struct Conn {
     sender: SendRequest<Bytes>,
     local: Option<SocketAddr>,
     socket: Arc<tokio::net::TcpStream>,
+    fingerprint: Option<String>,
+}
+
+impl Conn {
+    /// Whether the connection is still acceptable under `tls`: plaintext when there is none,
+    /// else a certificate that is still pinned.
+    fn fits(&self, tls: Option<&PluginTls>) -> bool {
+        match (tls, &self.fingerprint) {
+            (None, None) => true,
+            (Some(t), Some(fp)) => t.accepts(fp),
+            _ => false,
+        }
+    }
 }
 
 /// One endpoint's connection, shared by every call to it.
@@ -170,6 +192,10 @@ pub struct Pool {
     slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
     /// What the endpoints are, for messages ("\"echo\" (published in …)", "at a:1,b:2").
     label: Mutex<String>,
+    /// TLS for new connections; none means plaintext.
+    tls: Mutex<Option<PluginTls>>,
+    /// The caller's token, added to every call.
+    token: Mutex<TokenSource>,
 }
 
 impl Default for Pool {
@@ -191,7 +217,54 @@ impl Pool {
             set: Mutex::new(EndpointSet::default()),
             slots: Mutex::new(HashMap::new()),
             label: Mutex::new(String::new()),
+            tls: Mutex::new(None),
+            token: Mutex::new(TokenSource::none()),
         }
+    }
+
+    /// Sets the TLS of new connections (none: plaintext). Open connections that it would not
+    /// accept — a withdrawn certificate, a change between TLS and plaintext — are closed once
+    /// their calls finish.
+    pub fn set_tls(&self, tls: Option<PluginTls>) {
+        {
+            let mut current = lock(&self.tls);
+            if *current == tls {
+                return;
+            }
+            match &tls {
+                Some(t) => {
+                    tracing::info!(certificates = ?t.fingerprints(), "remote plugin's certificates changed")
+                }
+                None => tracing::info!("remote plugin published no certificates; plaintext"),
+            }
+            current.clone_from(&tls);
+        }
+        lock(&self.slots).retain(|_, slot| match slot.conn.try_lock() {
+            Ok(mut conn) => {
+                if conn.as_ref().is_some_and(|c| !c.fits(tls.as_ref())) {
+                    *conn = None;
+                }
+                true
+            }
+            // A connection being opened under the old settings: the slot is dropped, and the
+            // next call opens a new one under the new settings.
+            Err(_) => false,
+        });
+    }
+
+    /// The TLS new connections use.
+    pub fn tls(&self) -> Option<PluginTls> {
+        lock(&self.tls).clone()
+    }
+
+    /// Sets the token every call carries from now on.
+    pub fn set_token(&self, token: TokenSource) {
+        *lock(&self.token) = token;
+    }
+
+    /// The token calls carry.
+    pub fn token(&self) -> TokenSource {
+        lock(&self.token).clone()
     }
 
     /// Sets the text naming the target in messages.
@@ -329,23 +402,25 @@ impl Pool {
     ) -> Result<(Response<h2::RecvStream>, Option<SocketAddr>), AttemptError> {
         let slot = self.slot(addr);
         let connect_within = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
-        let (conn, reused) = live_conn(&slot, addr, false, connect_within).await?;
-        let (sender, local) = match conn.sender.ready().await {
-            Ok(s) => (s, conn.local),
+        let tls = self.tls();
+        let (conn, reused) = live_conn(&slot, addr, false, connect_within, tls.as_ref()).await?;
+        let (sender, local, secure) = match conn.sender.ready().await {
+            Ok(s) => (s, conn.local, conn.fingerprint.is_some()),
             Err(e) if reused => {
                 tracing::debug!(endpoint = %addr, error = %e, "connection closed; reconnecting");
-                let (fresh, _) = live_conn(&slot, addr, true, connect_within).await?;
+                let (fresh, _) = live_conn(&slot, addr, true, connect_within, tls.as_ref()).await?;
                 let sender = fresh.sender.ready().await.map_err(|e| not_sent(&e))?;
-                (sender, fresh.local)
+                (sender, fresh.local, fresh.fingerprint.is_some())
             }
             Err(e) => return Err(not_sent(&e)),
         };
-        let response = send(
-            sender,
-            call.request(&slot.authority, left),
-            call.body.clone(),
-        )
-        .await?;
+        let scheme = if secure { "https" } else { "http" };
+        let mut request = call.request(&slot.authority, scheme, left);
+        // The caller's identity is this side's, whatever the request came with.
+        if let Some(token) = self.token().header() {
+            request.headers_mut().insert(AUTHORIZATION, token);
+        }
+        let response = send(sender, request, call.body.clone()).await?;
         Ok((response, local))
     }
 
@@ -355,9 +430,9 @@ impl Pool {
         addr: SocketAddr,
         service: &str,
         timeout: Duration,
-    ) -> Result<HealthResponse, String> {
+    ) -> Result<HealthResponse, ProbeError> {
         let path = PathAndQuery::try_from(format!("/{service}/Health"))
-            .map_err(|e| format!("invalid service {service:?}: {e}"))?;
+            .map_err(|e| ProbeError::Failed(format!("invalid service {service:?}: {e}")))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -371,15 +446,15 @@ impl Pool {
             let (response, _) = self
                 .attempt(addr, &call, Some(timeout))
                 .await
-                .map_err(|e| e.detail)?;
+                .map_err(|e| ProbeError::Failed(e.detail))?;
             unary_answer::<HealthResponse>(response).await
         };
         match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
+            Err(_) => Err(ProbeError::Failed(format!(
                 "Health did not answer within {}ms",
                 timeout.as_millis()
-            )),
+            ))),
         }
     }
 }
@@ -434,41 +509,72 @@ fn grpc_frame(message: &impl prost::Message) -> Bytes {
     Bytes::from(out)
 }
 
+/// Why a `Health` probe of one endpoint gave no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The plugin side refused this caller (`UNAUTHENTICATED` or `PERMISSION_DENIED`).
+    #[error("{}", status_text(&Status::new(*code, message.clone())))]
+    Refused {
+        /// The status code.
+        code: tonic::Code,
+        /// The server's message, which names the caller and the rule.
+        message: String,
+    },
+    /// Anything else: unreachable, unhealthy, a malformed answer, another status.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ProbeError {
+    fn of_status(status: &Status) -> Self {
+        match status.code() {
+            code @ (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                ProbeError::Refused {
+                    code,
+                    message: status.message().to_string(),
+                }
+            }
+            _ => ProbeError::Failed(status_text(status)),
+        }
+    }
+}
+
 /// Reads a unary gRPC answer: its status (from the head or the trailers) and its message.
 async fn unary_answer<M: prost::Message + Default>(
     response: Response<h2::RecvStream>,
-) -> Result<M, String> {
+) -> Result<M, ProbeError> {
+    let failed = ProbeError::Failed;
     let (head, mut stream) = response.into_parts();
     if head.status != http::StatusCode::OK {
-        return Err(format!("HTTP status {}", head.status));
+        return Err(failed(format!("HTTP status {}", head.status)));
     }
     if let Some(status) = Status::from_header_map(&head.headers)
         && status.code() != tonic::Code::Ok
     {
-        return Err(status_text(&status));
+        return Err(ProbeError::of_status(&status));
     }
     let mut data = Vec::new();
     while let Some(chunk) = stream.data().await {
-        let chunk = chunk.map_err(|e| describe(&e))?;
+        let chunk = chunk.map_err(|e| failed(describe(&e)))?;
         let _ = stream.flow_control().release_capacity(chunk.len());
         data.extend_from_slice(&chunk);
         if data.len() > MAX_HEALTH_BYTES {
-            return Err("answer too large".into());
+            return Err(failed("answer too large".into()));
         }
     }
-    let trailers = stream.trailers().await.map_err(|e| describe(&e))?;
+    let trailers = stream.trailers().await.map_err(|e| failed(describe(&e)))?;
     if let Some(status) = trailers.as_ref().and_then(Status::from_header_map)
         && status.code() != tonic::Code::Ok
     {
-        return Err(status_text(&status));
+        return Err(ProbeError::of_status(&status));
     }
     match data.as_slice() {
         [0, a, b, c, d, message @ ..]
             if u32::from_be_bytes([*a, *b, *c, *d]) as usize == message.len() =>
         {
-            M::decode(message).map_err(|e| format!("undecodable answer: {e}"))
+            M::decode(message).map_err(|e| failed(format!("undecodable answer: {e}")))
         }
-        _ => Err("malformed gRPC answer".into()),
+        _ => Err(failed("malformed gRPC answer".into())),
     }
 }
 
@@ -490,24 +596,34 @@ async fn live_conn(
     addr: SocketAddr,
     fresh: bool,
     timeout: Duration,
+    tls: Option<&PluginTls>,
 ) -> Result<(Conn, bool), AttemptError> {
     let mut guard = slot.conn.lock().await;
     // A connection the peer has closed is replaced before a call goes out on it: the HTTP/2
     // client would see the close only when its connection task next reads, and a call sent
-    // meanwhile would count as lost although it cannot have reached the plugin.
+    // meanwhile would count as lost although it cannot have reached the plugin. (Over TLS a
+    // peer that shuts down cleanly sends close_notify first, which looks like data here;
+    // its HTTP/2 GOAWAY, sent before that, already makes such calls safe to retry.)
     if !fresh
         && let Some(c) = guard.as_ref()
+        && c.fits(tls)
         && !peer_closed(&c.socket)
     {
         return Ok((c.clone(), true));
     }
-    let conn = connect(addr, timeout).await?;
+    let conn = connect(addr, timeout, tls).await?;
     *guard = Some(conn.clone());
     Ok((conn, false))
 }
 
-/// Opens a TCP connection and starts HTTP/2 on it.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, AttemptError> {
+/// Opens a TCP connection, runs the pinned TLS handshake when `tls` asks for it, and starts
+/// HTTP/2 on it, all within `timeout`.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    pins: Option<&PluginTls>,
+) -> Result<Conn, AttemptError> {
+    let started = tokio::time::Instant::now();
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -530,6 +646,58 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, AttemptErr
     let local = stream.local_addr().ok();
     let stream = SharedStream::new(stream);
     let socket = stream.peer();
+    let Some(pins) = pins else {
+        let sender = start_h2(stream, addr).await?;
+        return Ok(Conn {
+            sender,
+            local,
+            socket,
+            fingerprint: None,
+        });
+    };
+    let left = timeout.saturating_sub(started.elapsed());
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let handshake = tokio_rustls::TlsConnector::from(pins.config()).connect(name, stream);
+    let stream = match tokio::time::timeout(left, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let detail = match tls::refusal(&e) {
+                Some(refusal) => pins.refusal_text(addr, &refusal),
+                None => format!("TLS handshake failed: {}", io_text(&e)),
+            };
+            return Err(AttemptError {
+                failure: Failure::NoConnection,
+                detail,
+            });
+        }
+        Err(_) => {
+            return Err(AttemptError {
+                failure: Failure::NoConnection,
+                detail: format!("TLS handshake timed out after {}ms", timeout.as_millis()),
+            });
+        }
+    };
+    let fingerprint = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .map(|cert| tls::fingerprint(cert));
+    let sender = start_h2(stream, addr).await?;
+    Ok(Conn {
+        sender,
+        local,
+        socket,
+        // Pinned TLS always has a certificate; an empty one still marks the connection TLS.
+        fingerprint: Some(fingerprint.unwrap_or_default()),
+    })
+}
+
+/// Starts HTTP/2 on an open stream and runs its connection task.
+async fn start_h2<T>(stream: T, addr: SocketAddr) -> Result<SendRequest<Bytes>, AttemptError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -544,11 +712,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, AttemptErr
             tracing::debug!(endpoint = %addr, error = %describe(&e), "remote connection ended");
         }
     });
-    Ok(Conn {
-        sender,
-        local,
-        socket,
-    })
+    Ok(sender)
 }
 
 /// The connection refused a new stream: the call was never sent.
@@ -628,7 +792,7 @@ mod tests {
             deadline: None,
         };
         let authority = Authority::from_static("10.0.0.1:50051");
-        let r = call.request(&authority, Some(Duration::from_millis(1500)));
+        let r = call.request(&authority, "http", Some(Duration::from_millis(1500)));
         assert_eq!(
             r.uri().to_string(),
             "http://10.0.0.1:50051/hector.plugin.LLMProvider/Generate"
@@ -645,7 +809,8 @@ mod tests {
             r.headers().get(CONNECTION).is_none(),
             "not allowed in HTTP/2"
         );
-        let r = call.request(&authority, None);
+        let r = call.request(&authority, "https", None);
+        assert_eq!(r.uri().scheme_str(), Some("https"));
         assert_eq!(
             r.headers().get(deadline::HEADER).map(|v| v.as_bytes()),
             Some(&b"10S"[..]),

@@ -17,7 +17,10 @@ Without a subcommand it runs as a plugin, the way Hector starts it (go-plugin ha
 arguments). It finds the remote plugin through the `remote_address` key of the plugin's config
 (HOST:PORT, or several separated by commas), or else by its own file name in the published
 endpoints file (HECTOR_PLUGINS_ENDPOINTS, default /etc/hector/plugins/endpoints.json).
-Calls are spread over the plugin's healthy endpoints one by one.")]
+Calls are spread over the plugin's healthy endpoints one by one. Each carries the agent's
+token from the `token_file` config key, HECTOR_PLUGIN_TOKEN_FILE, or
+/var/run/secrets/hector.dev/token when it exists; a plugin published with certificates is
+reached over TLS pinned to them.")]
 #[command(after_help = "\
 Example Hector config:
   plugins:

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use hector_plugin_client::PluginTls;
 use hector_plugin_client::target::{HostPort, parse_address_list, published_targets};
 use hector_plugin_sdk::PluginType;
 use hector_plugin_sdk::endpoints::EndpointsFile;
@@ -64,13 +65,15 @@ impl fmt::Display for Source {
     }
 }
 
-/// A published plugin's targets and type.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A published plugin's targets, type and TLS.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Published {
     /// The published plugin type (`llm_provider`, …).
     pub plugin_type: String,
     /// Its endpoints, or its stable address when it lists none.
     pub targets: Vec<HostPort>,
+    /// TLS pinned to its certificates, or none (plaintext) when it published none.
+    pub tls: Option<PluginTls>,
 }
 
 /// Looks up plugin `name` in a parsed endpoints file.
@@ -85,7 +88,23 @@ pub fn published(file: &EndpointsFile, name: &str) -> Result<Published, TargetEr
     Ok(Published {
         plugin_type: plugin.plugin_type.clone(),
         targets: published_targets(plugin)?,
+        tls: PluginTls::for_published(name, plugin),
     })
+}
+
+/// The published plugin that `addresses` (a `remote_address` list) point at: the first whose
+/// stable address or one of whose endpoints is among them. Its certificates are what a
+/// connection to that address will be shown.
+pub fn serving(file: &EndpointsFile, addresses: &[HostPort]) -> Option<String> {
+    let named = |raw: &str| {
+        HostPort::parse(raw)
+            .ok()
+            .is_some_and(|hp| addresses.contains(&hp))
+    };
+    file.plugins
+        .iter()
+        .find(|(_, p)| named(&p.address) || p.endpoints.iter().any(|e| named(e)))
+        .map(|(name, _)| name.clone())
 }
 
 /// Checks that the published type is the one the host loaded the plugin as (the service of
@@ -160,6 +179,11 @@ mod tests {
                 name: "vec".into(),
                 plugin_type: "embedder_provider".into(),
                 address: "vec.agents.svc:50051".into(),
+                certificates: [(
+                    "10.0.0.3:50051".to_string(),
+                    hector_plugin_sdk::tls::fingerprint(b"vec"),
+                )]
+                .into(),
                 ..Default::default()
             },
         );
@@ -172,13 +196,31 @@ mod tests {
         let echo = published(&f, "echo").expect("echo");
         assert_eq!(echo.plugin_type, "llm_provider");
         assert_eq!(echo.targets.len(), 2);
+        assert!(echo.tls.is_none(), "no certificates: plaintext");
         let vec = published(&f, "vec").expect("vec");
         assert_eq!(vec.targets[0].to_string(), "vec.agents.svc:50051");
+        let tls = vec.tls.expect("published certificates ask for TLS");
+        assert!(tls.accepts(&hector_plugin_sdk::tls::fingerprint(b"vec")));
         let err = published(&f, "nope").unwrap_err().to_string();
         assert!(
             err.contains("\"nope\"") && err.contains("echo") && err.contains("vec"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_remote_address_is_matched_to_the_plugin_it_serves() {
+        let f = file();
+        let at = |raw: &str| parse_address_list(raw).expect("addresses");
+        assert_eq!(
+            serving(&f, &at("vec.agents.svc:50051")).as_deref(),
+            Some("vec")
+        );
+        assert_eq!(
+            serving(&f, &at("10.0.0.9:1, 10.0.0.2:50051")).as_deref(),
+            Some("echo")
+        );
+        assert_eq!(serving(&f, &at("vec.agents.svc:50052")), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::proto::{
     HealthRequest, HealthResponse, InitializeRequest, InitializeResponse, ManifestRequest,
     ManifestResponse, ShutdownRequest, ShutdownResponse, StatusRequest, StatusResponse,
 };
+use crate::token::TokenSource;
 
 /// Opens a channel to `address`: `HOST:PORT`, `http://HOST:PORT` or `unix:/path/to/socket`.
 pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, SdkError> {
@@ -68,23 +69,22 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct LifecycleClient {
     channel: Channel,
     plugin_type: PluginType,
-    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+    token: TokenSource,
 }
 
 impl LifecycleClient {
-    /// A client for the service of `plugin_type` over `channel`.
+    /// A client for the service of `plugin_type` over `channel`, sending no token.
     pub fn new(channel: Channel, plugin_type: PluginType) -> Self {
         Self {
             channel,
             plugin_type,
-            authorization: None,
+            token: TokenSource::none(),
         }
     }
 
-    /// Sends `value` as the `authorization` header of every call (a caller's token for a
-    /// launcher that checks callers).
-    pub fn with_authorization(mut self, value: Option<tonic::metadata::AsciiMetadataValue>) -> Self {
-        self.authorization = value;
+    /// The same client, sending `token`'s `authorization` header with every call.
+    pub fn with_token(mut self, token: TokenSource) -> Self {
+        self.token = token;
         self
     }
 
@@ -108,8 +108,10 @@ impl LifecycleClient {
                 .map_err(|e| rpc_err(Status::internal(e.to_string())))?;
         let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
         let mut request = Request::new(message);
-        if let Some(value) = &self.authorization {
-            request.metadata_mut().insert("authorization", value.clone());
+        if let Some(value) = self.token.metadata() {
+            request
+                .metadata_mut()
+                .insert(crate::token::AUTHORIZATION, value);
         }
         grpc.unary(request, path, codec)
             .await

@@ -69,6 +69,13 @@ pub struct PublishedPlugin {
     /// Facts reported by an embedder plugin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedder: Option<EmbedderFacts>,
+    /// SHA-256 fingerprints of the endpoints' TLS certificates: key an endpoint exactly as in
+    /// `endpoints` (`ip:port`), value `sha256:` and 64 lowercase hex digits of the DER leaf
+    /// certificate's digest. A plugin with certificates is reached only over TLS pinned to
+    /// them (any of them, so its `address` works too); one without (e.g. an external
+    /// `spec.endpoint`) in plaintext.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<String, String>,
     /// When this entry last changed (RFC 3339, UTC).
     pub last_changed: String,
 }
@@ -156,6 +163,22 @@ mod tests {
         assert!(text.contains("\"schemaVersion\": 1"), "{text}");
         assert!(text.contains("\"type\": \"llm_provider\""), "{text}");
         assert_eq!(EndpointsFile::parse(&text).expect("parses"), file);
+        assert!(
+            !text.contains("certificates"),
+            "left out when empty: {text}"
+        );
+        if let Some(echo) = file.plugins.get_mut("echo") {
+            echo.certificates.insert(
+                "10.0.0.1:50051".into(),
+                format!("sha256:{}", "ab".repeat(32)),
+            );
+        }
+        let pinned = file.render();
+        assert!(
+            pinned.contains("\"certificates\": {\n        \"10.0.0.1:50051\": \"sha256:abab"),
+            "{pinned}"
+        );
+        assert_eq!(EndpointsFile::parse(&pinned).expect("parses"), file);
         let newer = text.replace("\"schemaVersion\": 1", "\"schemaVersion\": 2");
         let err = EndpointsFile::parse(&newer).expect_err("refused");
         assert!(err.to_string().contains("schemaVersion 2"), "{err}");

@@ -8,6 +8,8 @@ pub mod error;
 pub mod goplugin;
 pub mod plugin_type;
 pub mod serve;
+pub mod tls;
+pub mod token;
 pub mod traits;
 
 /// Generated protocol types, clients and servers (package `hector.plugin`).

@@ -120,7 +120,12 @@ pub async fn generate_at(address: String, text: &str) -> Option<(String, String)
     use hector_plugin_sdk::proto::{Empty, llm_provider_client::LlmProviderClient};
     let ch = plugin_channel(&address).await.ok()?;
     let mut llm = LlmProviderClient::with_interceptor(ch, authorize);
-    let answer = llm.generate(user_request(text)).await.ok()?.into_inner().text;
+    let answer = llm
+        .generate(user_request(text))
+        .await
+        .ok()?
+        .into_inner()
+        .text;
     let info = llm.get_model_info(Empty {}).await.ok()?.into_inner();
     Some((answer, info.model_name))
 }
@@ -167,16 +172,18 @@ pub fn operator_token_file() -> std::path::PathBuf {
 }
 
 /// Adds the operator's token to a call (see [`operator_token_file`]).
-pub fn authorize(
-    mut request: tonic::Request<()>,
-) -> Result<tonic::Request<()>, tonic::Status> {
+pub fn authorize(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     static VALUE: std::sync::OnceLock<tonic::metadata::AsciiMetadataValue> =
         std::sync::OnceLock::new();
     let value = VALUE.get_or_init(|| {
         let token = std::fs::read_to_string(operator_token_file()).expect("token file");
-        format!("Bearer {}", token.trim()).parse().expect("ASCII token")
+        format!("Bearer {}", token.trim())
+            .parse()
+            .expect("ASCII token")
     });
-    request.metadata_mut().insert("authorization", value.clone());
+    request
+        .metadata_mut()
+        .insert("authorization", value.clone());
     Ok(request)
 }
 
