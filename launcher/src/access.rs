@@ -11,6 +11,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::issuer::{Issuer, MIN_REFRESH_GAP};
 use crate::jwt::{Caller, TokenError};
 
+/// Whether a call needs no caller check: `grpc.health.v1` stays open, as the kubelet's probe
+/// sends no token (on a spliced connection such a call reaches the plugin's own health
+/// service, which tells nothing but whether it serves).
+pub fn is_open_path(path: &[u8]) -> bool {
+    path.starts_with(b"/grpc.health.v1.Health/")
+}
+
 /// The audience plugin tokens are issued for.
 pub const AUDIENCE: &str = "hector.dev/plugins";
 /// Verified tokens remembered at most; beyond it the memory is cleared and refilled.

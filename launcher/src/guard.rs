@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::access::Authenticator;
+use crate::access::{self, Authenticator};
 use crate::frames::{
     CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADER_LEN, HEADERS, PADDED, PRIORITY,
     PUSH_PROMISE, RST_STREAM, WINDOW_UPDATE, frame_header,
@@ -432,7 +432,7 @@ impl Guard {
             if let Err(refusal) = checked {
                 return Ok(Verdict::Refuse(refusal));
             }
-            if let Some(auth) = &self.auth {
+            if let Some(auth) = self.auth.as_ref().filter(|_| !access::is_open_path(&path)) {
                 let header = authorization.as_deref().filter(|h| !h.is_empty());
                 match auth.admit_blocking(header) {
                     Ok(_) => policy::record_admitted(),

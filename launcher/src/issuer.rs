@@ -71,7 +71,10 @@ impl Source {
     }
 
     async fn get(&self, path: &str) -> Result<Vec<u8>, String> {
-        let what = format!("GET {}{path}", self.server);
+        let what = format!(
+            "GET {}{path}",
+            self.server.to_string().trim_end_matches('/')
+        );
         tokio::time::timeout(FETCH_TIMEOUT, self.get_inner(path))
             .await
             .map_err(|_| format!("{what}: no answer in {FETCH_TIMEOUT:?}"))?
@@ -121,7 +124,11 @@ impl Source {
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", token.trim()),
             )
-            .header(http::header::ACCEPT, "application/json")
+            // The API server serves the keys only as `application/jwk-set+json`.
+            .header(
+                http::header::ACCEPT,
+                "application/json, application/jwk-set+json",
+            )
             .body(axum::body::Body::empty())
             .map_err(|e| e.to_string())?;
         let response = sender

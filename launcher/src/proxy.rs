@@ -173,7 +173,10 @@ impl tower::Service<Request<Body>> for Switch {
             return Box::pin(async move { Ok(trailers_only(status_of(&refusal))) });
         }
         let method = method_of(path);
-        let auth = self.auth.clone();
+        let auth = self
+            .auth
+            .clone()
+            .filter(|_| !crate::access::is_open_path(path.as_bytes()));
         let backends = self.backends.clone();
         Box::pin(async move {
             if let Some(auth) = auth {

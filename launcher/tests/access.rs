@@ -253,6 +253,14 @@ async fn callers_are_checked(forward: &str) -> TestResult {
             "the token is never echoed"
         );
     }
+    // grpc.health.v1 needs no token, on this (spliced or served) TLS connection as in
+    // plaintext.
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    assert_eq!(health.into_inner().status, 1, "SERVING without a token");
     // An allowed single account, and the connection still works after all the refusals.
     let prober = keys.token(0, "ops", "prober", AUDIENCE, exp);
     assert_eq!(generate(&channel, Some(&prober)).await?, "echo: hello");

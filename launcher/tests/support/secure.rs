@@ -130,13 +130,18 @@ pub async fn fake_issuer(keys: Arc<Keys>) -> (SocketAddr, tempfile::TempDir) {
                             let authorized =
                                 req.headers().get("authorization").map(|v| v.as_bytes())
                                     == Some(b"Bearer api-token");
+                            // As the API server: the keys only to a client accepting their type.
+                            let accepts_jwks = req.headers().get("accept").is_some_and(|v| {
+                                v.to_str()
+                                    .is_ok_and(|a| a.contains("application/jwk-set+json"))
+                            });
                             let body = match (authorized, req.uri().path()) {
                             (false, _) => None,
                             (true, "/.well-known/openid-configuration") => Some(
                                 serde_json::json!({"issuer": ISSUER, "jwks_uri": "https://elsewhere/jwks"})
                                     .to_string(),
                             ),
-                            (true, "/openid/v1/jwks") => {
+                            (true, "/openid/v1/jwks") if accepts_jwks => {
                                 *keys.fetches.lock().expect("lock") += 1;
                                 Some(keys.jwks())
                             }
