@@ -325,11 +325,7 @@ impl Index {
     /// Sets the certificate fingerprint a healthy probe of an endpoint verified; returns
     /// whether it changed (a restarted launcher makes a new key).
     pub fn set_fingerprint(&mut self, key: &PluginKey, address: &str, fingerprint: String) -> bool {
-        let Some(e) = self
-            .plugins
-            .get_mut(key)
-            .and_then(|s| s.endpoints.get_mut(address))
-        else {
+        let Some(e) = self.endpoint_mut(key, address) else {
             return false;
         };
         let changed = e.fingerprint.as_ref() != Some(&fingerprint);
@@ -340,16 +336,18 @@ impl Index {
     /// Sets the Pod readiness of an endpoint already known; returns whether that changed
     /// whether agents may use it.
     pub fn set_ready(&mut self, key: &PluginKey, address: &str, ready: bool) -> bool {
-        let Some(e) = self
-            .plugins
-            .get_mut(key)
-            .and_then(|s| s.endpoints.get_mut(address))
-        else {
+        let Some(e) = self.endpoint_mut(key, address) else {
             return false;
         };
         let before = e.usable();
         e.ready = ready;
         before != e.usable()
+    }
+
+    fn endpoint_mut(&mut self, key: &PluginKey, address: &str) -> Option<&mut EndpointState> {
+        self.plugins
+            .get_mut(key)
+            .and_then(|s| s.endpoints.get_mut(address))
     }
 
     /// Whether `address` of `key` is still wanted.

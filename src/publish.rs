@@ -545,6 +545,67 @@ mod tests {
     }
 
     #[test]
+    fn verified_certificates_are_published_and_carried_endpoints_keep_theirs() {
+        let llm = fixtures::plugin(fixtures::LLM);
+        let key = PluginKey {
+            namespace: "agents".into(),
+            name: "x".into(),
+        };
+        let mut index = Index::default();
+        let both: BTreeMap<String, bool> = [
+            ("10.0.0.1:1".to_string(), true),
+            ("10.0.0.2:1".to_string(), true),
+        ]
+        .into();
+        index.set_endpoints(&key, &both, 3, &[], None);
+        for a in both.keys() {
+            index.record(&key, a, &ProbeOutcome::Healthy(None));
+        }
+        assert!(index.set_fingerprint(&key, "10.0.0.1:1", "sha256:aa".into()));
+        assert!(
+            !index.set_fingerprint(&key, "10.0.0.1:1", "sha256:aa".into()),
+            "unchanged"
+        );
+        let state = index.get(&key).expect("known");
+        let source = [Source {
+            plugin: &llm,
+            state: Some(&state),
+        }];
+        let first = render("agents", &source, None, t(1));
+        let entry = &first.plugins["my-llm"];
+        assert_eq!(
+            entry.certificates,
+            BTreeMap::from([("10.0.0.1:1".to_string(), "sha256:aa".to_string())]),
+            "only verified ones"
+        );
+        // A new operator carries 10.0.0.2 before probing it: its published certificate stays.
+        let mut before = first.clone();
+        if let Some(p) = before.plugins.get_mut("my-llm") {
+            p.certificates
+                .insert("10.0.0.2:1".into(), "sha256:bb".into());
+        }
+        let mut fresh = Index::default();
+        fresh.set_endpoints(
+            &key,
+            &both,
+            3,
+            &["10.0.0.1:1".into(), "10.0.0.2:1".into()],
+            None,
+        );
+        let carried = fresh.get(&key).expect("known");
+        let again = render(
+            "agents",
+            &[Source {
+                plugin: &llm,
+                state: Some(&carried),
+            }],
+            Some(&before),
+            t(2),
+        );
+        assert_eq!(again.plugins["my-llm"].certificates.len(), 2, "{again:?}");
+    }
+
+    #[test]
     fn unreconciled_plugins_keep_their_entry_and_deleted_ones_lose_it() {
         let llm = fixtures::plugin(fixtures::LLM);
         let up = state(&["10.0.0.1:50051"]);

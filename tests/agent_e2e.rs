@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use hector_plugin_client::{Directory, PluginChannel, Served, served};
+use hector_plugin_client::{ChannelOptions, Directory, PluginChannel, PluginTls, Served, served};
 use hector_plugin_sdk::PluginType;
 use hector_plugin_sdk::endpoints::{ENDPOINTS_KEY, EndpointsFile, PublishedPlugin};
 use hector_plugin_sdk::proto::{EmbedRequest, GenerateRequest, Message};
@@ -146,6 +146,12 @@ fn assert_llm_session(lines: &[Value], stderr: &str, expect: &str) {
     assert!(!stderr.contains("[ERROR]"), "{stderr}");
 }
 
+/// The client library's options for this machine acting as an agent: a token every
+/// launcher admits (see `common`).
+fn agent_options() -> ChannelOptions {
+    ChannelOptions::new().token_file(operator_token_file())
+}
+
 fn hectorctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hectorctl"))
         .args(args)
@@ -194,11 +200,17 @@ async fn a_go_plugin_host_here_reaches_published_plugins_through_hector_plugin_r
         "health",
     ];
 
-    // By address: the host cannot resolve *.svc names, but reaches Pod IPs.
+    // By address: the host cannot resolve *.svc names, but reaches Pod IPs. The published
+    // endpoints file, as an agent mounts it, gives the certificates to pin.
+    let (text, _) = published_doc(&client, &ns.name).await.ok_or("published")?;
+    let work = tempfile::tempdir()?;
+    let file = work.path().join("endpoints.json");
+    std::fs::write(&file, &text)?;
+    let env = [("HECTOR_PLUGINS_ENDPOINTS", file.to_str().ok_or("path")?)];
     let config = json!({"remote_address": echo.endpoints[0]}).to_string();
     let mut args = vec!["-config", config.as_str()];
     args.extend(llm_ops);
-    let (lines, stderr) = load(&remote, &args, &[]);
+    let (lines, stderr) = load(&remote, &args, &env);
     assert_llm_session(&lines, &stderr, "cluster: hello cluster");
 
     let config = json!({"remote_address": vectors.endpoints[0]}).to_string();
@@ -214,7 +226,7 @@ async fn a_go_plugin_host_here_reaches_published_plugins_through_hector_plugin_r
             "-op",
             "health",
         ],
-        &[],
+        &env,
     );
     let by_address = line(&lines, "embed");
     assert_eq!(by_address["ok"], true, "{lines:?}\n{stderr}");
@@ -224,10 +236,6 @@ async fn a_go_plugin_host_here_reaches_published_plugins_through_hector_plugin_r
 
     // By name: the ConfigMap's endpoints.json as an agent would mount it, and the discovery
     // directory `install` lays out from it.
-    let (text, _) = published_doc(&client, &ns.name).await.ok_or("published")?;
-    let work = tempfile::tempdir()?;
-    let file = work.path().join("endpoints.json");
-    std::fs::write(&file, &text)?;
     let dir = work.path().join("plugins");
     let out = Command::new(&remote)
         .args(["install", "--into"])
@@ -253,7 +261,6 @@ async fn a_go_plugin_host_here_reaches_published_plugins_through_hector_plugin_r
             "{name} not discovered:\n{listing}"
         );
     }
-    let env = [("HECTOR_PLUGINS_ENDPOINTS", file.to_str().ok_or("path")?)];
     let mut args = vec![];
     args.extend(llm_ops);
     let (lines, stderr) = load(&dir.join("echo"), &args, &env);
@@ -280,7 +287,7 @@ async fn a_go_plugin_host_here_reaches_published_plugins_through_hector_plugin_r
     // The same vector from the client library, through the ConfigMap watch.
     let directory = Directory::watch_namespace(client.clone(), &ns.name).await?;
     let answer = directory
-        .plugin("vectors")
+        .plugin_with("vectors", &agent_options())
         .await?
         .embedder()?
         .embed(EmbedRequest {
@@ -626,7 +633,7 @@ async fn calls_are_balanced_per_call_over_replicas_and_survive_a_killed_one() ->
     apply_plugin(&client, &ns.name, "echo", echo_spec(3, "r: ")).await;
     let echo = wait_published(&client, &ns.name, "echo", 3).await;
     let directory = Directory::watch_namespace(client.clone(), &ns.name).await?;
-    let channel = directory.plugin("echo").await?;
+    let channel = directory.plugin_with("echo", &agent_options()).await?;
     assert_eq!(channel.endpoints().len(), 3, "{channel:?}");
     let mut llm = channel.llm()?;
 
@@ -666,10 +673,13 @@ async fn calls_are_balanced_per_call_over_replicas_and_survive_a_killed_one() ->
         .ok_or("the Service has no ClusterIP")?;
     // kube-proxy programs a new Service's rules a moment after its endpoints appear; until
     // then the ClusterIP refuses connections.
+    let pinned =
+        agent_options().pinned(PluginTls::for_published("echo", &echo).ok_or("no certificates")?);
+    let pinned = &pinned;
     let via_service = eventually("the ClusterIP to answer", Duration::from_secs(30), || {
         let address = format!("{cluster_ip}:50051");
         async move {
-            PluginChannel::connect(&address, PluginType::LlmProvider)
+            PluginChannel::connect_with(&address, PluginType::LlmProvider, pinned)
                 .await
                 .ok()
         }

@@ -497,7 +497,7 @@ async fn a_rotated_secret_reaches_both_replicas_without_a_failed_call() -> TestR
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    use hector_plugin_client::{Directory, served};
+    use hector_plugin_client::{ChannelOptions, Directory, served};
     use hector_plugin_sdk::proto::{GenerateRequest, Message};
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Patch, PatchParams};
@@ -550,7 +550,13 @@ async fn a_rotated_secret_reaches_both_replicas_without_a_failed_call() -> TestR
         || {
             let directory = directory.clone();
             async move {
-                let c = directory.plugin("rot").await.ok()?;
+                let c = directory
+                    .plugin_with(
+                        "rot",
+                        &ChannelOptions::new().token_file(operator_token_file()),
+                    )
+                    .await
+                    .ok()?;
                 (c.endpoints().len() == 2).then_some(c)
             }
         },

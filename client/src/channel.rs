@@ -99,7 +99,8 @@ impl PluginChannel {
     /// of `plugin_type`. Names are resolved again every few seconds (a headless Service's
     /// name gives every Pod; a ClusterIP Service's name gives one virtual address, behind
     /// which kube-proxy balances connections, not calls). Plaintext: no certificates are
-    /// known for bare addresses. Calls carry the token of the default [`ChannelOptions`].
+    /// known for bare addresses (see [`ChannelOptions::pinned`]). Calls carry the token of the
+    /// default [`ChannelOptions`].
     pub async fn connect(addresses: &str, plugin_type: PluginType) -> Result<Self, ClientError> {
         Self::connect_with(addresses, plugin_type, &ChannelOptions::default()).await
     }
@@ -120,7 +121,10 @@ impl PluginChannel {
             label,
             Target::Addresses(targets.clone()),
             targets,
-            Security { tls: None, token },
+            Security {
+                tls: options.tls(),
+                token,
+            },
         )
         .await
     }

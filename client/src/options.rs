@@ -1,11 +1,12 @@
 //! [`ChannelOptions`]: what a [`crate::PluginChannel`] is opened with beyond its target —
-//! for now, the caller's token.
+//! the caller's token, and for fixed addresses the certificates to pin.
 
 use std::path::PathBuf;
 
 use hector_plugin_sdk::token::TokenSource;
 
 use crate::error::ClientError;
+use crate::secure::PluginTls;
 
 /// Where the token comes from.
 #[derive(Clone, Debug, Default)]
@@ -24,6 +25,7 @@ enum Token {
 #[derive(Clone, Debug, Default)]
 pub struct ChannelOptions {
     token: Token,
+    tls: Option<PluginTls>,
 }
 
 impl ChannelOptions {
@@ -42,6 +44,20 @@ impl ChannelOptions {
     pub fn token(mut self, source: TokenSource) -> Self {
         self.token = Token::Source(source);
         self
+    }
+
+    /// For fixed addresses ([`crate::PluginChannel::connect_with`]): TLS pinned to these
+    /// certificates (e.g. [`PluginTls::for_published`] of the plugin's published entry), where
+    /// the default for bare addresses is plaintext. A published plugin's channel follows its
+    /// published certificates instead.
+    pub fn pinned(mut self, tls: PluginTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS these options ask for at fixed addresses.
+    pub fn tls(&self) -> Option<PluginTls> {
+        self.tls.clone()
     }
 
     /// The token source these options ask for.
