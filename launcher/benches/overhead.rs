@@ -14,6 +14,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
+use cpu::{allowed_cpus, pin_to};
 use hector_plugin_sdk::proto::{GenerateRequest, Message, llm_provider_client::LlmProviderClient};
 use tonic::transport::Channel;
 
@@ -124,32 +128,6 @@ async fn round(
     into.stream_time += t.elapsed();
 }
 
-/// Restricts the calling thread (and what it spawns later) to `cpus`.
-fn pin_to(cpus: &[usize]) -> bool {
-    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it and nothing else.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cpus {
-            libc::CPU_SET(c, &mut set);
-        }
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
-/// The CPUs this process may use.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: as in `pin_to`; sched_getaffinity writes only into `set`.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
 /// A server process: the plugin alone, or the launcher hosting it.
 fn spawn(mut cmd: Command, name: &str) -> Server {
     Server(
@@ -188,15 +166,9 @@ fn main() {
     // CPUs and the client's own scheduling does not pollute the figures. BENCH_PIN=0 turns
     // this off.
     let cpus = allowed_cpus();
-    let pin = std::env::var("BENCH_PIN").map_or(true, |v| v != "0") && cpus.len() >= 2;
-    let (client_cpus, server_cpus) = if pin {
-        (vec![cpus[0]], cpus[1..].to_vec())
-    } else {
-        (cpus.clone(), cpus.clone())
-    };
-    if pin {
-        assert!(pin_to(&server_cpus), "cannot pin the servers");
-    }
+    let placement = cpu::pin_servers();
+    let pin = placement.is_some();
+    let (client_cpus, server_cpus) = placement.unwrap_or_else(|| (cpus.clone(), cpus.clone()));
 
     let extra = std::env::var("BENCH_EXTRA")
         .ok()

@@ -5,6 +5,8 @@
 //! Run with `make bench`. `BENCH_CALLS` (unary calls per path, default 5000) and
 //! `BENCH_CONNECTIONS` (new connections per path, default 300).
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "../tests/support/secure.rs"]
 mod secure;
 
@@ -18,6 +20,25 @@ use secure::{AUDIENCE, Keys, fake_issuer, tls_channel};
 use tonic::transport::Channel;
 
 struct Server(Child);
+
+impl Server {
+    /// CPU time the launcher process (not its plugin) has used so far.
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 14th field
+        // of the line, stime the 15th, in clock ticks.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // SAFETY: sysconf reads a constant.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let used = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+        Duration::from_micros(used * 1_000_000 / ticks)
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -89,12 +110,27 @@ fn request() -> tonic::Request<GenerateRequest> {
 fn authorized(token: &Option<String>) -> tonic::Request<GenerateRequest> {
     let mut r = request();
     if let Some(t) = token {
-        r.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {t}").parse().expect("ascii"),
-        );
+        r.metadata_mut().insert("authorization", header(t));
     }
     r
+}
+
+/// The header value for `token`, made once per token as an agent's client does (the client
+/// library re-reads its token file at most once a second), and sent never indexed.
+fn header(token: &str) -> tonic::metadata::AsciiMetadataValue {
+    thread_local! {
+        static MADE: std::cell::RefCell<Option<(String, tonic::metadata::AsciiMetadataValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    MADE.with_borrow_mut(|made| {
+        if made.as_ref().is_none_or(|(t, _)| t != token) {
+            let mut value: tonic::metadata::AsciiMetadataValue =
+                format!("Bearer {token}").parse().expect("ascii");
+            value.set_sensitive(true);
+            *made = Some((token.to_string(), value));
+        }
+        made.as_ref().map(|(_, v)| v.clone()).expect("made")
+    })
 }
 
 /// The fingerprint of a `--tls` launcher's certificate, seen in a handshake that a
@@ -117,12 +153,11 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 async fn wait_ready(channel: &Channel, token: &Option<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while LlmProviderClient::new(channel.clone())
+    while let Err(e) = LlmProviderClient::new(channel.clone())
         .generate(authorized(token))
         .await
-        .is_err()
     {
-        assert!(Instant::now() < deadline, "launcher never answered");
+        assert!(Instant::now() < deadline, "launcher never answered: {e}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -130,97 +165,181 @@ async fn wait_ready(channel: &Channel, token: &Option<String>) {
 fn main() {
     let calls = env_usize("BENCH_CALLS", 5000);
     let connections = env_usize("BENCH_CONNECTIONS", 300);
+    // Servers (and the issuer) on their own CPUs, the client on the first (BENCH_PIN=0: all
+    // float), as `overhead` does: the client's runtime is built after pinning, so its
+    // workers inherit the client's CPU.
+    let placement = cpu::pin_servers();
+    let keys = Keys::new(&["bench"]);
+    let (issuer, credentials) = {
+        let keys = keys.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("issuer runtime");
+            rt.block_on(async move {
+                let _ = tx.send(fake_issuer(keys).await);
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().expect("the issuer started")
+    };
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+        + 1_800;
+    let token = Some(keys.token(0, "agents", "bench", AUDIENCE, exp));
+    let auth_args = |addr: &std::net::SocketAddr, dir: &std::path::Path| -> Vec<String> {
+        vec![
+            "--auth".into(),
+            "--allow-namespace".into(),
+            "agents".into(),
+            "--apiserver".into(),
+            format!("https://{addr}"),
+            "--apiserver-credentials".into(),
+            dir.display().to_string(),
+        ]
+    };
+    // (name, launcher flags, TLS, token)
+    let paths: Vec<(&str, Vec<String>, bool, bool)> = vec![
+        ("launcher plaintext", vec![], false, false),
+        ("launcher --tls", vec!["--tls".into()], true, false),
+        (
+            "launcher --auth (plaintext)",
+            auth_args(&issuer, credentials.path()),
+            false,
+            true,
+        ),
+        (
+            "launcher --tls --auth",
+            [
+                vec!["--tls".to_string()],
+                auth_args(&issuer, credentials.path()),
+            ]
+            .concat(),
+            true,
+            true,
+        ),
+    ];
+    let addrs: Vec<String> = paths.iter().map(|_| free_addr()).collect();
+    let _servers: Vec<Server> = paths
+        .iter()
+        .zip(&addrs)
+        .map(|((_, args, _, _), addr)| launcher(addr, args))
+        .collect();
+    if let Some((client, _)) = &placement {
+        assert!(cpu::pin_to(client), "cannot pin the client");
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let keys = Keys::new(&["bench"]);
-        let (issuer, credentials) = fake_issuer(keys.clone()).await;
-        let token = Some(keys.token(0, "agents", "bench", AUDIENCE, i64::MAX / 2));
-        let plain_addr = free_addr();
-        let secure_addr = free_addr();
-        let _plain = launcher(&plain_addr, &[]);
-        let _secure = launcher(
-            &secure_addr,
-            &[
-                "--tls".into(),
-                "--auth".into(),
-                "--allow-namespace".into(),
-                "agents".into(),
-                "--apiserver".into(),
-                format!("https://{issuer}"),
-                "--apiserver-credentials".into(),
-                credentials.path().display().to_string(),
-            ],
-        );
-        let pin = learn_fingerprint(&secure_addr).await;
-        let plain = loop {
-            if let Ok(ch) = hector_plugin_sdk::connect(&plain_addr, Duration::from_secs(1)).await {
-                break ch;
+        // Each path's way to open a connection: TLS pinned to the launcher's certificate, or
+        // plaintext; and the token it sends.
+        let mut pins = Vec::new();
+        for ((_, _, tls, _), addr) in paths.iter().zip(&addrs) {
+            pins.push(if *tls {
+                Some(learn_fingerprint(addr).await)
+            } else {
+                None
+            });
+        }
+        let open = |i: usize| {
+            let addr = addrs[i].clone();
+            let pin = pins[i].clone();
+            async move {
+                match pin {
+                    Some(pin) => tls_channel(&addr, &pin).await.map(|(c, _)| c).ok(),
+                    None => hector_plugin_sdk::connect(&addr, Duration::from_secs(5))
+                        .await
+                        .ok(),
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let (secure, _) = tls_channel(&secure_addr, &pin).await.expect("TLS channel");
-        wait_ready(&plain, &None).await;
-        wait_ready(&secure, &token).await;
-
-        // Reused connections, alternating in rounds so both see the same machine.
-        let mut lat = [Vec::new(), Vec::new()];
-        for c in [&plain, &secure] {
+        let tokens: Vec<Option<String>> = paths
+            .iter()
+            .map(|(_, _, _, auth)| auth.then(|| token.clone()).flatten())
+            .collect();
+        let mut channels = Vec::new();
+        for i in 0..paths.len() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let ch = loop {
+                if let Some(ch) = open(i).await {
+                    break ch;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never accepted a connection",
+                    paths[i].0
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            wait_ready(&ch, &tokens[i]).await;
             for _ in 0..200 {
-                let _ = LlmProviderClient::new(c.clone())
-                    .generate(authorized(&token))
+                let _ = LlmProviderClient::new(ch.clone())
+                    .generate(authorized(&tokens[i]))
                     .await;
             }
+            channels.push(ch);
         }
+
+        // Reused connections, alternating in rounds so every path sees the same machine.
+        let mut lat: Vec<Vec<Duration>> = paths.iter().map(|_| Vec::new()).collect();
+        let cpu_before: Vec<Duration> = _servers.iter().map(Server::cpu).collect();
         let rounds = 10;
         for _ in 0..rounds {
-            for (i, (c, t)) in [(&plain, &None), (&secure, &token)].into_iter().enumerate() {
-                let mut client = LlmProviderClient::new(c.clone());
+            for (i, ch) in channels.iter().enumerate() {
+                let mut client = LlmProviderClient::new(ch.clone());
                 for _ in 0..calls / rounds {
                     let s = Instant::now();
-                    client.generate(authorized(t)).await.expect("Generate");
+                    client
+                        .generate(authorized(&tokens[i]))
+                        .await
+                        .expect("Generate");
                     lat[i].push(s.elapsed());
                 }
             }
         }
+        let cpu_per_call: Vec<Duration> = _servers
+            .iter()
+            .zip(&cpu_before)
+            .map(|(s, before)| (s.cpu().saturating_sub(*before)) / calls.max(1) as u32)
+            .collect();
         // New connections: connect, handshake, one call.
-        let mut fresh = [Vec::new(), Vec::new()];
+        let mut fresh: Vec<Vec<Duration>> = paths.iter().map(|_| Vec::new()).collect();
         for _ in 0..connections {
-            let s = Instant::now();
-            let ch = hector_plugin_sdk::connect(&plain_addr, Duration::from_secs(5))
-                .await
-                .expect("connect");
-            LlmProviderClient::new(ch)
-                .generate(request())
-                .await
-                .expect("Generate");
-            fresh[0].push(s.elapsed());
-            let s = Instant::now();
-            let (ch, _) = tls_channel(&secure_addr, &pin).await.expect("TLS connect");
-            LlmProviderClient::new(ch)
-                .generate(authorized(&token))
-                .await
-                .expect("Generate");
-            fresh[1].push(s.elapsed());
+            for i in 0..paths.len() {
+                let s = Instant::now();
+                let ch = open(i).await.expect("connect");
+                LlmProviderClient::new(ch)
+                    .generate(authorized(&tokens[i]))
+                    .await
+                    .expect("Generate");
+                fresh[i].push(s.elapsed());
+            }
         }
         println!(
             "closed plugin cost on loopback ({calls} unary calls per path on a reused connection, \
              {connections} new connections)"
         );
+        match &placement {
+            Some((client, servers)) => println!(
+                "client on CPU {client:?}, servers on CPUs {servers:?} (BENCH_PIN=0 to float)"
+            ),
+            None => println!("client and servers share the CPUs"),
+        }
         println!(
-            "{:<34} {:>10} {:>10} {:>12} {:>12}",
-            "path", "p50", "p99", "new conn p50", "p50 added"
+            "{:<34} {:>10} {:>10} {:>12} {:>12} {:>16}",
+            "path", "p50", "p99", "new conn p50", "p50 added", "launcher CPU/call"
         );
         let base = percentile(&mut lat[0], 0.5).as_secs_f64();
-        for (i, name) in ["launcher plaintext", "launcher --tls --auth"]
-            .iter()
-            .enumerate()
-        {
+        for (i, (name, ..)) in paths.iter().enumerate() {
             let p50 = percentile(&mut lat[i], 0.5);
             let p99 = percentile(&mut lat[i], 0.99);
             let conn = percentile(&mut fresh[i], 0.5);
             println!(
-                "{name:<34} {p50:>10.1?} {p99:>10.1?} {conn:>12.1?} {:>11.1}%",
-                (p50.as_secs_f64() / base - 1.0) * 100.0
+                "{name:<34} {p50:>10.1?} {p99:>10.1?} {conn:>12.1?} {:>11.1}% {:>16.1?}",
+                (p50.as_secs_f64() / base - 1.0) * 100.0,
+                cpu_per_call[i]
             );
         }
         println!("target: TLS and the caller check add <= 15% to p50 on a reused connection");

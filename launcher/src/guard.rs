@@ -33,7 +33,7 @@ use crate::frames::{
     CONTINUATION, DATA, END_HEADERS, END_STREAM, HEADER_LEN, HEADERS, PADDED, PRIORITY,
     PUSH_PROMISE, RST_STREAM, WINDOW_UPDATE, frame_header,
 };
-use crate::hpack::{Decoder, HpackError};
+use crate::hpack::{Decoder, HpackError, LiteralValue};
 use crate::policy::{self, Refusal};
 use crate::sniff::PREFACE;
 
@@ -118,10 +118,40 @@ enum Verdict {
     Forward,
     /// Passed on re-encoded from these fields.
     Reencode(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Passed on as this fragment instead (the caller's token taken out).
+    Edit(Vec<u8>),
     /// Dropped: a block on a refused stream, or on none the plugin knows.
     Drop,
     /// A new stream the launcher refuses and answers.
     Refuse(Refusal),
+}
+
+/// A change to a header block fragment.
+#[derive(Debug)]
+enum Edit {
+    /// These octets (a whole field representation) are left out.
+    Remove(std::ops::Range<usize>),
+    /// This encoded string is replaced by a plain one of this many filler octets.
+    Replace(std::ops::Range<usize>, usize),
+}
+
+/// `fragment` with `edits` (in order, not overlapping) applied.
+fn edited(fragment: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(fragment.len());
+    let mut at = 0;
+    for edit in edits {
+        let (range, filler) = match edit {
+            Edit::Remove(r) => (r, None),
+            Edit::Replace(r, len) => (r, Some(*len)),
+        };
+        out.extend_from_slice(&fragment[at..range.start]);
+        if let Some(len) = filler {
+            put_string(&mut out, &vec![b'-'; len]);
+        }
+        at = range.end;
+    }
+    out.extend_from_slice(&fragment[at..]);
+    out
 }
 
 /// One spliced connection's client→plugin direction.
@@ -153,9 +183,7 @@ impl Guard {
     /// with `auth`, every call's caller is checked and its `authorization` header removed.
     pub fn new(peer: Option<SocketAddr>, auth: Option<Arc<Authenticator>>) -> Self {
         Self {
-            // The token must not reach the plugin (it could replay it to other plugins):
-            // every block is re-encoded without it, from the first.
-            reencode: auth.is_some(),
+            reencode: false,
             auth,
             peer,
             preface_left: PREFACE.len(),
@@ -392,7 +420,8 @@ impl Guard {
         let mut list_size = 0usize;
         let checks_callers = self.auth.is_some();
         let mut authorization: Option<Vec<u8>> = None;
-        self.decoder.decode(fragment, |name, value| {
+        let mut edits = Vec::new();
+        self.decoder.decode_spans(fragment, |name, value, span| {
             if name == b":path" {
                 paths += 1;
                 if paths == 1 {
@@ -405,6 +434,17 @@ impl Guard {
                     None => Some(value.to_vec()),
                     Some(_) => Some(Vec::new()),
                 };
+                // The token must not reach the plugin, which could replay it to other
+                // plugins: the representation is cut out of the block, or, when it adds the
+                // field to the dynamic table, its value is overwritten with filler of the
+                // same length, so that the plugin's table stays the client's.
+                edits.push(match span.literal_value {
+                    Some(LiteralValue {
+                        encoded,
+                        indexing: true,
+                    }) => Edit::Replace(encoded, value.len()),
+                    _ => Edit::Remove(span.start..span.end),
+                });
                 return;
             }
             if let Some(fields) = fields.as_mut() {
@@ -454,7 +494,8 @@ impl Guard {
         }
         Ok(match fields {
             Some(fields) => Verdict::Reencode(fields),
-            None => Verdict::Forward,
+            None if edits.is_empty() => Verdict::Forward,
+            None => Verdict::Edit(edited(fragment, &edits)),
         })
     }
 
@@ -483,6 +524,10 @@ impl Guard {
             Verdict::Reencode(fields) => {
                 run.flush(at.unwrap_or(next), sink)?;
                 sink.to_plugin(&reencode(stream, flags, priority, &fields))?;
+            }
+            Verdict::Edit(fragment) => {
+                run.flush(at.unwrap_or(next), sink)?;
+                sink.to_plugin(&frame_block(stream, flags, priority, &fragment))?;
             }
             Verdict::Drop => {
                 run.flush(at.unwrap_or(next), sink)?;
@@ -593,6 +638,12 @@ fn reencode(
         put_string(&mut block, name);
         put_string(&mut block, value);
     }
+    frame_block(stream, flags, priority, &block)
+}
+
+/// A header block as a HEADERS frame (keeping `flags`' END_STREAM and PRIORITY, and
+/// `priority`) and as many CONTINUATION frames as it needs.
+fn frame_block(stream: u32, flags: u8, priority: Option<[u8; 5]>, block: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(block.len() + 2 * HEADER_LEN + 5);
     let first_room = MAX_FRAME_PAYLOAD - if priority.is_some() { 5 } else { 0 };
     let (first, mut rest) = block.split_at(block.len().min(first_room));
@@ -863,6 +914,113 @@ mod tests {
     }
 
     const CHUNKS: [usize; 9] = [1, 2, 5, 9, 10, 17, 64, 1000, usize::MAX];
+
+    type Fields = Vec<(String, String)>;
+
+    /// A guard that checks callers: the list admits namespace `agents`.
+    fn checking_guard(issuer: &crate::jwt::tests::TestIssuer) -> Guard {
+        let source = crate::issuer::Source {
+            server: "https://127.0.0.1:1".parse().expect("uri"),
+            credentials: "/nonexistent".into(),
+        };
+        let keys = crate::issuer::Issuer::with_keys(source, issuer.keys());
+        let allow = crate::access::Allowlist::new(&["agents".into()], &[]).expect("list");
+        Guard::new(None, Some(crate::access::Authenticator::new(allow, keys)))
+    }
+
+    #[tokio::test]
+    async fn callers_tokens_never_reach_the_plugin_and_its_table_stays_in_step() {
+        let issuer = crate::jwt::tests::TestIssuer::new("k");
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            + 3600;
+        let bearer = format!(
+            "Bearer {}",
+            issuer.token("agents", "a", "hector.dev/plugins", exp)
+        );
+        let other = format!(
+            "Bearer {}",
+            issuer.token("strangers", "b", "hector.dev/plugins", exp)
+        );
+        let mut c = Client::new();
+        let fields = |path: &'static str, auth: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+            vec![
+                (b":method".to_vec(), b"POST".to_vec()),
+                (b":path".to_vec(), path.as_bytes().to_vec()),
+                (b"authorization".to_vec(), auth.as_bytes().to_vec()),
+                (b"x-after".to_vec(), b"kept".to_vec()),
+            ]
+        };
+        // 1: the token as a literal added to the table (grpc-go's way); 3: the same token by
+        // index; 5: a never-indexed literal (tonic's way for sensitive values); 7: a caller
+        // who is not on the list; 9: no token at all.
+        let mut encode = |f: Vec<(Vec<u8>, Vec<u8>)>| {
+            let refs: Vec<(&[u8], &[u8])> = f.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+            c.encoder.encode(&refs)
+        };
+        let one = encode(fields(GENERATE, &bearer));
+        let three = encode(fields(GENERATE, &bearer));
+        let mut five = encode(vec![
+            (b":method".to_vec(), b"POST".to_vec()),
+            (b":path".to_vec(), GENERATE.as_bytes().to_vec()),
+        ]);
+        five.push(0x10);
+        put_string(&mut five, b"authorization");
+        put_string(&mut five, bearer.as_bytes());
+        let seven = encode(fields(GENERATE, &other));
+        let nine = encode(vec![(b":path".to_vec(), GENERATE.as_bytes().to_vec())]);
+        for (stream, block) in [(1, one), (3, three), (5, five), (7, seven), (9, nine)] {
+            c.bytes.extend(frame(HEADERS, END_HEADERS, stream, &block));
+            c.bytes.extend(frame(DATA, END_STREAM, stream, b"body"));
+        }
+        for chunk in CHUNKS {
+            let mut guard = checking_guard(&issuer);
+            let mut sink = Recorder::default();
+            for piece in c.bytes.chunks(chunk) {
+                guard.feed(piece, &mut sink).expect("passes");
+            }
+            let seen = server_view(&sink.plugin, true);
+            let blocks: Vec<(u32, u8, Fields)> = seen
+                .into_iter()
+                .filter_map(|s| match s {
+                    Seen::Headers(a, b, c) => Some((a, b, c)),
+                    Seen::Other(..) => None,
+                })
+                .collect();
+            let streams: Vec<u32> = blocks.iter().map(|b| b.0).collect();
+            assert_eq!(
+                streams,
+                [1, 3, 5],
+                "chunk {chunk}: the admitted calls, in order"
+            );
+            for (_, _, fields) in &blocks {
+                assert_eq!(path_of(fields), Some(GENERATE));
+                for (n, v) in fields {
+                    assert!(
+                        !v.contains("Bearer"),
+                        "chunk {chunk}: {n} carried a token to the plugin"
+                    );
+                }
+            }
+            // Where the client added the token to its table, the plugin's table holds filler
+            // of the same size, so the fields after it still decode as sent.
+            assert!(
+                blocks[0]
+                    .2
+                    .iter()
+                    .any(|(n, v)| n == "x-after" && v == "kept")
+            );
+            assert!(
+                blocks[1]
+                    .2
+                    .iter()
+                    .any(|(n, v)| n == "x-after" && v == "kept")
+            );
+            let refused = sink.client.len();
+            assert!(refused > 0, "streams 7 and 9 were answered by the launcher");
+        }
+    }
 
     #[test]
     fn a_connection_without_refused_calls_passes_byte_for_byte() {

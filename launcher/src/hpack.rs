@@ -57,6 +57,34 @@ pub struct Decoder {
     max_size: usize,
     /// The largest size a size update may ask for.
     limit: usize,
+    /// The last long Huffman-coded literal value, encoded and decoded: a caller's token is
+    /// sent as the same never-indexed literal with every call, and comparing its octets is
+    /// much cheaper than decoding them again.
+    memo: std::cell::RefCell<Option<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// Huffman-coded strings at least this long are remembered (see [`Decoder`]'s `memo`).
+const MEMO_MIN: usize = 256;
+
+/// Where one field's representation lies in a header block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Its first octet.
+    pub start: usize,
+    /// One past its last octet.
+    pub end: usize,
+    /// For a literal: its value's string (length prefix included) and whether the field
+    /// is added to the dynamic table.
+    pub literal_value: Option<LiteralValue>,
+}
+
+/// The value of a literal field representation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiteralValue {
+    /// The encoded string, length prefix included.
+    pub encoded: std::ops::Range<usize>,
+    /// Literal with incremental indexing: the field enters the dynamic table.
+    pub indexing: bool,
 }
 
 impl Decoder {
@@ -68,6 +96,7 @@ impl Decoder {
             size: 0,
             max_size: DEFAULT_TABLE_SIZE,
             limit,
+            memo: std::cell::RefCell::new(None),
         }
     }
 
@@ -77,6 +106,15 @@ impl Decoder {
         block: &[u8],
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), HpackError> {
+        self.decode_spans(block, |name, value, _| field(name, value))
+    }
+
+    /// [`Decoder::decode`], also telling where in `block` each field's representation is.
+    pub fn decode_spans(
+        &mut self,
+        block: &[u8],
+        mut field: impl FnMut(&[u8], &[u8], Span),
+    ) -> Result<(), HpackError> {
         let mut i = 0;
         let mut fields_seen = false;
         while let Some(&first) = block.get(i) {
@@ -85,7 +123,15 @@ impl Decoder {
                 // Indexed field.
                 let (index, n) = integer(rest, 7)?;
                 let (name, value) = self.get(index)?;
-                field(name, value);
+                field(
+                    name,
+                    value,
+                    Span {
+                        start: i,
+                        end: i + n,
+                        literal_value: None,
+                    },
+                );
                 i += n;
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update.
@@ -115,9 +161,21 @@ impl Decoder {
                 } else {
                     Cow::Borrowed(self.get(index)?.0)
                 };
-                let (value, len) = string(&rest[n..])?;
+                let (value, len) = self.value_string(&rest[n..])?;
+                let value_at = i + n;
                 n += len;
-                field(&name, &value);
+                field(
+                    &name,
+                    &value,
+                    Span {
+                        start: i,
+                        end: i + n,
+                        literal_value: Some(LiteralValue {
+                            encoded: value_at..value_at + len,
+                            indexing,
+                        }),
+                    },
+                );
                 if indexing {
                     let entry = (name.into_owned().into(), value.into_owned().into());
                     self.insert(entry);
@@ -127,6 +185,24 @@ impl Decoder {
             fields_seen = true;
         }
         Ok(())
+    }
+
+    /// A literal value: [`string`], through the memo for long Huffman-coded ones.
+    fn value_string<'b>(&self, buf: &'b [u8]) -> Result<(Cow<'b, [u8]>, usize), HpackError> {
+        let huffman = buf.first().is_some_and(|b| b & 0x80 != 0);
+        let (len, n) = integer(buf, 7)?;
+        if !huffman || len < MEMO_MIN {
+            return string(buf);
+        }
+        let encoded = buf.get(n..n + len).ok_or(HpackError::Truncated)?;
+        if let Some((known, decoded)) = &*self.memo.borrow()
+            && known[..] == *encoded
+        {
+            return Ok((Cow::Owned(decoded.clone()), n + len));
+        }
+        let (value, used) = string(buf)?;
+        *self.memo.borrow_mut() = Some((encoded.to_vec(), value.to_vec()));
+        Ok((value, used))
     }
 
     fn get(&self, index: usize) -> Result<(&[u8], &[u8]), HpackError> {

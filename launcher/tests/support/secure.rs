@@ -265,6 +265,7 @@ pub async fn tls_channel(
             let target = target.clone();
             async move {
                 let tcp = tokio::net::TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
                 let name = ServerName::try_from("plugin").map_err(std::io::Error::other)?;
                 let tls = connector.connect(name.to_owned(), tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
