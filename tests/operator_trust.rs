@@ -749,7 +749,7 @@ async fn a_watch_that_cannot_list_fails_readiness_and_is_logged() -> TestResult 
         (
             "children",
             "get,list,watch,create,patch,delete",
-            "deployments.apps,services,configmaps",
+            "deployments.apps,services,configmaps,networkpolicies.networking.k8s.io",
         ),
         ("pods", "get,list,watch", "pods,events"),
         ("events", "create,patch", "events.events.k8s.io"),
