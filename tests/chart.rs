@@ -733,7 +733,7 @@ mod cluster {
     use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
     use super::*;
-    use crate::common::{TestNamespace, client, eventually, generate_text as generate};
+    use crate::common::{TestNamespace, client, eventually, generate_text_as, mint_token};
 
     /// The endpoints ConfigMap (the chart's default `endpointsConfigMap`).
     const ENDPOINTS_CM: &str = "hector-plugins";
@@ -1082,6 +1082,58 @@ mod cluster {
             .find_map(|l| l.strip_prefix(metric)?.strip_prefix(' ')?.parse().ok())
     }
 
+    /// Scales the operator in `hector-system` (if any) to zero, and back when dropped.
+    struct MainOperatorAside(Option<String>);
+
+    impl MainOperatorAside {
+        fn new() -> Self {
+            let replicas = Command::new(kubectl())
+                .args([
+                    "-n",
+                    "hector-system",
+                    "get",
+                    "deployment",
+                    "hector-operator",
+                ])
+                .args(["-o", "jsonpath={.spec.replicas}"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|r| !r.is_empty());
+            if replicas.is_some() {
+                let _ = Command::new(kubectl())
+                    .args([
+                        "-n",
+                        "hector-system",
+                        "scale",
+                        "deployment",
+                        "hector-operator",
+                    ])
+                    .args(["--replicas=0"])
+                    .output();
+            }
+            Self(replicas)
+        }
+    }
+
+    impl Drop for MainOperatorAside {
+        fn drop(&mut self) {
+            if let Some(replicas) = &self.0 {
+                let _ = Command::new(kubectl())
+                    .args([
+                        "-n",
+                        "hector-system",
+                        "scale",
+                        "deployment",
+                        "hector-operator",
+                    ])
+                    .arg(format!("--replicas={replicas}"))
+                    .output();
+            }
+        }
+    }
+
     /// The whole life of a release, as a platform team runs it: `helm install` into a fresh
     /// namespace brings the operator up (`--wait`), `helm test` reaches its metrics through the
     /// Service; a HectorPlugin applied there becomes Ready, is published in the namespace's
@@ -1093,10 +1145,9 @@ mod cluster {
     /// the CRD stays.
     ///
     /// The release watches only its own namespace and holds its own Lease there. An operator
-    /// installed cluster-wide (from `deploy/`, as `make test` runs it) reconciles this namespace
-    /// too; it renders the same objects and ConfigMap, so the watches above would still catch a
-    /// version of the ConfigMap or the status that either operator wrote without the plugin,
-    /// and the new leader's own metrics show that it, not only the other, publishes the plugin.
+    /// installed cluster-wide (from `deploy/`, as `make test` runs it) is scaled to zero
+    /// meanwhile: two operators watching one namespace would each start the plugin's launcher
+    /// admitting its own ServiceAccount, and roll its Pods back and forth.
     #[tokio::test]
     async fn install_publish_upgrade_uninstall() {
         let client = client().await;
@@ -1107,6 +1158,21 @@ mod cluster {
         let values = local_values(&ns.name);
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
 
+        // Two operators must not watch one namespace: each starts plugins' launchers admitting
+        // its own ServiceAccount, so they would roll the plugin's Pods back and forth. The
+        // operator `make test` deploys watches every namespace: it stands aside meanwhile.
+        let _aside = MainOperatorAside::new();
+        // The release's cluster-scoped objects outlive its namespace when an earlier run of
+        // this test failed before uninstalling; Helm would refuse to adopt them.
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            let _ = Command::new(kubectl())
+                .args(["delete", kind, "hector-life-hector-operator-config-keys"])
+                .args(["--ignore-not-found"])
+                .output();
+        }
         let mut install = vec!["install", release, chart, "--namespace", &ns.name];
         install.extend(["--wait", "--timeout", "4m"]);
         install.extend(&values);
@@ -1154,6 +1220,8 @@ mod cluster {
             ),
         )
         .await;
+        // A caller the plugin admits: a ServiceAccount of its own namespace.
+        let caller = mint_token(&ns.name, "default", "hector.dev/plugins");
         let endpoints = match published {
             Ok(endpoints) => endpoints,
             Err(_) => panic!(
@@ -1162,7 +1230,9 @@ mod cluster {
             ),
         };
         assert_eq!(
-            generate(&endpoints[0], "hello chart").await.as_deref(),
+            generate_text_as(&endpoints[0], "hello chart", &caller)
+                .await
+                .as_deref(),
             Ok("chart: hello chart"),
             "a remote Generate at the published endpoint {}",
             endpoints[0]
@@ -1288,7 +1358,7 @@ mod cluster {
             published_endpoints(cms.get_opt(ENDPOINTS_CM).await.unwrap().as_ref(), PLUGIN)
                 .expect("still published");
         assert_eq!(
-            generate(&endpoints[0], "after the upgrade")
+            generate_text_as(&endpoints[0], "after the upgrade", &caller)
                 .await
                 .as_deref(),
             Ok("chart: after the upgrade")

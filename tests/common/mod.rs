@@ -274,6 +274,22 @@ pub async fn generate_text(address: &str, text: &str) -> Result<String, String> 
         .map_err(|s| s.to_string())
 }
 
+/// [`generate_text`] as the caller whose `token` it is.
+pub async fn generate_text_as(address: &str, text: &str, token: &str) -> Result<String, String> {
+    use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
+    let ch = plugin_channel(address).await?;
+    let mut request = tonic::Request::new(user_request(text));
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "token is not ASCII".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    LlmProviderClient::new(ch)
+        .generate(request)
+        .await
+        .map(|r| r.into_inner().text)
+        .map_err(|s| s.to_string())
+}
+
 /// The kubectl matching the local cluster (`KUBECTL` overrides; else kubectl on PATH).
 pub fn kubectl_path() -> std::path::PathBuf {
     if let Ok(k) = std::env::var("KUBECTL") {
