@@ -592,18 +592,7 @@ async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResu
     );
     // A change after the outage is published within seconds.
     let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
-    apply(
-        &api,
-        plugin(
-            "alias",
-            json!({
-                "manifest": {"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"},
-                "endpoint": endpoint,
-                "health": {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
-            }),
-        ),
-    )
-    .await;
+    apply(&api, echo_plugin("alias", 1)).await;
     let applied = Instant::now();
     eventually(
         "the new plugin published",
