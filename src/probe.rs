@@ -87,6 +87,12 @@ pub fn check_identity(reported: &ManifestResponse, expected: &Identity) -> Resul
     }
 }
 
+/// The least time a probe's connection may take. TCP sends its first SYN again after one
+/// second: a shorter limit turns one dropped SYN into a failed probe. A Pod that has just
+/// started — a new operator leader — has its first SYNs dropped by NetworkPolicy enforcers
+/// until its IP has reached them through the API server.
+pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A channel to `address` that connects on first use and reconnects by itself; with
 /// `tls`, over TLS checked by that verifier.
 pub fn channel(
@@ -98,7 +104,7 @@ pub fn channel(
         .map_err(|e| format!("bad address {address:?}: {e}"))
         .map(|e| {
             let e = e
-                .connect_timeout(timeout)
+                .connect_timeout(timeout.max(MIN_CONNECT_TIMEOUT))
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30));
             match tls {

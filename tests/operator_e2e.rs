@@ -542,46 +542,8 @@ async fn external_endpoint_is_probed_and_published_without_pods() -> TestResult 
     let client = client().await;
     let ns = TestNamespace::new(&client, "op-ext").await;
     let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
-    // An external plugin is a plain gRPC server somewhere (no launcher, so no TLS and no
-    // caller check): echo-llm on this machine, which is the cluster's node, at the node's
-    // address, which the operator's Pod reaches.
-    let node_ip = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .find_map(|n| {
-            n.status?
-                .addresses?
-                .into_iter()
-                .find(|a| a.type_ == "InternalIP")
-                .map(|a| a.address)
-        })
-        .ok_or("the node's InternalIP")?;
-    let port = std::net::TcpListener::bind("0.0.0.0:0")?
-        .local_addr()?
-        .port();
-    let endpoint = format!("{node_ip}:{port}");
-    let echo = std::path::PathBuf::from(env!("CARGO_BIN_EXE_hectorctl")).with_file_name("echo-llm");
-    let mut server = KillOnDrop(
-        std::process::Command::new(echo)
-            .env("HECTOR_PLUGIN_ADDR", format!("0.0.0.0:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let channel = eventually("echo-llm serving", Duration::from_secs(20), || {
-        let endpoint = endpoint.clone();
-        async move {
-            hector_plugin_sdk::connect(&endpoint, Duration::from_secs(1))
-                .await
-                .ok()
-        }
-    })
-    .await;
-    hector_plugin_sdk::LifecycleClient::new(channel, hector_plugin_sdk::PluginType::LlmProvider)
-        .initialize([("prefix".to_string(), "ext: ".to_string())].into())
-        .await?;
+    // An external plugin is a plain gRPC server somewhere: echo-llm on the node.
+    let (mut server, endpoint) = external_echo(&client, "ext: ").await;
     apply(
         &api,
         plugin(
@@ -614,14 +576,4 @@ async fn external_endpoint_is_probed_and_published_without_pods() -> TestResult 
     );
     let _ = server.0.kill();
     Ok(())
-}
-
-/// A child process killed when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -592,7 +592,21 @@ async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResu
     );
     // A change after the outage is published within seconds.
     let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
-    apply(&api, echo_plugin("alias", 1)).await;
+    // An external plugin (no Pods: Kubernetes' own controllers, which create Pods, come back
+    // from the outage at their own pace).
+    let (_external, external) = external_echo(&client, "alias: ").await;
+    apply(
+        &api,
+        plugin(
+            "alias",
+            json!({
+                "manifest": {"name": "echo-llm", "version": "0.1.0", "type": "llm_provider"},
+                "endpoint": external,
+                "health": {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+            }),
+        ),
+    )
+    .await;
     let applied = Instant::now();
     eventually(
         "the new plugin published",

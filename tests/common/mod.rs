@@ -363,3 +363,61 @@ pub fn go_loader() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// A child process killed when dropped, however the test ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain gRPC plugin outside the cluster, as an external `spec.endpoint` is (no launcher,
+/// so no TLS and no caller check): echo-llm on this machine, which is the cluster's node,
+/// initialized with `prefix`, at the node's address, which Pods reach. Returns the process
+/// and the address.
+pub async fn external_echo(client: &Client, prefix: &str) -> (KillOnDrop, String) {
+    let node_ip = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .expect("list nodes")
+        .items
+        .into_iter()
+        .find_map(|n| {
+            n.status?
+                .addresses?
+                .into_iter()
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address)
+        })
+        .expect("the node's InternalIP");
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let endpoint = format!("{node_ip}:{port}");
+    let server = KillOnDrop(
+        std::process::Command::new(workspace_bin("echo-llm"))
+            .env("HECTOR_PLUGIN_ADDR", format!("0.0.0.0:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start echo-llm"),
+    );
+    let channel = eventually("echo-llm serving", Duration::from_secs(20), || {
+        let endpoint = endpoint.clone();
+        async move {
+            hector_plugin_sdk::connect(&endpoint, Duration::from_secs(1))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    hector_plugin_sdk::LifecycleClient::new(channel, hector_plugin_sdk::PluginType::LlmProvider)
+        .initialize([("prefix".to_string(), prefix.to_string())].into())
+        .await
+        .expect("Initialize echo-llm");
+    (server, endpoint)
+}
