@@ -181,34 +181,19 @@ async fn handle(
             // stopped only once its clients have left.
             let (backend, _counted) = backends.pick();
             let closing = Either(closing, backend.drain.closing());
-            let auth = gate.auth.clone();
+            let to = SpliceTo {
+                address: &backend.address,
+                replay,
+                goaway_sent,
+                closing,
+                peer,
+                auth: gate.auth.clone(),
+            };
             match client {
-                Client::Tcp(s) => {
-                    let client = s.into_std()?;
-                    splice_to(
-                        client,
-                        &backend.address,
-                        replay,
-                        goaway_sent,
-                        closing,
-                        peer,
-                        auth,
-                    )
-                    .await
-                }
+                Client::Tcp(s) => to.run(s.into_std()?).await,
                 Client::Tls(s) => {
                     let (socket, conn) = s.into_inner();
-                    let client = TlsSocket::new(socket.into_std()?, conn);
-                    splice_to(
-                        client,
-                        &backend.address,
-                        replay,
-                        goaway_sent,
-                        closing,
-                        peer,
-                        auth,
-                    )
-                    .await
+                    to.run(TlsSocket::new(socket.into_std()?, conn)).await
                 }
             }
         }
@@ -245,34 +230,46 @@ where
     conn.await.map_err(std::io::Error::other)
 }
 
-/// Connects to the plugin at `address` and splices `client` to it.
-async fn splice_to<C: Duplex>(
-    client: C,
-    address: &str,
+/// Where and how a routed client connection is spliced, whatever its transport.
+struct SpliceTo<'a> {
+    address: &'a str,
     replay: Vec<u8>,
     goaway_sent: bool,
     closing: Either,
     peer: SocketAddr,
     auth: Option<Arc<Authenticator>>,
-) -> std::io::Result<()> {
-    if let Some(path) = address.strip_prefix("unix:") {
-        let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
-            .await?
-            .into_std()?;
-        splice(client, plugin, replay, goaway_sent, closing, peer, auth).await
-    } else {
-        let plugin = TcpStream::connect(address).await?;
-        plugin.set_nodelay(true)?;
-        splice(
-            client,
-            plugin.into_std()?,
+}
+
+impl SpliceTo<'_> {
+    /// Connects to the plugin and splices `client` to it.
+    async fn run<C: Duplex>(self, client: C) -> std::io::Result<()> {
+        let Self {
+            address,
             replay,
             goaway_sent,
             closing,
             peer,
             auth,
-        )
-        .await
+        } = self;
+        if let Some(path) = address.strip_prefix("unix:") {
+            let plugin = tokio::net::UnixStream::connect(path.trim_start_matches("//"))
+                .await?
+                .into_std()?;
+            splice(client, plugin, replay, goaway_sent, closing, peer, auth).await
+        } else {
+            let plugin = TcpStream::connect(address).await?;
+            plugin.set_nodelay(true)?;
+            splice(
+                client,
+                plugin.into_std()?,
+                replay,
+                goaway_sent,
+                closing,
+                peer,
+                auth,
+            )
+            .await
+        }
     }
 }
 
