@@ -10,47 +10,18 @@
 //! `BENCH_DIRECT_ADDR` (where the directly called plugin listens, so such a relay can point
 //! at it; it is initialized by the benchmark).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[path = "support/cpu.rs"]
 mod cpu;
+#[path = "support/procs.rs"]
+mod procs;
 
 use cpu::{allowed_cpus, pin_to};
 use hector_plugin_sdk::proto::{GenerateRequest, Message, llm_provider_client::LlmProviderClient};
+use procs::{Server, echo_llm, env_usize, free_addr};
 use tonic::transport::Channel;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn echo_llm() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_hector-plugin-launcher")).with_file_name("echo-llm");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --release --workspace --bins`",
-        p.display()
-    );
-    p
-}
 
 async fn connect(addr: &str) -> Channel {
     for _ in 0..200 {

@@ -7,66 +7,34 @@
 
 #[path = "support/cpu.rs"]
 mod cpu;
+#[path = "support/procs.rs"]
+mod procs;
 #[path = "../tests/support/secure.rs"]
 mod secure;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
 use hector_plugin_sdk::proto::{GenerateRequest, Message};
+use procs::{Server, echo_llm, env_usize, free_addr};
 use secure::{AUDIENCE, Keys, fake_issuer, tls_channel};
 use tonic::transport::Channel;
 
-struct Server(Child);
-
-impl Server {
-    /// CPU time the launcher process (not its plugin) has used so far.
-    fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is the 14th field
-        // of the line, stime the 15th, in clock ticks.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        // SAFETY: sysconf reads a constant.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let used = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
-        Duration::from_micros(used * 1_000_000 / ticks)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
-
-fn echo_llm() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_hector-plugin-launcher")).with_file_name("echo-llm");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --release --workspace --bins`",
-        p.display()
-    );
-    p
+/// CPU time a launcher process (not its plugin) has used so far.
+fn cpu_time(server: &Server) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", server.0.id())).unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 14th field
+    // of the line, stime the 15th, in clock ticks.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let used = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_micros(used * 1_000_000 / ticks)
 }
 
 fn launcher(listen: &str, extra: &[String]) -> Server {
@@ -284,7 +252,7 @@ fn main() {
 
         // Reused connections, alternating in rounds so every path sees the same machine.
         let mut lat: Vec<Vec<Duration>> = paths.iter().map(|_| Vec::new()).collect();
-        let cpu_before: Vec<Duration> = _servers.iter().map(Server::cpu).collect();
+        let cpu_before: Vec<Duration> = _servers.iter().map(cpu_time).collect();
         let rounds = 10;
         for _ in 0..rounds {
             for (i, ch) in channels.iter().enumerate() {
@@ -302,7 +270,7 @@ fn main() {
         let cpu_per_call: Vec<Duration> = _servers
             .iter()
             .zip(&cpu_before)
-            .map(|(s, before)| (s.cpu().saturating_sub(*before)) / calls.max(1) as u32)
+            .map(|(s, before)| (cpu_time(s).saturating_sub(*before)) / calls.max(1) as u32)
             .collect();
         // New connections: connect, handshake, one call.
         let mut fresh: Vec<Vec<Duration>> = paths.iter().map(|_| Vec::new()).collect();
