@@ -47,6 +47,7 @@ bench: ## Benchmarks: launcher overhead, direct vs proxied (prints figures)
 	$(CARGO) bench -p hector-plugin-launcher --bench overhead
 	$(CARGO) bench -p hector-plugin-launcher --bench secure
 	$(CARGO) bench -p hector-plugin-remote --bench overhead
+	$(CARGO) bench -p hector-plugin-client --bench faults
 
 bench-operator: ## Publication latency vs the endpoint controller, idle writes, memory (needs make deploy)
 	KUBECONFIG="$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)}" $(CARGO) bench -p hector-operator --bench operator

@@ -1,0 +1,92 @@
+//! Faults reproduced on this machine: a plugin served by three real `echo-llm` processes,
+//! agents calling it in loops through the client library and through `hector-plugin-remote`,
+//! then one replica frozen (SIGSTOP: its connections stay open, nothing answers) and one
+//! black-holed (its packets dropped inside a network namespace the test makes), then both
+//! recovered. No call may outlive its deadline, each agent may pay only a handful of failed
+//! calls before it avoids the broken replicas, and the recovered replicas are used again.
+//!
+//! Needs root (`ip netns`, `iptables`) and the workspace's binaries
+//! (`cargo build --workspace --bins`). Latencies are printed, not asserted (the `faults`
+//! bench prints them over longer phases); run with `--nocapture` to see them.
+
+mod support;
+
+use std::time::Duration;
+
+use support::load::Path;
+use support::scenario::{self, BLACK_HOLED, FROZEN, Phase, Plan};
+
+/// How late past its deadline a call may end (timers and a busy machine).
+const MARGIN: Duration = Duration::from_millis(300);
+/// The failed calls an agent may pay for both faults together before it avoids the broken
+/// replicas: the calls in flight on them when they broke, and a few more until they are
+/// taken out of the rotation.
+const HANDFUL: usize = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_and_a_black_holed_replica_cost_each_agent_a_handful_of_calls() {
+    let plan = Plan {
+        deadline: Duration::from_millis(600),
+        before: Duration::from_secs(3),
+        during: Duration::from_secs(8),
+        recovery_limit: Duration::from_secs(20),
+        after: Duration::from_secs(3),
+        library_agents: 3,
+        remote_agents: 2,
+        loops: 2,
+        pace: Duration::from_millis(20),
+        seen_again: 3,
+    };
+    let report = match scenario::run(&plan).await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    println!("{}", report.render());
+
+    let late = report.late(MARGIN);
+    assert!(
+        late.is_empty(),
+        "{} calls ended more than {MARGIN:?} past their {:?} deadline, e.g. {:?}",
+        late.len(),
+        plan.deadline,
+        &late[..late.len().min(5)]
+    );
+    for path in [Path::Library, Path::Remote] {
+        let before = report.by_phase(Phase::Before, path);
+        assert_eq!(
+            before.failed(),
+            0,
+            "{} before the faults: {before:?}",
+            path.name()
+        );
+        assert!(
+            before.served.iter().all(|n| *n > 0),
+            "{} before the faults: every replica serves: {:?}",
+            path.name(),
+            before.served
+        );
+    }
+    assert!(
+        report.recovered.is_some(),
+        "r{FROZEN} and r{BLACK_HOLED} were not used again by every agent within {:?} of their recovery",
+        plan.recovery_limit
+    );
+    for agent in 0..report.agents.len() {
+        let paid = report.by_agent(agent, &[Phase::During, Phase::Recovery]);
+        assert!(
+            paid.failed() <= HANDFUL,
+            "{} paid {} failed calls (at most {HANDFUL}): {} timeouts, {:?}",
+            report.agent_name(agent),
+            paid.failed(),
+            paid.timeouts,
+            paid.failures
+        );
+        let after = report.by_agent(agent, &[Phase::After]);
+        assert_eq!(
+            after.failed(),
+            0,
+            "{} after recovery: {after:?}",
+            report.agent_name(agent)
+        );
+    }
+}
