@@ -1,8 +1,8 @@
 //! A network namespace of the test's own, joined to this one by a veth pair with a private
-//! /30, so that one replica can be black-holed by a firewall rule inside it: the machine's own
-//! firewall and addresses are never touched. The namespace (and with it the veth pair and the
-//! rule) is removed when the value is dropped, also while a failing test unwinds; one left by
-//! a killed test run is removed by the next run.
+//! /30: the replicas run inside it, so that one of them can be black-holed by a firewall rule
+//! there while the machine's own firewall and addresses are never touched. The namespace, the
+//! veth pair, the rule and any process left inside are removed when the value is dropped, also
+//! while a failing test unwinds; what a killed test run left is removed by the next run.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -23,6 +23,8 @@ pub struct Namespace {
     name: String,
     /// The veth end inside the namespace (the firewall rule matches it).
     inner_if: String,
+    /// This side's veth end.
+    host_if: String,
     /// This side's address on the pair.
     pub host_ip: Ipv4Addr,
     /// The namespace's address on the pair: what a replica inside listens on.
@@ -66,10 +68,11 @@ impl Namespace {
             name,
             // Interface names have at most 15 bytes; a pid has at most 7 digits.
             inner_if: format!("hfn{pid}"),
+            host_if: format!("hfh{pid}"),
             host_ip,
             ip,
         };
-        let host_if = format!("hfh{pid}");
+        let host_if = ns.host_if.clone();
         let host_cidr = format!("{host_ip}/30");
         let inner_cidr = format!("{ip}/30");
         run(
@@ -127,33 +130,55 @@ impl Namespace {
         run("ip", &all)
     }
 
-    fn rule(&self) -> [&str; 4] {
-        ["-i", &self.inner_if, "-j", "DROP"]
+    fn rule<'a>(&'a self, port: &'a str) -> [&'a str; 8] {
+        [
+            "-i",
+            &self.inner_if,
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-j",
+            "DROP",
+        ]
     }
 
-    /// Drops every packet that arrives in the namespace: connections stay open on this side,
-    /// nothing is answered, new connections are never accepted.
-    pub fn black_hole(&self) -> Result<(), HarnessError> {
+    /// Drops every packet that arrives in the namespace for TCP `port`: connections to it stay
+    /// open on this side, nothing is answered, new connections are never accepted.
+    pub fn black_hole(&self, port: u16) -> Result<(), HarnessError> {
+        let port = port.to_string();
         let mut args = vec!["-A", "INPUT"];
-        args.extend_from_slice(&self.rule());
+        args.extend_from_slice(&self.rule(&port));
         self.iptables(&args).map(drop)
     }
 
-    /// Removes the rule [`Self::black_hole`] added.
-    pub fn restore(&self) -> Result<(), HarnessError> {
+    /// Removes the rule [`Self::black_hole`] added for `port`.
+    pub fn restore(&self, port: u16) -> Result<(), HarnessError> {
+        let port = port.to_string();
         let mut args = vec!["-D", "INPUT"];
-        args.extend_from_slice(&self.rule());
+        args.extend_from_slice(&self.rule(&port));
         self.iptables(&args).map(drop)
     }
 }
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // The veth pair and the rule go with the namespace once no process is left in it
-        // (the replicas are stopped before this value is dropped).
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
-            eprintln!("cannot remove network namespace {}: {e}", self.name);
-        }
+        remove(&self.name, &self.host_if);
+    }
+}
+
+/// Removes namespace `name`: kills what still runs in it, deletes the veth pair (at once:
+/// sockets closed while a port was black-holed keep the namespace itself alive for minutes,
+/// retransmitting their FINs) and the namespace.
+fn remove(name: &str, host_if: &str) {
+    let inside = run("ip", &["netns", "pids", name]).unwrap_or_default();
+    for process in inside.split_whitespace() {
+        let _ = run("kill", &["-KILL", process]);
+    }
+    // Absent when the namespace went first; then the pair went with it.
+    let _ = run("ip", &["link", "del", host_if]);
+    if let Err(e) = run("ip", &["netns", "del", name]) {
+        eprintln!("cannot remove network namespace {name}: {e}");
     }
 }
 
@@ -171,7 +196,8 @@ fn remove_stale() {
             continue;
         };
         if pid.parse::<u32>().is_ok() && !PathBuf::from(format!("/proc/{pid}")).exists() {
-            let _ = run("ip", &["netns", "del", name]);
+            // Its replicas outlived the killed test run.
+            remove(name, &format!("hfh{pid}"));
         }
     }
 }

@@ -78,19 +78,16 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts replica `index` listening on `addr`, inside `netns` when given, and waits until
-    /// it is initialized and answers.
+    /// Starts replica `index` inside `netns`, listening on `addr`, and waits until it is
+    /// initialized and answers.
     pub async fn start(
         index: usize,
         addr: SocketAddr,
-        netns: Option<&Namespace>,
+        netns: &Namespace,
     ) -> Result<Self, HarnessError> {
         let bin = sibling_bin("echo-llm")?;
-        let mut command = match netns {
-            Some(ns) => ns.command(&bin),
-            None => Command::new(&bin),
-        };
-        let child = command
+        let child = netns
+            .command(&bin)
             .env(hector_plugin_sdk::PLUGIN_ADDR_ENV, addr.to_string())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -1,13 +1,13 @@
 //! The scenario itself: its plan, its run, and what it measured.
 //!
-//! Replicas: r0 on loopback is frozen (SIGSTOP of the `echo-llm` process that serves it), r1
-//! on loopback stays healthy, r2 inside the scenario's network namespace is black-holed (every
-//! packet into the namespace dropped). Phases: *before* the faults, *during* them, *recovery*
+//! Replicas, all inside the scenario's network namespace (so that nothing outlives a killed
+//! run): r0 is frozen (SIGSTOP of the `echo-llm` process that serves it), r1 stays healthy, r2
+//! is black-holed (every packet to its port dropped). Phases: *before* the faults, *during* them, *recovery*
 //! (from SIGCONT and the rule's removal until every agent has had calls served by r0 and r2
 //! again) and *after*.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hector_plugin_client::{ChannelOptions, PluginChannel};
@@ -31,6 +31,8 @@ pub const HEALTHY: usize = 1;
 pub const BLACK_HOLED: usize = 2;
 /// How many replicas serve the plugin.
 pub const REPLICAS: usize = 3;
+/// Replica N listens on this port plus N (the namespace is the scenario's own).
+const FIRST_PORT: u16 = 50051;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -157,24 +159,16 @@ fn is_timeout(code: Code, message: &str) -> bool {
     code == Code::DeadlineExceeded || (code == Code::Cancelled && message == "Timeout expired")
 }
 
-fn loopback_addr() -> Result<SocketAddr, HarnessError> {
-    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|source| HarnessError::Spawn {
-            what: "a free loopback port".into(),
-            source,
-        })
-}
-
 /// Runs the scenario.
 pub async fn run(plan: &Plan) -> Result<Report, HarnessError> {
-    // Dropped last (declared first): the replica inside must be gone before the namespace.
+    // Dropped last (declared first): the replicas inside go before the namespace.
     let ns = Namespace::create()?;
-    let frozen = Replica::start(FROZEN, loopback_addr()?, None).await?;
-    let healthy = Replica::start(HEALTHY, loopback_addr()?, None).await?;
-    let black_holed =
-        Replica::start(BLACK_HOLED, SocketAddr::from((ns.ip, 50051)), Some(&ns)).await?;
+    let at = |i: u16| SocketAddr::from((ns.ip, FIRST_PORT + i));
+    let frozen = Replica::start(FROZEN, at(0), &ns).await?;
+    let healthy = Replica::start(HEALTHY, at(1), &ns).await?;
+    let black_holed = Replica::start(BLACK_HOLED, at(2), &ns).await?;
     let addrs = [frozen.addr, healthy.addr, black_holed.addr];
+    let hole = black_holed.addr.port();
 
     let mut clients = Vec::new();
     let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -215,11 +209,11 @@ pub async fn run(plan: &Plan) -> Result<Report, HarnessError> {
     tokio::time::sleep(plan.before).await;
     let fault = Instant::now();
     frozen.freeze()?;
-    ns.black_hole()?;
+    ns.black_hole(hole)?;
     tokio::time::sleep(plan.during).await;
     let recover = Instant::now();
     frozen.thaw()?;
-    ns.restore()?;
+    ns.restore(hole)?;
     let count = agents.len();
     let back = log
         .wait_for(plan.recovery_limit, |samples| {
@@ -340,7 +334,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "fault scenario: r{FROZEN} frozen (SIGSTOP), r{BLACK_HOLED} black-holed ({}: DROP), r{HEALTHY} healthy; \
+            "fault scenario in {}: r{FROZEN} frozen (SIGSTOP), r{BLACK_HOLED} black-holed (DROP), r{HEALTHY} healthy; \
              {} library + {} remote agents x {} loops, a call every {:?} per loop, deadline {:?}",
             self.netns, p.library_agents, p.remote_agents, p.loops, p.pace, p.deadline
         );
