@@ -5,15 +5,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hector_plugin_client::PluginChannel;
-use hector_plugin_sdk::proto::GenerateResponse;
+use hector_plugin_sdk::proto::GenerateRequest;
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
 use tokio::sync::{Notify, watch};
 use tokio::time::MissedTickBehavior;
-use tonic::Code;
 use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
 
 use super::ask;
 use super::procs::Replica;
+use super::scenario::REPLICAS;
 
 /// How long past its deadline a call may run before the harness gives up on it and logs it
 /// as hung (so that a hanging call fails the test instead of hanging it).
@@ -56,15 +57,43 @@ impl Client {
         }
     }
 
-    async fn generate(
+    /// One call of `kind`: the whole answer's text.
+    async fn call(
         &mut self,
-        request: tonic::Request<hector_plugin_sdk::proto::GenerateRequest>,
-    ) -> Result<tonic::Response<GenerateResponse>, tonic::Status> {
-        match self {
-            Client::Library(c) => c.generate(request).await,
-            Client::Remote(c) => c.generate(request).await,
+        kind: Kind,
+        request: Request<GenerateRequest>,
+    ) -> Result<String, Status> {
+        match kind {
+            Kind::Unary => {
+                let response = match self {
+                    Client::Library(c) => c.generate(request).await?,
+                    Client::Remote(c) => c.generate(request).await?,
+                };
+                Ok(response.into_inner().text)
+            }
+            Kind::Streaming => {
+                let mut stream = match self {
+                    Client::Library(c) => c.generate_streaming(request).await?,
+                    Client::Remote(c) => c.generate_streaming(request).await?,
+                }
+                .into_inner();
+                let mut text = String::new();
+                while let Some(chunk) = stream.message().await? {
+                    text.push_str(&chunk.text);
+                }
+                Ok(text)
+            }
         }
     }
+}
+
+/// Which RPC a loop calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `Generate`.
+    Unary,
+    /// `GenerateStreaming`, read to its end (the deadline covers the whole stream).
+    Streaming,
 }
 
 /// How a call ended.
@@ -134,21 +163,34 @@ impl Log {
 }
 
 /// Which replica an answer comes from (its text starts with the replica's prefix).
-fn replica_of(text: &str, replicas: usize) -> Option<usize> {
-    (0..replicas).find(|&i| text.starts_with(&Replica::prefix(i)))
+fn replica_of(text: &str) -> Option<usize> {
+    (0..REPLICAS).find(|&i| text.starts_with(&Replica::prefix(i)))
 }
 
-/// One loop of an agent: a call every `pace` (or right after the last one when it took
-/// longer), each with `deadline`, until `stop` turns true. Logs every call.
-pub async fn drive(
-    mut client: Client,
-    agent: usize,
-    replicas: usize,
-    deadline: Duration,
-    pace: Duration,
-    mut stop: watch::Receiver<bool>,
-    log: Log,
-) {
+/// One call loop of an agent.
+pub struct Caller {
+    /// The agent's client.
+    pub client: Client,
+    /// Which agent.
+    pub agent: usize,
+    /// Which RPC.
+    pub kind: Kind,
+    /// Every call's deadline.
+    pub deadline: Duration,
+    /// The pause between calls.
+    pub pace: Duration,
+}
+
+/// Runs `caller`'s loop: a call every `pace` (or right after the last one when it took
+/// longer), until `stop` turns true. Logs every call.
+pub async fn drive(caller: Caller, mut stop: watch::Receiver<bool>, log: Log) {
+    let Caller {
+        mut client,
+        agent,
+        kind,
+        deadline,
+        pace,
+    } = caller;
     let mut tick = tokio::time::interval(pace);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut n = 0u64;
@@ -157,22 +199,19 @@ pub async fn drive(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let mut request = tonic::Request::new(ask(&format!("agent {agent} call {n}")));
+        let mut request = Request::new(ask(&format!("agent {agent} call {n}")));
         request.set_timeout(deadline);
         n += 1;
         let started = Instant::now();
-        let result = tokio::time::timeout(deadline + HUNG_AFTER, client.generate(request)).await;
+        let result = tokio::time::timeout(deadline + HUNG_AFTER, client.call(kind, request)).await;
         let elapsed = started.elapsed();
         let outcome = match result {
             Err(_) => Outcome::Hung,
             Ok(Err(status)) => Outcome::Failed(status.code(), status.message().to_string()),
-            Ok(Ok(response)) => {
-                let text = response.into_inner().text;
-                match replica_of(&text, replicas) {
-                    Some(i) => Outcome::Served(i),
-                    None => Outcome::Garbled(text),
-                }
-            }
+            Ok(Ok(text)) => match replica_of(&text) {
+                Some(i) => Outcome::Served(i),
+                None => Outcome::Garbled(text),
+            },
         };
         log.push(Sample {
             agent,

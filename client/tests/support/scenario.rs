@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use super::HarnessError;
-use super::load::{Client, HUNG_AFTER, Log, Outcome, Path, Sample, drive};
+use super::load::{Caller, Client, HUNG_AFTER, Kind, Log, Outcome, Path, Sample, drive};
 use super::netns::Namespace;
 use super::procs::{Remote, Replica};
 
@@ -51,7 +51,8 @@ pub struct Plan {
     pub library_agents: usize,
     /// Agents using a `hector-plugin-remote` process each.
     pub remote_agents: usize,
-    /// Concurrent call loops per agent.
+    /// Concurrent call loops per agent; every second one calls `GenerateStreaming`, the
+    /// others `Generate`.
     pub loops: usize,
     /// The pause between the calls of one loop.
     pub pace: Duration,
@@ -193,16 +194,20 @@ pub async fn run(plan: &Plan) -> Result<Report, HarnessError> {
     let (stop, stopped) = watch::channel(false);
     let mut loops = JoinSet::new();
     for (agent, client) in clients.into_iter().enumerate() {
-        for _ in 0..plan.loops {
-            loops.spawn(drive(
-                client.clone(),
+        for i in 0..plan.loops {
+            let kind = if i % 2 == 1 {
+                Kind::Streaming
+            } else {
+                Kind::Unary
+            };
+            let caller = Caller {
+                client: client.clone(),
                 agent,
-                REPLICAS,
-                plan.deadline,
-                plan.pace,
-                stopped.clone(),
-                log.clone(),
-            ));
+                kind,
+                deadline: plan.deadline,
+                pace: plan.pace,
+            };
+            loops.spawn(drive(caller, stopped.clone(), log.clone()));
         }
     }
 
@@ -335,7 +340,7 @@ impl Report {
         let _ = writeln!(
             out,
             "fault scenario in {}: r{FROZEN} frozen (SIGSTOP), r{BLACK_HOLED} black-holed (DROP), r{HEALTHY} healthy; \
-             {} library + {} remote agents x {} loops, a call every {:?} per loop, deadline {:?}",
+             {} library + {} remote agents x {} loops (unary, streaming, ...), a call every {:?} per loop, deadline {:?}",
             self.netns, p.library_agents, p.remote_agents, p.loops, p.pace, p.deadline
         );
         let phase_len = |phase: Phase| -> String {
