@@ -10,12 +10,12 @@
 //! `FAULTS_RECOVERY_LIMIT` (60), `FAULTS_DEADLINE_MS` (600), `FAULTS_PACE_MS` (20),
 //! `FAULTS_LIBRARY_AGENTS` (3), `FAULTS_REMOTE_AGENTS` (2), `FAULTS_LOOPS` (2).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+#[path = "../tests/fault_scenario/mod.rs"]
+mod fault_scenario;
 
 use std::time::Duration;
 
-use support::scenario::{self, Plan};
+use fault_scenario::scenario::{self, Plan};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

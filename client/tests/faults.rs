@@ -9,12 +9,12 @@
 //! (`cargo build --workspace --bins`). Latencies are printed, not asserted (the `faults`
 //! bench prints them over longer phases); run with `--nocapture` to see them.
 
-mod support;
+mod fault_scenario;
 
 use std::time::Duration;
 
-use support::load::Path;
-use support::scenario::{self, BLACK_HOLED, FROZEN, Phase, Plan};
+use fault_scenario::load::Path;
+use fault_scenario::scenario::{self, BLACK_HOLED, FROZEN, Phase, Plan};
 
 /// How late past its deadline a call may end (timers and a busy machine).
 const MARGIN: Duration = Duration::from_millis(300);
