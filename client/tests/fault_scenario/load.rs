@@ -114,6 +114,8 @@ pub enum Outcome {
 pub struct Sample {
     /// Which agent made it.
     pub agent: usize,
+    /// Which RPC.
+    pub kind: Kind,
     /// When it was sent.
     pub started: Instant,
     /// How long it took.
@@ -215,6 +217,7 @@ pub async fn drive(caller: Caller, mut stop: watch::Receiver<bool>, log: Log) {
         };
         log.push(Sample {
             agent,
+            kind,
             started,
             elapsed,
             outcome,

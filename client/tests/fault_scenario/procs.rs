@@ -17,6 +17,12 @@ use tonic::transport::Channel;
 use super::netns::Namespace;
 use super::{HarnessError, ask};
 
+/// Whether `FAULTS_VERBOSE` asks for the remote executables' log (what their pools decide:
+/// endpoints ejected, out of the rotation, back) on stderr.
+pub fn verbose() -> bool {
+    std::env::var_os("FAULTS_VERBOSE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// How long a process gets to start serving.
 const START_LIMIT: Duration = Duration::from_secs(20);
 
@@ -202,7 +208,11 @@ impl Remote {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if verbose() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .map_err(|source| HarnessError::Spawn {
                 what: bin.display().to_string(),

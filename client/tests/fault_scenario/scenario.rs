@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hector_plugin_client::{ChannelOptions, PluginChannel};
+use hector_plugin_client::{ChannelOptions, Ejection, PluginChannel};
 use hector_plugin_sdk::PluginType;
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
 use hector_plugin_sdk::token::TokenSource;
@@ -47,9 +47,10 @@ pub struct Plan {
     pub recovery_limit: Duration,
     /// How long the agents call once recovered.
     pub after: Duration,
-    /// Agents using the client library (each with its own channel).
-    pub library_agents: usize,
-    /// Agents using a `hector-plugin-remote` process each.
+    /// Agents using the client library, each with its own channel ejecting endpoints by
+    /// these rules.
+    pub library: Vec<Ejection>,
+    /// Agents using a `hector-plugin-remote` process each (which ejects by the defaults).
     pub remote_agents: usize,
     /// Concurrent call loops per agent; every second one calls `GenerateStreaming`, the
     /// others `Generate`.
@@ -97,6 +98,8 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// Each agent's path.
     pub agents: Vec<Path>,
+    /// Each agent's ejection rules.
+    pub ejections: Vec<Ejection>,
     /// Where the black-holed replica ran.
     pub netns: String,
     /// When the faults began.
@@ -154,6 +157,11 @@ impl Tally {
     }
 }
 
+/// Ejection rules in a table: "5 x, 30s".
+fn ejection_text(e: &Ejection) -> String {
+    format!("{} x, {:?}", e.consecutive_failures, e.base)
+}
+
 /// Whether a failure is the call's deadline passing: `DEADLINE_EXCEEDED`, or the `CANCELLED`
 /// status tonic's own channel gives when it enforces the deadline itself (the remote path).
 fn is_timeout(code: Code, message: &str) -> bool {
@@ -173,11 +181,15 @@ pub async fn run(plan: &Plan) -> Result<Report, HarnessError> {
 
     let mut clients = Vec::new();
     let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    let options = ChannelOptions::new().token(TokenSource::none());
-    for _ in 0..plan.library_agents {
+    let mut ejections = Vec::new();
+    for ejection in &plan.library {
+        let options = ChannelOptions::new()
+            .token(TokenSource::none())
+            .ejection(*ejection);
         let channel =
             PluginChannel::connect_with(&list.join(","), PluginType::LlmProvider, &options).await?;
         clients.push(Client::Library(channel.llm()?));
+        ejections.push(*ejection);
     }
     let mut remotes = Vec::new();
     for _ in 0..plan.remote_agents {
@@ -185,6 +197,7 @@ pub async fn run(plan: &Plan) -> Result<Report, HarnessError> {
         clients.push(Client::Remote(LlmProviderClient::new(
             remote.channel.clone(),
         )));
+        ejections.push(Ejection::default());
         remotes.push(remote);
     }
     let agents: Vec<Path> = clients.iter().map(Client::path).collect();
@@ -244,6 +257,7 @@ pub async fn run(plan: &Plan) -> Result<Report, HarnessError> {
         plan: plan.clone(),
         samples: log.snapshot(),
         agents,
+        ejections,
         netns: where_ns,
         fault,
         recover,
@@ -317,6 +331,30 @@ impl Report {
         format!("{}-{nth}", path.name())
     }
 
+    /// Every call that did not succeed, one a line: when it was sent (from the faults'
+    /// start), by whom, how long it took and how it ended.
+    pub fn render_failures(&self) -> String {
+        let mut lines = Vec::new();
+        for s in &self.samples {
+            if matches!(s.outcome, Outcome::Served(_)) {
+                continue;
+            }
+            let at = if s.started >= self.fault {
+                format!("+{:.3}s", (s.started - self.fault).as_secs_f64())
+            } else {
+                format!("-{:.3}s", (self.fault - s.started).as_secs_f64())
+            };
+            lines.push(format!(
+                "{at:>9} {:<10} {:<9} {:>8.1?} {:?}",
+                self.agent_name(s.agent),
+                format!("{:?}", s.kind),
+                s.elapsed,
+                s.outcome
+            ));
+        }
+        lines.join("\n")
+    }
+
     /// The report as tables.
     pub fn render(&self) -> String {
         use std::fmt::Write;
@@ -341,7 +379,12 @@ impl Report {
             out,
             "fault scenario in {}: r{FROZEN} frozen (SIGSTOP), r{BLACK_HOLED} black-holed (DROP), r{HEALTHY} healthy; \
              {} library + {} remote agents x {} loops (unary, streaming, ...), a call every {:?} per loop, deadline {:?}",
-            self.netns, p.library_agents, p.remote_agents, p.loops, p.pace, p.deadline
+            self.netns,
+            p.library.len(),
+            p.remote_agents,
+            p.loops,
+            p.pace,
+            p.deadline
         );
         let phase_len = |phase: Phase| -> String {
             let (from, to) = match phase {
@@ -384,8 +427,14 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "{:<10} {:>6} {:>15} {:>15} {:>13} {:>13}  other failures (during+recovery)",
-            "agent", "paid", "timeouts during", "timeouts recov", "r0 after rec", "r2 after rec"
+            "{:<10} {:>13} {:>6} {:>15} {:>15} {:>13} {:>13}  other failures (during+recovery)",
+            "agent",
+            "ejects after",
+            "paid",
+            "timeouts during",
+            "timeouts recov",
+            "r0 after rec",
+            "r2 after rec"
         );
         for agent in 0..self.agents.len() {
             let during = self.by_agent(agent, &[Phase::During]);
@@ -394,8 +443,9 @@ impl Report {
             let both = self.by_agent(agent, &[Phase::During, Phase::Recovery]);
             let _ = writeln!(
                 out,
-                "{:<10} {:>6} {:>15} {:>15} {:>13} {:>13}  {}",
+                "{:<10} {:>13} {:>6} {:>15} {:>15} {:>13} {:>13}  {}",
                 self.agent_name(agent),
+                ejection_text(&self.ejections[agent]),
                 both.failed(),
                 during.timeouts,
                 recovery.timeouts,
