@@ -534,6 +534,12 @@ fn a_refused_connection_is_named_once_with_its_address() -> Result<(), Box<dyn s
         assert!(!stderr.contains("invalid address"), "{stderr}");
         assert_no_repeats(&stderr);
     }
+    let (code, _, stderr) = hectorctl(&["call", "--address", "unix:/nonexistent/p.sock", "health"]);
+    assert_eq!(code, 69, "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: cannot connect to unix:/nonexistent/p.sock: no such socket\n"
+    );
     let (code, _, stderr) = hectorctl(&["call", "--address", "http://[bad", "health"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("invalid address"), "{stderr}");
@@ -847,7 +853,7 @@ async fn flags_go_before_or_after_the_subcommand() -> TestResult {
     }
 
     let dir = tempfile::tempdir()?;
-    let file = endpoints_file(dir.path(), &[addr.clone()])?;
+    let file = endpoints_file(dir.path(), std::slice::from_ref(&addr))?;
     let file = file.to_str().ok_or("path")?;
     for args in [
         &["--endpoints-file", file, "endpoints"][..],
@@ -891,7 +897,7 @@ async fn each_kind_of_failure_has_its_exit_status() -> TestResult {
         "{stderr}"
     );
     let dir = tempfile::tempdir()?;
-    let file = endpoints_file(dir.path(), &[addr.clone()])?;
+    let file = endpoints_file(dir.path(), std::slice::from_ref(&addr))?;
     let file = file.to_str().ok_or("path")?;
     let (code, _, stderr) =
         hectorctl_async(&["call", "-p", "echo", "--endpoints-file", file, "tools"]).await;
@@ -1737,6 +1743,7 @@ mod live {
             auth_infos: vec![kube::config::NamedAuthInfo {
                 name: "nobody".into(),
                 auth_info: Some(Default::default()),
+                ..Default::default()
             }],
             contexts: vec![kube::config::NamedContext {
                 name: "hectorctl-anonymous".into(),
@@ -1744,6 +1751,7 @@ mod live {
                     user: Some("nobody".into()),
                     ..current
                 }),
+                ..Default::default()
             }],
             ..Default::default()
         };

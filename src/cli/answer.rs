@@ -725,9 +725,14 @@ mod tests {
         assert_eq!(json["dimension"], 10);
         let back: Vec<f32> = serde_json::from_value(json["vector"].clone())?;
         assert_eq!(back, vector);
-        assert!(
-            serde_json::to_string(&e)?.contains("0.1,"),
-            "f32 printed short"
+        let short = Embedded {
+            dimension: 2,
+            vector: vec![0.1, -0.3],
+        };
+        assert_eq!(
+            serde_json::to_string(&short)?,
+            r#"{"dimension":2,"vector":[0.1,-0.3]}"#,
+            "f32 printed as written, not widened to f64"
         );
         Ok(())
     }

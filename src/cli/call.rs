@@ -380,7 +380,11 @@ async fn connect(address: &str, timeout: Duration) -> anyhow::Result<tonic::tran
         target: address.to_string(),
         reason,
     };
-    if address.starts_with("unix:") {
+    if let Some(path) = address.strip_prefix("unix:") {
+        // The transport only says "transport error" for a socket that is not there.
+        if !std::path::Path::new(path).exists() {
+            return Err(unreachable("no such socket".into()).into());
+        }
         return hector_plugin_sdk::connect(address, timeout)
             .await
             .map_err(|e| match e {

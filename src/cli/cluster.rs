@@ -215,6 +215,7 @@ mod tests {
                 .map(|name| kube::config::NamedContext {
                     name: name.to_string(),
                     context: Some(Default::default()),
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

@@ -289,7 +289,7 @@ fn kube_text(e: &kube::Error) -> String {
         kube::Error::Api(s) => format!("{} (HTTP {})", s.message, s.code),
         kube::Error::HyperError(_) | kube::Error::Service(_) => {
             let reason = std::error::Error::source(e)
-                .map(|c| reason_text(c))
+                .map(reason_text)
                 .unwrap_or_else(|| e.to_string());
             format!("cannot reach the Kubernetes API: {reason}")
         }
