@@ -22,6 +22,11 @@ use crate::index::PluginKey;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The media type of [`Metrics::render`]: OpenMetrics text. Served as `text/plain`, a scraper
+/// would read it as the older Prometheus format, where a counter's `_total` samples do not
+/// belong to its `# TYPE` line and lose their type and help.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Every phase, in the order the `plugins` gauge lists them.
 const PHASES: [Phase; 5] = [
     Phase::Pending,
@@ -345,7 +350,11 @@ impl Metrics {
 
     /// The publisher rendered `namespace`'s ConfigMap with these plugins (by name) and
     /// endpoint counts.
-    pub fn set_published(&self, namespace: &str, plugins: impl IntoIterator<Item = (String, usize)>) {
+    pub fn set_published(
+        &self,
+        namespace: &str,
+        plugins: impl IntoIterator<Item = (String, usize)>,
+    ) {
         let known = self.known();
         let mut total = 0;
         for (name, count) in plugins {
@@ -415,7 +424,7 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text exposition (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         if let Some(bytes) = process::ProcessStats::read().resident_bytes {
             self.rss.set(bytes);
@@ -542,7 +551,10 @@ mod tests {
             m.observe_probe(k, Duration::from_millis(2), Some("Unreachable"));
             m.observe_probe(k, Duration::from_millis(2), Some("IdentityMismatch"));
         }
-        m.set_published("team-a", [("gone".to_string(), 0), ("stays".to_string(), 0)]);
+        m.set_published(
+            "team-a",
+            [("gone".to_string(), 0), ("stays".to_string(), 0)],
+        );
         assert!(m.render().contains("plugin=\"gone\""));
         m.forget_plugin(&gone);
         let text = m.render();
@@ -581,18 +593,31 @@ mod tests {
         m.retain_plugins(|k| k.name == "b");
         let text = m.render();
         assert!(text.contains("plugin=\"b\""));
-        assert!(!text.contains("plugin=\"a\"") && !text.contains("plugin=\"c\""), "{text}");
-        assert_eq!(value(&text, "hector_operator_plugins{phase=\"Ready\"}"), Some(1.0));
+        assert!(
+            !text.contains("plugin=\"a\"") && !text.contains("plugin=\"c\""),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "hector_operator_plugins{phase=\"Ready\"}"),
+            Some(1.0)
+        );
     }
 
     #[test]
     fn phase_counts_follow_each_plugin_incrementally() {
         let m = Metrics::default();
         let count = |m: &Metrics, p: &str| {
-            value(&m.render(), &format!("hector_operator_plugins{{phase=\"{p}\"}}"))
+            value(
+                &m.render(),
+                &format!("hector_operator_plugins{{phase=\"{p}\"}}"),
+            )
         };
         for p in ["Pending", "Progressing", "Ready", "Degraded", "Failed"] {
-            assert_eq!(count(&m, p), Some(0.0), "every phase is there from the start");
+            assert_eq!(
+                count(&m, p),
+                Some(0.0),
+                "every phase is there from the start"
+            );
         }
         let (a, b) = (key("ns", "a"), key("ns", "b"));
         m.set_plugin(&a, state(Phase::Progressing, 1, 0));
@@ -601,7 +626,11 @@ mod tests {
         m.set_plugin(&a, state(Phase::Ready, 1, 1));
         m.set_plugin(&a, state(Phase::Ready, 1, 1));
         assert_eq!(count(&m, "Progressing"), Some(1.0));
-        assert_eq!(count(&m, "Ready"), Some(1.0), "the same phase twice counts once");
+        assert_eq!(
+            count(&m, "Ready"),
+            Some(1.0),
+            "the same phase twice counts once"
+        );
         m.set_plugin(
             &b,
             PluginState {
@@ -613,7 +642,10 @@ mod tests {
         assert_eq!(count(&m, "Progressing"), Some(0.0));
         let text = m.render();
         assert_eq!(
-            value(&text, "hector_operator_plugin_ready{namespace=\"ns\",plugin=\"b\"}"),
+            value(
+                &text,
+                "hector_operator_plugin_ready{namespace=\"ns\",plugin=\"b\"}"
+            ),
             Some(0.0)
         );
         m.forget_plugin(&a);
@@ -633,8 +665,14 @@ mod tests {
         let text = m.render();
         assert_eq!(value(&text, "hector_operator_leader"), Some(0.0));
         assert!(!text.contains("plugin=\"p\""), "{text}");
-        assert!(!text.contains("hector_operator_endpoints_published{"), "{text}");
-        assert_eq!(value(&text, "hector_operator_plugins{phase=\"Ready\"}"), Some(0.0));
+        assert!(
+            !text.contains("hector_operator_endpoints_published{"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "hector_operator_plugins{phase=\"Ready\"}"),
+            Some(0.0)
+        );
         assert_eq!(
             value(&text, "hector_operator_reconciles_total{result=\"ok\"}"),
             Some(1.0),
@@ -655,7 +693,11 @@ mod tests {
     fn exposition_is_well_formed() {
         let m = Metrics::default();
         m.set_plugin(&key("ns", "p"), state(Phase::Ready, 1, 1));
-        m.observe_probe(&key("ns", "p"), Duration::from_millis(1), Some("PluginUnhealthy"));
+        m.observe_probe(
+            &key("ns", "p"),
+            Duration::from_millis(1),
+            Some("PluginUnhealthy"),
+        );
         m.reconciled("api_error", Duration::from_millis(1));
         let text = m.render();
         let mut typed = BTreeSet::new();

@@ -285,19 +285,31 @@ fn values_schema_rejects_typos_and_wrong_types() {
             "at '/prometheusRule/enabled': got string, want boolean",
         ),
         (
-            &["--set", "prometheusRule.alerts.HectorPluginNotReady.for=ten"],
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginNotReady.for=ten",
+            ],
             "at '/prometheusRule/alerts/HectorPluginNotReady/for'",
         ),
         (
-            &["--set", "prometheusRule.alerts.HectorPluginNotReady.severity="],
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginNotReady.severity=",
+            ],
             "at '/prometheusRule/alerts/HectorPluginNotReady/severity'",
         ),
         (
-            &["--set", "prometheusRule.alerts.HectorPluginProbeFailures.threshold=20"],
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginProbeFailures.threshold=20",
+            ],
             "at '/prometheusRule/alerts/HectorPluginProbeFailures/threshold'",
         ),
         (
-            &["--set", "prometheusRule.alerts.HectorPluginDown.enabled=true"],
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginDown.enabled=true",
+            ],
             "at '/prometheusRule/alerts': additional properties 'HectorPluginDown' not allowed",
         ),
         (
@@ -855,8 +867,21 @@ fn selected_metrics(expr: &str) -> Vec<String> {
             .unwrap();
     let identifiers = regex::Regex::new(r"[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?").unwrap();
     let keywords = [
-        "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-        "group_left", "group_right", "Inf", "NaN", "inf", "nan",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "Inf",
+        "NaN",
+        "inf",
+        "nan",
     ];
     let expr = strings.replace_all(expr, "\"\"");
     let expr = blocks.replace_all(&expr, "");
@@ -882,7 +907,9 @@ fn selected_metrics_finds_the_names_and_only_them() {
         ["a_total", "b_count", "c"]
     );
     assert_eq!(
-        selected_metrics(r#"histogram_quantile(0.99, sum by (le) (rate(h_bucket[$__rate_interval])))"#),
+        selected_metrics(
+            r#"histogram_quantile(0.99, sum by (le) (rate(h_bucket[$__rate_interval])))"#
+        ),
         ["h_bucket"]
     );
 }
@@ -931,8 +958,8 @@ fn prometheus_rules_load_in_promtool_and_fire_as_tested() {
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(rule["metadata"]["namespace"], "hector-system");
     let exported = exported_names();
-    let runbooks = std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md"))
-        .expect("docs/alerts.md");
+    let runbooks =
+        std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md")).expect("docs/alerts.md");
     let names: Vec<&str> = alerts(&rule)
         .iter()
         .map(|a| a["alert"].as_str().expect("an alert name"))
@@ -955,7 +982,9 @@ fn prometheus_rules_load_in_promtool_and_fire_as_tested() {
         }
         for key in ["summary", "description", "runbook_url"] {
             assert!(
-                a["annotations"][key].as_str().is_some_and(|s| !s.is_empty()),
+                a["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
                 "{name} lacks annotation {key}"
             );
         }
@@ -975,7 +1004,9 @@ fn prometheus_rules_load_in_promtool_and_fire_as_tested() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = write_rule_file(&rule, dir.path());
-    let out = run(Command::new(promtool()).args(["check", "rules"]).arg(&rules));
+    let out = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
     assert!(
         out.ok,
         "promtool check rules:\n{}{}",
@@ -1008,11 +1039,7 @@ fn prometheus_rules_load_in_promtool_and_fire_as_tested() {
     let out = run(Command::new(promtool())
         .args(["test", "rules", "alerts_test.yaml"])
         .current_dir(dir.path()));
-    assert!(
-        out.ok,
-        "promtool test rules:\n{}{}",
-        out.stdout, out.stderr
-    );
+    assert!(out.ok, "promtool test rules:\n{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("SUCCESS"), "{}", out.stdout);
 }
 
@@ -1023,8 +1050,14 @@ fn a_broken_expression_fails_promtool() {
     let rule = prometheus_rule(&["--set-json", r#"prometheusRule.selector="job=~\"(\"""#]);
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = write_rule_file(&rule, dir.path());
-    let out = run(Command::new(promtool()).args(["check", "rules"]).arg(&rules));
-    assert!(!out.ok, "promtool accepted a broken expression:\n{}", out.stdout);
+    let out = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(
+        !out.ok,
+        "promtool accepted a broken expression:\n{}",
+        out.stdout
+    );
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(said.contains("FAILED"), "{said}");
     assert!(said.contains("error parsing regexp"), "{said}");
@@ -1051,6 +1084,7 @@ fn prometheus_rule_values_reach_each_alert() {
         "prometheusRule.alerts.HectorOperatorNoLeader.for=2m",
         "--set",
         "prometheusRule.alerts.HectorOperatorNoLeader.severity=page",
+        // `--set` passes 0.05 as a string; the schema takes it.
         "--set",
         "prometheusRule.alerts.HectorPluginProbeFailures.threshold=0.05",
     ]);
@@ -1100,7 +1134,8 @@ fn prometheus_rule_values_reach_each_alert() {
         assert_eq!(a["labels"]["team"], "platform", "{}", a["alert"]);
         let expr = a["expr"].as_str().unwrap();
         assert!(
-            expr.contains(r#"job="ops", cluster="eu-1""#) && !expr.contains("hector-operator-metrics"),
+            expr.contains(r#"job="ops", cluster="eu-1""#)
+                && !expr.contains("hector-operator-metrics"),
             "{}: {expr}",
             a["alert"]
         );
@@ -1114,8 +1149,14 @@ fn prometheus_rule_values_reach_each_alert() {
     // Still valid PromQL with another selector.
     let dir = tempfile::tempdir().expect("temp dir");
     let rules = write_rule_file(&rule, dir.path());
-    let out = run(Command::new(promtool()).args(["check", "rules"]).arg(&rules));
-    assert!(out.ok, "promtool check rules:\n{}{}", out.stdout, out.stderr);
+    let out = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(
+        out.ok,
+        "promtool check rules:\n{}{}",
+        out.stdout, out.stderr
+    );
 }
 
 fn dashboard_file() -> Value {
@@ -1148,7 +1189,10 @@ fn dashboard_configmap_is_for_the_grafana_sidecar() {
     let cm = find(&docs, "ConfigMap", "hector-operator-dashboard");
     assert_eq!(cm["metadata"]["namespace"], "hector-system");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
-    assert_eq!(cm["metadata"]["labels"]["app.kubernetes.io/part-of"], "hector");
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "hector"
+    );
     let data = cm["data"].as_object().expect("data");
     assert_eq!(data.len(), 1);
     let shipped: Value = serde_json::from_str(
@@ -1206,13 +1250,20 @@ fn dashboard_queries_only_exported_metrics() {
                 .strip_prefix("label_values(")
                 .and_then(|r| r.split(['{', ',']).next())
                 .unwrap_or_else(|| panic!("variable {}: {q}", v["name"]));
-            assert!(exported.contains(metric), "variable {}: {metric}", v["name"]);
+            assert!(
+                exported.contains(metric),
+                "variable {}: {metric}",
+                v["name"]
+            );
         }
     }
     let mut ids = BTreeSet::new();
     for p in panels(&dashboard) {
         let title = p["title"].as_str().expect("a title");
-        assert!(ids.insert(p["id"].as_i64().expect("an id")), "{title}: id taken");
+        assert!(
+            ids.insert(p["id"].as_i64().expect("an id")),
+            "{title}: id taken"
+        );
         let grid = &p["gridPos"];
         assert!(
             grid["x"].as_i64().unwrap() + grid["w"].as_i64().unwrap() <= 24,
@@ -1256,31 +1307,36 @@ fn dashboard_queries_only_exported_metrics() {
     }
 }
 
-/// Prometheus's own linter reads the exposition: it parses, and names, types and help
-/// follow its conventions.
+/// Prometheus's own OpenMetrics parser reads the exposition (what a scrape of `/metrics`,
+/// served as OpenMetrics, goes through): promtool imports it, stamped with a time, into a TSDB
+/// block. A malformed line, a histogram out of order or a family typed twice fails here.
 #[test]
-fn exposition_passes_promtool_check_metrics() {
-    use std::io::Write;
-    let mut child = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition().as_bytes())
-        .expect("write the exposition");
-    let out = child.wait_with_output().expect("promtool check metrics");
+fn exposition_parses_as_openmetrics_in_promtool() {
+    let stamped: String = exposition()
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} 1700000000\n")
+            }
+        })
+        .collect();
+    assert!(stamped.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("metrics.om");
+    std::fs::write(&input, &stamped).expect("write the exposition");
+    let out = run(Command::new(promtool())
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.path().join("blocks")));
     assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        out.ok,
+        "promtool could not read the exposition:\n{}{}\n{stamped}",
+        out.stdout, out.stderr
     );
+    let samples = stamped.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(samples > 40, "{samples} samples");
 }
 
 #[cfg(feature = "e2e")]
@@ -1930,6 +1986,31 @@ mod cluster {
             Ok("chart: after the upgrade")
         );
 
+        // The leader exports the plugin's own series.
+        let ready_series = format!(
+            "hector_operator_plugin_ready{{namespace=\"{}\",plugin=\"{PLUGIN}\"}}",
+            ns.name
+        );
+        eventually(
+            "the leader to report echo-llm Ready with its endpoint ready",
+            Duration::from_secs(30),
+            || async {
+                let ready = pod_metric(&client, &ns.name, &new_leader, &ready_series).await?;
+                let endpoints = pod_metric(
+                    &client,
+                    &ns.name,
+                    &new_leader,
+                    &format!(
+                        "hector_operator_plugin_endpoints{{namespace=\"{}\",plugin=\"{PLUGIN}\",state=\"ready\"}}",
+                        ns.name
+                    ),
+                )
+                .await?;
+                (ready == 1.0 && endpoints >= 1.0).then_some(())
+            },
+        )
+        .await;
+
         // The plugin is the user's: delete it (its Pods, Service and config go with it), then
         // uninstall the release.
         plugins
@@ -1943,6 +2024,22 @@ mod cluster {
                 let left = plugin_pods(client.clone(), ns.name.clone()).await;
                 let hp = plugins.get_opt(PLUGIN).await.ok()?;
                 (hp.is_none() && left.is_empty()).then_some(())
+            },
+        )
+        .await;
+        // With it, every series that named it.
+        let named = format!("namespace=\"{}\",plugin=\"{PLUGIN}\"", ns.name);
+        eventually(
+            "no series of the deleted plugin on the leader",
+            Duration::from_secs(30),
+            || async {
+                let uri = format!(
+                    "/api/v1/namespaces/{}/pods/{new_leader}:8080/proxy/metrics",
+                    ns.name
+                );
+                let request = http::Request::get(uri).body(Vec::new()).ok()?;
+                let text = client.request_text(request).await.ok()?;
+                (text.contains("hector_operator_leader 1") && !text.contains(&named)).then_some(())
             },
         )
         .await;

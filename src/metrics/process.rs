@@ -191,7 +191,8 @@ mod tests {
                       Max cpu time              unlimited            unlimited            seconds\n\
                       Max open files            1024                 524288               files\n";
         assert_eq!(parse_max_fds(limits), Some(1024));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(parse_max_fds(unlimited), None);
         assert_eq!(
             parse_boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"),
