@@ -1,6 +1,9 @@
 //! The Helm chart (`charts/hector-operator`), checked with a real Helm (built from its Go
 //! module by `tests/setup/deps.d/40-helm`; `HELM` overrides): lint, the values schema, what the
-//! templates render — the same Deployment and RBAC as `deploy/` by default — and, with the
+//! templates render — the same Deployment and RBAC as `deploy/` by default —, the monitoring kit
+//! (the PrometheusRule checked and unit-tested by promtool, built by
+//! `tests/setup/deps.d/45-promtool`, `PROMTOOL` overrides; the Grafana dashboard's queries
+//! against the metrics the operator exports) and, with the
 //! `e2e` feature, on a live cluster: the API server's validation, a release's whole life
 //! (install, `helm test`, a plugin published and called, an upgrade that rolls the operator
 //! without unpublishing it, uninstall) and the RBAC of a namespaced install.
