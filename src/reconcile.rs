@@ -27,7 +27,7 @@ use crate::build::{self, BuildError, PLUGIN_LABEL, Settings};
 use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
 use crate::index::{Facts, PluginKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PluginState};
 use crate::mounts;
 use crate::ownership::{self, conflict_message, controlled_by};
 use crate::probe::{Identity, ProbeSpec, Prober};
@@ -112,9 +112,21 @@ pub struct Ctx {
     network_policies: Store<NetworkPolicy>,
     configmaps: Store<ConfigMap>,
     mount_events: Store<CoreEvent>,
-    publish: mpsc::UnboundedSender<String>,
+    publish: PublishRequests,
     /// True once every watch cache has its first full list.
     synced: watch::Receiver<bool>,
+}
+
+/// Requests to publish a namespace, each stamped with when it was made: the publisher
+/// reports how long its oldest unserved request waited for the ConfigMap write.
+#[derive(Clone)]
+struct PublishRequests(mpsc::UnboundedSender<(String, Instant)>);
+
+impl PublishRequests {
+    /// Asks the publisher to render `namespace` again.
+    fn send(&self, namespace: String) -> Result<(), mpsc::error::SendError<(String, Instant)>> {
+        self.0.send((namespace, Instant::now()))
+    }
 }
 
 /// Why a reconcile failed (it is retried).
@@ -730,7 +742,7 @@ impl Ctx {
     fn forget(&self, plugin: &HectorPlugin) {
         let key = key_of(plugin);
         self.shared.prober.forget(&key);
-        self.shared.metrics.set_phase(&key, None);
+        self.shared.metrics.forget_plugin(&key);
         lock(&self.shared.written).remove(&key);
         lock(&self.shared.left_out).remove(&key);
         let _ = self.publish.send(key.namespace);
@@ -865,7 +877,18 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         publication,
     };
     let desired = status::compute(&inputs, current.as_ref(), Timestamp::now());
-    ctx.shared.metrics.set_phase(&key, desired.phase);
+    ctx.shared.metrics.set_plugin(
+        &key,
+        PluginState {
+            phase: desired.phase,
+            desired_endpoints: if external {
+                1
+            } else {
+                usize::try_from(spec.replicas).unwrap_or(0)
+            },
+            ready_endpoints: desired.endpoints.len(),
+        },
+    );
     // The publisher renders from the same index, in its own task: agents learn of a change
     // without waiting for the status write and its Events.
     let _ = ctx.publish.send(key.namespace.clone());
@@ -950,7 +973,7 @@ impl Retries {
 async fn publish_loop(
     ctx: Arc<Ctx>,
     scope: Scope,
-    mut dirty: mpsc::UnboundedReceiver<String>,
+    mut dirty: mpsc::UnboundedReceiver<(String, Instant)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !ctx.caches_ready().await {
@@ -959,13 +982,18 @@ async fn publish_loop(
     let mut written = publish::WrittenByNamespace::new();
     let mut retries = Retries::default();
     let mut tick = tokio::time::interval(PUBLISH_RESYNC);
+    // The first request of each namespace not yet served by a publication.
+    let mut asked: HashMap<String, Instant> = HashMap::new();
     loop {
         let mut namespaces = BTreeSet::new();
         let retry_at = retries.next();
         tokio::select! {
             _ = shutdown.changed() => return,
             ns = dirty.recv() => match ns {
-                Some(ns) => { namespaces.insert(ns); }
+                Some((ns, at)) => {
+                    asked.entry(ns.clone()).or_insert(at);
+                    namespaces.insert(ns);
+                }
                 None => return,
             },
             _ = tick.tick() => {
@@ -986,7 +1014,8 @@ async fn publish_loop(
                 }
             } => {}
         }
-        while let Ok(ns) = dirty.try_recv() {
+        while let Ok((ns, at)) = dirty.try_recv() {
+            asked.entry(ns.clone()).or_insert(at);
             namespaces.insert(ns);
         }
         namespaces.extend(retries.ready());
@@ -1000,7 +1029,14 @@ async fn publish_loop(
                 continue;
             }
             match publish_namespace(&ctx, &ns, &mut written).await {
-                Ok(()) => retries.succeeded(&ns),
+                Ok(wrote) => {
+                    retries.succeeded(&ns);
+                    if let Some(at) = asked.remove(&ns)
+                        && wrote
+                    {
+                        ctx.shared.metrics.published_after(at.elapsed());
+                    }
+                }
                 Err(e) if e.to_string().contains("leader lease") => return,
                 Err(e) => {
                     let wait = retries.failed(&ns);
@@ -1020,6 +1056,9 @@ fn collect_garbage(ctx: &Ctx, scope: &Scope) {
             ctx.shared.prober.forget(&key);
         }
     }
+    ctx.shared
+        .metrics
+        .retain_plugins(|key| !scope.covers(&key.namespace) || present.contains(key));
 }
 
 /// Labels that mark the endpoints ConfigMap as the operator's own.
@@ -1067,11 +1106,12 @@ fn set_left_out(
     }
 }
 
+/// Renders `ns`'s endpoints ConfigMap and writes it when it changed; true when it wrote.
 async fn publish_namespace(
     ctx: &Ctx,
     ns: &str,
     written: &mut publish::WrittenByNamespace,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let name = &ctx.shared.configmap;
     let plugins: Vec<Arc<HectorPlugin>> = ctx
         .plugins
@@ -1086,7 +1126,7 @@ async fn publish_namespace(
         .get(&ObjectRef::new(name).within(ns))
         .filter(|c| is_our_endpoints(c));
     if plugins.is_empty() && current.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     if current.is_none() {
         // Not in the cache (which holds only our labelled objects): someone else's ConfigMap
@@ -1102,7 +1142,7 @@ async fn publish_namespace(
                     .map(|p| (p.name_any(), ("NameConflict", message.clone())))
                     .collect();
                 set_left_out(ctx, ns, &plugins, left);
-                return Ok(());
+                return Ok(false);
             }
             current = Some(Arc::new(other));
         }
@@ -1141,7 +1181,14 @@ async fn publish_namespace(
         .collect();
     set_left_out(ctx, ns, &plugins, left);
     let published: usize = file.plugins.values().map(|p| p.endpoints.len()).sum();
-    ctx.shared.metrics.set_published(ns, published);
+    ctx.shared.metrics.set_published(
+        ns,
+        plugins.iter().map(|p| {
+            let name = p.name_any();
+            let count = file.plugins.get(&name).map_or(0, |e| e.endpoints.len());
+            (name, count)
+        }),
+    );
     let empty = BTreeMap::new();
     let live = current.as_deref().map(|c| {
         (
@@ -1150,7 +1197,7 @@ async fn publish_namespace(
         )
     });
     if !publish::needs_write(&data, live, written.get_mut(ns)) {
-        return Ok(());
+        return Ok(false);
     }
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -1193,7 +1240,7 @@ async fn publish_namespace(
             caught_up: false,
         },
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Records in `/readyz`, the log and the metrics whether a watch lists and watches; a
@@ -1267,7 +1314,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         network_policies,
         configmaps,
         mount_events,
-        publish: publish_tx,
+        publish: PublishRequests(publish_tx),
         synced,
     });
 

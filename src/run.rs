@@ -326,7 +326,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             "/metrics",
             get(move || {
                 let m = Arc::clone(&m);
-                async move { m.render() }
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        m.render(),
+                    )
+                }
             }),
         ),
     )
