@@ -1923,6 +1923,18 @@ struct RawClient {
     streams: std::collections::HashMap<u32, RawStream>,
     /// A header block being received: stream and fragment.
     block: Option<(u32, Vec<u8>)>,
+    /// The GOAWAY frames received, in order.
+    goaways: Vec<RawGoaway>,
+    /// The server closed the connection (end of stream).
+    closed: bool,
+}
+
+/// A GOAWAY as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RawGoaway {
+    last_stream: u32,
+    code: u32,
+    debug: String,
 }
 
 #[derive(Debug, Default)]
@@ -2042,6 +2054,7 @@ const H2_HEADERS: u8 = 0x1;
 const H2_RST_STREAM: u8 = 0x3;
 const H2_SETTINGS: u8 = 0x4;
 const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
 const H2_CONTINUATION: u8 = 0x9;
 const H2_END_STREAM: u8 = 0x1;
 const H2_END_HEADERS: u8 = 0x4;
@@ -2061,6 +2074,8 @@ impl RawClient {
             buffer: Vec::new(),
             streams: Default::default(),
             block: None,
+            goaways: Vec::new(),
+            closed: false,
         };
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(raw_frame(H2_SETTINGS, 0, 0, &[]));
@@ -2076,6 +2091,12 @@ impl RawClient {
     /// A unary call on `stream`: its header block in `parts` frames (the first padded and
     /// with priority fields when split), then its message with END_STREAM.
     fn call(&mut self, stream: u32, path: &str, body: &[u8], parts: usize) -> std::io::Result<()> {
+        let frames = self.call_frames(stream, path, body, parts).concat();
+        self.send(&frames)
+    }
+
+    /// The frames of [`RawClient::call`]: HEADERS, CONTINUATION frames, DATA.
+    fn call_frames(&mut self, stream: u32, path: &str, body: &[u8], parts: usize) -> Vec<Vec<u8>> {
         let id = stream.to_string();
         let block = self.encoder.encode(&[
             (b":method", b"POST"),
@@ -2093,19 +2114,61 @@ impl RawClient {
             let last = i + 1 == chunks.len();
             let end = if last { H2_END_HEADERS } else { 0 };
             if i > 0 {
-                frames.extend(raw_frame(H2_CONTINUATION, end, stream, chunk));
+                frames.push(raw_frame(H2_CONTINUATION, end, stream, chunk));
             } else if parts > 1 {
                 let mut payload = vec![2u8, 0, 0, 0, 0, 15];
                 payload.extend_from_slice(chunk);
                 payload.extend([0, 0]);
                 let flags = H2_PADDED | H2_PRIORITY | end;
-                frames.extend(raw_frame(H2_HEADERS, flags, stream, &payload));
+                frames.push(raw_frame(H2_HEADERS, flags, stream, &payload));
             } else {
-                frames.extend(raw_frame(H2_HEADERS, end, stream, chunk));
+                frames.push(raw_frame(H2_HEADERS, end, stream, chunk));
             }
         }
-        frames.extend(raw_frame(H2_DATA, H2_END_STREAM, stream, body));
-        self.send(&frames)
+        frames.push(raw_frame(H2_DATA, H2_END_STREAM, stream, body));
+        frames
+    }
+
+    /// Reads one more piece from the socket into the buffer; the end of the stream is
+    /// noted in `closed`.
+    fn read_more(&mut self) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut buf = [0u8; 16 * 1024];
+        let n = self.socket.read(&mut buf)?;
+        if n == 0 {
+            self.closed = true;
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buffer.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+
+    /// Reads frames (answering SETTINGS and PING) until a GOAWAY has arrived.
+    fn wait_goaway(&mut self) -> std::io::Result<RawGoaway> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.goaways.is_empty() {
+            assert!(Instant::now() < deadline, "no GOAWAY");
+            if !self.parse_one()? {
+                self.read_more()?;
+            }
+        }
+        Ok(self.goaways[0].clone())
+    }
+
+    /// Reads frames until the server closes the connection.
+    fn wait_closed(&mut self) -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "the connection stayed open");
+            if self.parse_one()? {
+                continue;
+            }
+            match self.read_more() {
+                Ok(()) => {}
+                Err(_) if self.closed => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads frames until `stream` has ended (END_STREAM or RST_STREAM), answering SETTINGS
@@ -2115,13 +2178,7 @@ impl RawClient {
         while !self.streams.get(&stream).is_some_and(|s| s.ended) {
             assert!(Instant::now() < deadline, "stream {stream} never ended");
             if !self.parse_one()? {
-                use std::io::Read;
-                let mut buf = [0u8; 16 * 1024];
-                let n = self.socket.read(&mut buf)?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                self.buffer.extend_from_slice(&buf[..n]);
+                self.read_more()?;
             }
         }
         Ok(&self.streams[&stream])
@@ -2142,7 +2199,29 @@ impl RawClient {
         let (kind, flags) = (frame[3], frame[4]);
         let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
         let payload = &frame[9..];
+        // RFC 9113 §6.10: a header block's frames follow one another with nothing between.
+        if let Some((id, _)) = &self.block {
+            assert!(
+                kind == H2_CONTINUATION && stream == *id,
+                "a frame of type {kind} on stream {stream} inside the header block of stream {id}"
+            );
+        }
         match kind {
+            H2_GOAWAY => {
+                let word = |at: usize| {
+                    u32::from_be_bytes([
+                        payload[at],
+                        payload[at + 1],
+                        payload[at + 2],
+                        payload[at + 3],
+                    ])
+                };
+                self.goaways.push(RawGoaway {
+                    last_stream: word(0) & 0x7fff_ffff,
+                    code: word(4),
+                    debug: String::from_utf8_lossy(&payload[8..]).into_owned(),
+                });
+            }
             H2_SETTINGS if flags & 1 == 0 => self.send(&raw_frame(H2_SETTINGS, 1, 0, &[]))?,
             H2_PING if flags & 1 == 0 => self.send(&raw_frame(H2_PING, 1, 0, payload))?,
             H2_HEADERS | H2_CONTINUATION => {
@@ -2300,4 +2379,77 @@ async fn raw_http2_streams_per_request() -> TestResult {
 #[tokio::test]
 async fn raw_http2_streams_go_grpc_plugin_spliced() -> TestResult {
     raw_http2_streams("go-plugin", "connection", go_plugin()).await
+}
+
+/// GOAWAY, NO_ERROR, every stream allowed to finish: the drain's.
+const DRAIN_GOAWAY: RawGoaway = RawGoaway {
+    last_stream: 0x7fff_ffff,
+    code: 0,
+    debug: String::new(),
+};
+
+/// The drain starts while clients are in the middle of sending a header block (HEADERS
+/// without END_HEADERS, its CONTINUATION not sent yet): on a spliced connection, and on
+/// one whose first request is still being read to route it. Each gets the GOAWAY in the
+/// gap, never inside a header block of the launcher's or the plugin's (the raw client fails
+/// on any frame between a HEADERS and its CONTINUATION), completes its block afterwards,
+/// and its call is answered; the launcher then exits cleanly, every connection closed.
+#[tokio::test]
+async fn drain_in_the_middle_of_a_header_block_finishes_the_call() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "network",
+        &[("prefix", "drained: ")],
+        &[bin.to_str().ok_or("path")?],
+        &["--drain-delay", "0", "--drain-timeout", "20"],
+        &[],
+    );
+    let _ = l.channel().await;
+    let generate = "/hector.plugin.LLMProvider/Generate";
+    let addr = l.addr.clone();
+    // Both clients stop after their HEADERS frame; the rest goes once the GOAWAY is in.
+    let (spliced, spliced_rest, routing, routing_rest) =
+        tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let mut spliced = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+            spliced
+                .call(1, generate, &generate_body("first"), 1)
+                .map_err(|e| e.to_string())?;
+            let first = spliced.wait(1).map_err(|e| e.to_string())?.text();
+            assert_eq!(first, "drained: first");
+            let mut frames = spliced.call_frames(3, generate, &generate_body("second"), 3);
+            spliced.send(&frames.remove(0)).map_err(|e| e.to_string())?;
+
+            let mut routing = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+            let mut routing_frames = routing.call_frames(1, generate, &generate_body("routed"), 2);
+            routing
+                .send(&routing_frames.remove(0))
+                .map_err(|e| e.to_string())?;
+            Ok((spliced, frames.concat(), routing, routing_frames.concat()))
+        })
+        .await??;
+    l.signal_term();
+    l.wait_for_log("asked every open one to go away", Duration::from_secs(10))
+        .await;
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        for (mut client, rest, stream, text) in [
+            (spliced, spliced_rest, 3, "drained: second"),
+            (routing, routing_rest, 1, "drained: routed"),
+        ] {
+            let goaway = client.wait_goaway().map_err(|e| e.to_string())?;
+            assert_eq!(goaway, DRAIN_GOAWAY, "stream {stream}");
+            client.send(&rest).map_err(|e| e.to_string())?;
+            let answer = client.wait(stream).map_err(|e| e.to_string())?;
+            assert_eq!(answer.field("grpc-status"), Some("0"), "{answer:?}");
+            assert_eq!(answer.text(), text);
+            assert_eq!(client.goaways, [DRAIN_GOAWAY], "one GOAWAY per connection");
+        }
+        Ok(())
+    })
+    .await??;
+    let status = l.wait_exit(Duration::from_secs(20)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    assert!(out.contains("all connections closed"), "{out}");
+    Ok(())
 }
