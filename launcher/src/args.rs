@@ -92,15 +92,15 @@ pub struct Args {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536), env = "HECTOR_LAUNCHER_MAX_CONNECTIONS")]
     pub max_connections: u32,
 
-    /// A spliced connection on which no byte went either way for this long gets an HTTP/2
-    /// GOAWAY, and is closed if it stays unused for this long again (at most 5 s more)
-    /// (seconds; 0 turns it off).
+    /// Seconds without a byte either way after which a spliced connection gets an HTTP/2
+    /// GOAWAY; it is closed if it stays unused as long again (at most 5 s more). 0 turns it
+    /// off.
     #[arg(long, default_value_t = 300.0, value_parser = parse_non_negative_seconds, env = "HECTOR_LAUNCHER_IDLE_TIMEOUT")]
     pub idle_timeout: f64,
 
     /// TCP keepalive on client and plugin connections: seconds without traffic before the
-    /// first probe; then a probe every 10 s (or as often as this), and 6 unanswered probes
-    /// close the connection (0 turns keepalive off).
+    /// first probe, then a probe every 10 s (every SECONDS, if shorter); 6 unanswered probes
+    /// close the connection. 0 turns keepalive off.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=32_767), env = "HECTOR_LAUNCHER_TCP_KEEPALIVE")]
     pub tcp_keepalive: u32,
 
