@@ -56,8 +56,8 @@ pub enum Refusal {
     Denied(String, Denial),
     /// A plugin call over plaintext where the plugin is served over TLS: `service/method`.
     Plaintext(String),
-    /// A connection over the cap on spliced connections (see [`crate::limit`]), which is
-    /// refused whole with the calls it carries: the cap.
+    /// A connection over the cap on spliced connections, refused whole with every call it
+    /// carries (see [`crate::limit`]): the cap.
     ConnectionLimit(usize),
 }
 
