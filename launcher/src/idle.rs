@@ -95,9 +95,11 @@ impl IdleWatch {
         self.step(activity.now(), activity.last.load(Ordering::Relaxed))
     }
 
-    /// The step at millisecond `now` when the last read was at `last`.
+    /// The step at millisecond `now` when the last read was at `last`. Both are whole
+    /// milliseconds, rounded down: a connection counts as idle for a time only once a
+    /// millisecond more has passed, so that it is never taken for idle early.
     fn step(&mut self, now: u64, last: u64) -> Step {
-        let idle = now.saturating_sub(last);
+        let idle = now.saturating_sub(last).saturating_sub(1);
         match self.state {
             State::Active if idle >= self.timeout => {
                 self.state = State::Warned { last };
@@ -136,9 +138,11 @@ mod tests {
     fn an_idle_connection_gets_a_goaway_then_is_closed() {
         let mut w = IdleWatch::new(ms(1000));
         assert_eq!(w.first_look(), ms(1000));
-        assert_eq!(w.step(1000, 0), Step::Goaway(ms(1000)));
-        assert_eq!(w.step(1500, 0), Step::Wait(ms(500)));
-        assert_eq!(w.step(2000, 0), Step::Close);
+        // Idle for at least 999.x ms only: not yet.
+        assert_eq!(w.step(1000, 0), Step::Wait(ms(1)));
+        assert_eq!(w.step(1001, 0), Step::Goaway(ms(1000)));
+        assert_eq!(w.step(1500, 0), Step::Wait(ms(501)));
+        assert_eq!(w.step(2001, 0), Step::Close);
         assert_eq!(w.step(9000, 0), Step::Close);
     }
 
@@ -146,20 +150,20 @@ mod tests {
     fn traffic_moves_the_deadline() {
         let mut w = IdleWatch::new(ms(1000));
         // Read at 700 ms: idle only from there.
-        assert_eq!(w.step(1000, 700), Step::Wait(ms(700)));
-        assert_eq!(w.step(1700, 1600), Step::Wait(ms(900)));
-        assert_eq!(w.step(2600, 1600), Step::Goaway(ms(1000)));
+        assert_eq!(w.step(1000, 700), Step::Wait(ms(701)));
+        assert_eq!(w.step(1701, 1600), Step::Wait(ms(900)));
+        assert_eq!(w.step(2601, 1600), Step::Goaway(ms(1000)));
         // A call crossed the GOAWAY: the connection is idle again a whole timeout later.
-        assert_eq!(w.step(3600, 3000), Step::Wait(ms(400)));
-        assert_eq!(w.step(4000, 3000), Step::Goaway(ms(1000)));
-        assert_eq!(w.step(5000, 3000), Step::Close);
+        assert_eq!(w.step(3601, 3000), Step::Wait(ms(400)));
+        assert_eq!(w.step(4001, 3000), Step::Goaway(ms(1000)));
+        assert_eq!(w.step(5001, 3000), Step::Close);
     }
 
     #[test]
     fn the_grace_period_is_bounded() {
         let mut w = IdleWatch::new(Duration::from_secs(300));
-        assert_eq!(w.step(300_000, 0), Step::Goaway(MAX_GRACE));
-        assert_eq!(w.step(305_000, 0), Step::Close);
+        assert_eq!(w.step(300_001, 0), Step::Goaway(MAX_GRACE));
+        assert_eq!(w.step(305_001, 0), Step::Close);
         // The shortest timeout still waits a millisecond.
         assert_eq!(IdleWatch::new(Duration::ZERO).first_look(), ms(1));
     }
