@@ -1675,7 +1675,7 @@ fn validate_and_discover_print_documents() -> TestResult {
     let found: serde_json::Value = serde_norway::from_str(&stdout)?;
     assert_eq!(
         found["manifests"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{stdout}"
     );
     let (code, stdout, stderr) = hectorctl(&[
@@ -1693,7 +1693,7 @@ fn validate_and_discover_print_documents() -> TestResult {
     let list: serde_json::Value = serde_json::from_str(&stdout)?;
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"][0]["spec"]["replicas"], 2);
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
     Ok(())
 }
 
