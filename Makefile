@@ -72,7 +72,7 @@ helm-lint: ## helm lint --strict the chart (Helm is built from its Go module onc
 
 docker-images: ## Build the same images with Docker from images/*Dockerfile (tagged IMAGE_TAG and the version)
 	version=$$(tests/images/workspace-package version); tag=$${IMAGE_TAG:-dev}; \
-	for target in hector-operator echo-llm hash-embedder; do \
+	for target in hector-operator echo-llm hash-embedder memory-db; do \
 	  docker build -f images/Dockerfile --target $$target --build-arg VERSION=$$version -t hector.dev/$$target:$$tag -t hector.dev/$$target:$$version .; \
 	done; \
 	docker build -f images/go-llm.Dockerfile --build-arg VERSION=$$version -t hector.dev/go-llm:$$tag -t hector.dev/go-llm:$$version .

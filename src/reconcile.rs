@@ -50,8 +50,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Name of the endpoints ConfigMap in each namespace.
     pub configmap: String,
-    /// Path of the remote-plugin executable written into `plugins.yaml`.
-    pub remote_path: String,
+    /// Directory of the per-plugin remote executables named in `plugins.yaml`.
+    pub plugin_dir: String,
     /// Probes.
     pub prober: Arc<Prober>,
     /// Metrics.
@@ -1165,7 +1165,7 @@ async fn publish_namespace(
         &sources,
         previous.as_ref(),
         Timestamp::now(),
-        &ctx.shared.remote_path,
+        &ctx.shared.plugin_dir,
     );
     let left: BTreeMap<String, (&'static str, String)> = left_out
         .iter()

@@ -475,7 +475,7 @@ fn values_reach_the_pod() {
         "leaderElection.leaseDurationSeconds=30",
         "metrics.port=9090",
         "health.port=9091",
-        "extraArgs={--remote-path=/opt/remote}",
+        "extraArgs={--plugin-dir=/opt/remote}",
         "extraEnv[0].name=RUST_BACKTRACE",
         "nodeSelector.pool=system",
         "tolerations[0].key=dedicated",
@@ -515,7 +515,7 @@ fn values_reach_the_pod() {
             "--lease-duration=30",
             // Another release name, other selector labels: plugin NetworkPolicies follow.
             "--operator-pod-labels=app.kubernetes.io/name=hector-operator,app.kubernetes.io/instance=ops",
-            "--remote-path=/opt/remote",
+            "--plugin-dir=/opt/remote",
         ]
     );
     assert_eq!(c["env"][3], json!({"name": "RUST_BACKTRACE", "value": "1"}));

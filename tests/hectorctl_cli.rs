@@ -57,6 +57,7 @@ fn validate_reports_every_error_with_file_and_path() -> Result<(), Box<dyn std::
         "validate",
         "examples/manifests/echo-llm.plugin.yaml",
         "examples/manifests/hash-embedder.plugin.yaml",
+        "examples/manifests/memory-db.plugin.yaml",
     ]);
     assert_eq!(code, 0);
     Ok(())
@@ -113,11 +114,13 @@ fn discover_lists_and_emits() -> Result<(), Box<dyn std::error::Error>> {
     let (code, stdout, stderr) = hectorctl(&["discover", "examples", "--recursive"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("echo-llm") && stdout.contains("hash-embedder"),
+        stdout.contains("echo-llm")
+            && stdout.contains("hash-embedder")
+            && stdout.contains("memory-db"),
         "{stdout}"
     );
     assert!(
-        stderr.contains("2 manifest(s) found, 0 invalid"),
+        stderr.contains("3 manifest(s) found, 0 invalid"),
         "{stderr}"
     );
     let (code, stdout, _) = hectorctl(&["discover", "examples"]);
@@ -133,7 +136,7 @@ fn discover_lists_and_emits() -> Result<(), Box<dyn std::error::Error>> {
     ]);
     assert_eq!(code, 0, "{stderr}");
     let docs: Vec<&str> = stdout.split("---\n").collect();
-    assert_eq!(docs.len(), 2);
+    assert_eq!(docs.len(), 3);
     let r: hector_operator::crd::HectorPlugin = serde_norway::from_str(docs[0])?;
     assert_eq!(
         r.spec.image.as_deref(),
@@ -1672,7 +1675,7 @@ fn validate_and_discover_print_documents() -> TestResult {
     let found: serde_json::Value = serde_norway::from_str(&stdout)?;
     assert_eq!(
         found["manifests"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{stdout}"
     );
     let (code, stdout, stderr) = hectorctl(&[
@@ -1690,7 +1693,7 @@ fn validate_and_discover_print_documents() -> TestResult {
     let list: serde_json::Value = serde_json::from_str(&stdout)?;
     assert_eq!(list["kind"], "List");
     assert_eq!(list["items"][0]["spec"]["replicas"], 2);
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
     Ok(())
 }
 

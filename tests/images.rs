@@ -41,12 +41,28 @@ fn blob(archive: &Path, digest: &str) -> Value {
 fn a_multi_architecture_archive_has_one_manifest_per_architecture_under_every_tag() {
     let dir = tempfile::tempdir().expect("temp dir");
     for arch in ["amd64", "arm64"] {
-        std::fs::write(dir.path().join(format!("tool-{arch}")), format!("{arch} build")).expect("write");
+        std::fs::write(
+            dir.path().join(format!("tool-{arch}")),
+            format!("{arch} build"),
+        )
+        .expect("write");
     }
     let out = dir.path().join("tool.oci.tar");
     let status = Command::new(build_oci())
-        .args(["--name", "example.org/tool:dev", "--name", "example.org/tool:1.2.3"])
-        .args(["--arch", "amd64", "--arch", "arm64", "--user", "65532:65532"])
+        .args([
+            "--name",
+            "example.org/tool:dev",
+            "--name",
+            "example.org/tool:1.2.3",
+        ])
+        .args([
+            "--arch",
+            "amd64",
+            "--arch",
+            "arm64",
+            "--user",
+            "65532:65532",
+        ])
         .arg("--out")
         .arg(&out)
         .arg(format!("{}/tool-{{arch}}:/bin/tool", dir.path().display()))
@@ -58,17 +74,31 @@ fn a_multi_architecture_archive_has_one_manifest_per_architecture_under_every_ta
     let entries = index["manifests"].as_array().expect("manifests");
     let names: Vec<&str> = entries
         .iter()
-        .map(|e| e["annotations"]["io.containerd.image.name"].as_str().expect("name"))
+        .map(|e| {
+            e["annotations"]["io.containerd.image.name"]
+                .as_str()
+                .expect("name")
+        })
         .collect();
     assert_eq!(names, ["example.org/tool:dev", "example.org/tool:1.2.3"]);
-    assert_eq!(entries[0]["digest"], entries[1]["digest"], "both tags name one image");
-    assert_eq!(entries[0]["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        entries[0]["digest"], entries[1]["digest"],
+        "both tags name one image"
+    );
+    assert_eq!(
+        entries[0]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
 
     let nested = blob(&out, entries[0]["digest"].as_str().expect("digest"));
-    let per_arch = nested["manifests"].as_array().expect("per-architecture manifests");
+    let per_arch = nested["manifests"]
+        .as_array()
+        .expect("per-architecture manifests");
     let mut seen = Vec::new();
     for desc in per_arch {
-        let arch = desc["platform"]["architecture"].as_str().expect("architecture");
+        let arch = desc["platform"]["architecture"]
+            .as_str()
+            .expect("architecture");
         assert_eq!(desc["platform"]["os"], "linux");
         let manifest = blob(&out, desc["digest"].as_str().expect("digest"));
         let config = blob(&out, manifest["config"]["digest"].as_str().expect("config"));
@@ -77,7 +107,10 @@ fn a_multi_architecture_archive_has_one_manifest_per_architecture_under_every_ta
         let layer_hex = manifest["layers"][0]["digest"].as_str().expect("layer");
         let layer = tar_member(&out, &format!("blobs/sha256/{}", &layer_hex[7..]));
         let text = String::from_utf8_lossy(&layer);
-        assert!(text.contains(&format!("{arch} build")), "{arch} layer holds its own file");
+        assert!(
+            text.contains(&format!("{arch} build")),
+            "{arch} layer holds its own file"
+        );
         seen.push(arch.to_string());
     }
     assert_eq!(seen, ["amd64", "arm64"]);
@@ -98,7 +131,10 @@ fn a_single_architecture_archive_keeps_the_plain_layout() {
     assert!(status.success());
     let index = read_json(&out, "index.json");
     let entry = &index["manifests"][0];
-    assert_eq!(entry["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        entry["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
     assert_eq!(entry["platform"]["architecture"], "arm64");
 }
 
@@ -109,7 +145,8 @@ fn bad_architectures_and_missing_files_are_refused_without_a_partial_archive() {
     let out = dir.path().join("tool.oci.tar");
     let run = |arches: &[&str]| {
         let mut cmd = Command::new(build_oci());
-        cmd.args(["--name", "example.org/tool:dev", "--out"]).arg(&out);
+        cmd.args(["--name", "example.org/tool:dev", "--out"])
+            .arg(&out);
         for a in arches {
             cmd.args(["--arch", a]);
         }
@@ -126,7 +163,10 @@ fn bad_architectures_and_missing_files_are_refused_without_a_partial_archive() {
     let missing = run(&["amd64", "arm64"]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("for arm64") && err.contains("tool-arm64 is not a file"), "{err}");
+    assert!(
+        err.contains("for arm64") && err.contains("tool-arm64 is not a file"),
+        "{err}"
+    );
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .expect("read dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -149,7 +189,8 @@ fn bad_architectures_and_missing_files_are_refused_without_a_partial_archive() {
 fn the_cluster_holds_the_operator_image_under_the_charts_default_tag() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chart: Value = serde_norway::from_str(
-        &std::fs::read_to_string(root.join("charts/hector-operator/Chart.yaml")).expect("Chart.yaml"),
+        &std::fs::read_to_string(root.join("charts/hector-operator/Chart.yaml"))
+            .expect("Chart.yaml"),
     )
     .expect("Chart.yaml parses");
     let app_version = chart["appVersion"].as_str().expect("appVersion");
@@ -157,9 +198,13 @@ fn the_cluster_holds_the_operator_image_under_the_charts_default_tag() {
         .args(["ctr", "images", "ls", "-q"])
         .output()
         .expect("run cluster ctr");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let images = String::from_utf8_lossy(&out.stdout);
-    for image in ["hector-operator", "echo-llm", "hash-embedder"] {
+    for image in ["hector-operator", "echo-llm", "hash-embedder", "memory-db"] {
         let want = format!("hector.dev/{image}:{app_version}");
         assert!(
             images.lines().any(|l| l == want),
