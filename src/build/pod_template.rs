@@ -61,7 +61,7 @@ fn is_qualified_name(key: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    prefix.is_none_or(|p| is_dns1123_subdomain(p)) && name.len() <= 63 && is_name_shape(name)
+    prefix.is_none_or(is_dns1123_subdomain) && name.len() <= 63 && is_name_shape(name)
 }
 
 fn is_name_shape(s: &str) -> bool {
