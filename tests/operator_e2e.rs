@@ -828,11 +828,14 @@ async fn an_hpa_scales_the_plugin_and_the_operator_never_resets_it() -> TestResu
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     use kube::runtime::{WatchStreamExt, watcher};
     let client = client().await;
+    let served = tokio::time::timeout(Duration::from_secs(60), async {
+        while !metrics_api_available(&client).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await;
     assert!(
-        eventually("metrics.k8s.io", Duration::from_secs(60), || async {
-            metrics_api_available(&client).await.then_some(true)
-        })
-        .await,
+        served.is_ok(),
         "metrics.k8s.io is not served: start metrics-server with tests/cluster/cluster metrics-up"
     );
     let ns = TestNamespace::new(&client, "op-hpa").await;
