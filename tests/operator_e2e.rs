@@ -459,6 +459,17 @@ async fn replicas_are_reflected_in_the_published_endpoints() -> TestResult {
         condition(&zero, "Published").map(|c| c.reason.as_str()),
         Some("ScaledToZero")
     );
+    // A deliberate scale to zero is no failure: not Ready (nothing serves), but reconciled
+    // and not stalled, which kstatus reads as Current.
+    let zero = wait_for(&api, "scale", "reconciled at zero", 90, |p| {
+        condition_is(p, "Reconciling", "False", "Reconciled")
+    })
+    .await;
+    assert!(condition_is(&zero, "Ready", "False", "ScaledToZero"));
+    assert!(condition_is(&zero, "Stalled", "False", "AsExpected"));
+    let status = zero.status.expect("status");
+    assert_eq!(status.endpoints_summary.as_deref(), Some("0/0"));
+    assert_eq!(status.replicas, Some(0));
     Ok(())
 }
 
