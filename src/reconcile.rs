@@ -33,6 +33,7 @@ use crate::ownership::{self, conflict_message, controlled_by};
 use crate::probe::{Identity, ProbeSpec, Prober};
 use crate::publish;
 use crate::readiness::Readiness;
+use crate::rollout::{self, pod_ready};
 use crate::status::{self, ConfigVerdict, Failure, Inputs, Rollout};
 
 /// Label on everything the operator writes, so its watches see only its own objects.
@@ -265,6 +266,13 @@ fn resolve_config(plugin: &HectorPlugin) -> (ConfigVerdict, Option<ResolvedConfi
             None,
         );
     }
+    if let Err(errors) = build::check_pod_template(&spec.pod_template) {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return (
+            ConfigVerdict::Invalid("InvalidPodTemplate", text.join("; ")),
+            None,
+        );
+    }
     let mut message = format!(
         "{} key(s), {} from Secrets",
         resolved.values.len() + resolved.secrets.len(),
@@ -287,13 +295,6 @@ enum Claim<K> {
     Taken(String),
 }
 
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// `ip:port`, with IPv6 addresses in brackets.
 fn endpoint_address(ip: &str, port: i32) -> String {
     if ip.contains(':') {
@@ -309,29 +310,6 @@ fn pod_started(p: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.started == Some(true)))
-}
-
-/// Why a Pod's containers are not running, e.g. `plugin: CrashLoopBackOff`.
-fn waiting_reasons(p: &Pod) -> Vec<String> {
-    let Some(status) = &p.status else {
-        return vec![];
-    };
-    let statuses = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    statuses
-        .filter_map(|c| {
-            let waiting = c.state.as_ref()?.waiting.as_ref()?;
-            let reason = waiting.reason.as_deref()?;
-            // Normal steps of a starting Pod are not worth reporting.
-            if matches!(reason, "ContainerCreating" | "PodInitializing") {
-                return None;
-            }
-            Some(format!("{}: {reason}", c.name))
-        })
-        .collect()
 }
 
 impl Ctx {
@@ -377,29 +355,17 @@ impl Ctx {
             return Rollout::NotApplied;
         };
         let pods = self.plugin_pods(plugin);
-        let observed = d
-            .status
-            .as_ref()
-            .and_then(|s| s.observed_generation)
-            .zip(d.metadata.generation)
-            .is_some_and(|(o, g)| o >= g);
-        let updated = if observed {
-            d.status
-                .as_ref()
-                .and_then(|s| s.updated_replicas)
-                .unwrap_or(0)
-        } else {
-            0
+        // The ReplicaSets of the live Deployment (the one passed may be what was just applied).
+        let sets: Vec<Arc<ReplicaSet>> = match self
+            .own_deployment(plugin)
+            .and_then(|live| live.metadata.uid.clone())
+        {
+            Some(uid) => self
+                .replicasets
+                .state_filter(|rs| controlled_by(&rs.metadata, &uid)),
+            None => vec![],
         };
-        let mut waiting: Vec<String> = pods.iter().flat_map(|p| waiting_reasons(p)).collect();
-        waiting.sort();
-        waiting.dedup();
-        Rollout::Pods {
-            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            updated,
-            ready: i32::try_from(pods.iter().filter(|p| pod_ready(p)).count()).unwrap_or(i32::MAX),
-            waiting,
-        }
+        Rollout::Pods(rollout::observe(d, &sets, &pods))
     }
 
     /// Missing Secrets or Secret keys, as the kubelet reports them for the plugin's Pods
@@ -875,6 +841,8 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         configmap: &ctx.shared.configmap,
         failure,
         publication,
+        replicas: spec.replicas,
+        selector: (!external).then(|| build::selector_string(plugin)),
     };
     let desired = status::compute(&inputs, current.as_ref(), Timestamp::now());
     ctx.shared.metrics.set_plugin(
@@ -1513,6 +1481,32 @@ mod tests {
         let (verdict, resolved) = resolve_config(&fixtures::plugin(fixtures::LLM));
         assert!(matches!(verdict, ConfigVerdict::Valid(_)), "{verdict:?}");
         assert!(resolved.is_some());
+    }
+
+    /// A refused `spec.podTemplate` is a configuration verdict naming the field, and nothing
+    /// is built from it.
+    #[test]
+    fn an_invalid_pod_template_is_a_config_verdict_with_field_paths() {
+        let yaml = fixtures::LLM.replace(
+            "  image:",
+            "  podTemplate: {metadata: {annotations: {hector.dev/config-hash: x}}, container: {volumeMounts: [{name: nope, mountPath: /x}]}}\n  image:",
+        );
+        let (verdict, resolved) = resolve_config(&fixtures::plugin(&yaml));
+        assert!(resolved.is_none(), "nothing is applied");
+        let ConfigVerdict::Invalid(reason, message) = verdict else {
+            panic!("an invalid overlay must not be valid: {verdict:?}");
+        };
+        assert_eq!(reason, "InvalidPodTemplate");
+        assert!(
+            message.contains(
+                "spec.podTemplate.metadata.annotations[\"hector.dev/config-hash\"]: reserved"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("spec.podTemplate.container.volumeMounts[0].name: \"nope\""),
+            "{message}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
