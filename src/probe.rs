@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hector_plugin_sdk::endpoints::{EmbedderFacts, ModelFacts};
+use hector_plugin_sdk::net::TcpKeepalive;
 use hector_plugin_sdk::proto::embedder_provider_client::EmbedderProviderClient;
 use hector_plugin_sdk::proto::llm_provider_client::LlmProviderClient;
 use hector_plugin_sdk::proto::{Empty, ManifestResponse};
@@ -93,8 +94,18 @@ pub fn check_identity(reported: &ManifestResponse, expected: &Identity) -> Resul
 /// until its IP has reached them through the API server.
 pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// HTTP/2 keepalive of a probe channel, idle or not: a PING after 30 s without anything read,
+/// closed when unanswered for 10 s, so that a cached channel whose peer vanished without
+/// closing reconnects rather than failing every later probe on a dead connection. Probes
+/// less than two minutes apart keep it under the three PINGs without an answer that gRPC
+/// servers (grpc-go, gRPC core) allow; past that, a server may close the idle channel, which
+/// the next probe reopens.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A channel to `address` that connects on first use and reconnects by itself; with
-/// `tls`, over TLS checked by that verifier.
+/// `tls`, over TLS checked by that verifier. Sockets get the TCP keepalive of every plugin
+/// connection ([`TcpKeepalive`]).
 pub fn channel(
     address: &str,
     timeout: Duration,
@@ -105,13 +116,14 @@ pub fn channel(
         .map(|e| {
             let e = e
                 .connect_timeout(timeout.max(MIN_CONNECT_TIMEOUT))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30));
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             match tls {
                 Some(verifier) => {
                     e.connect_with_connector_lazy(Connector::new(client_config_for(verifier)))
                 }
-                None => e.connect_lazy(),
+                None => e.connect_with_connector_lazy(TcpKeepalive::default().connector(None)),
             }
         })
 }

@@ -1,11 +1,12 @@
 //! The endpoint set of one remote plugin and the rules of per-call balancing: which endpoint
-//! serves the next call, which endpoints are out, and whether a failed attempt may be retried
-//! on another endpoint. Pure: no I/O and no clock (callers pass what they observed), so every
-//! rule is unit-tested here.
+//! serves the next call, which endpoints are out (down, or ejected for failing calls), and
+//! whether a failed attempt may be retried on another endpoint. Pure: no I/O and no clock
+//! (callers pass the time and what they observed), so every rule is unit-tested here.
 
 use std::fmt;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 /// HTTP/2 error code REFUSED_STREAM (RFC 9113 §7): the stream was closed before any
 /// application processing.
@@ -19,17 +20,76 @@ pub const CANCEL: u32 = 0x8;
 pub enum State {
     /// Takes calls.
     Up,
-    /// Failed; only tried when no endpoint is up, until a probe or a call succeeds.
+    /// Its connection failed; only tried when no endpoint is up, until a probe or a call
+    /// succeeds.
     Down {
         /// Why it was taken out, for messages.
         reason: String,
     },
+    /// Its calls kept timing out or failing ([`Ejection`]); only tried when no endpoint is up.
+    /// Probed once `until` has passed, and back when the probe succeeds.
+    Ejected {
+        /// Why it was taken out, for messages.
+        reason: String,
+        /// When it may come back.
+        until: Instant,
+    },
+}
+
+/// Outlier ejection, after Envoy's consecutive-failure detector: an endpoint whose calls fail
+/// `consecutive_failures` times in a row (no answer before the caller's deadline, a stream
+/// that stalls past it, `UNAVAILABLE` or `DEADLINE_EXCEEDED` from the plugin side) leaves the
+/// rotation for `base` times the number of its recent ejections, at most `max`. An ejection
+/// that would leave no endpoint up does not happen (Envoy's panic threshold): a plugin whose
+/// every endpoint is slow is still called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ejection {
+    /// Failed calls in a row that eject an endpoint; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length, and the unit of growth for repeated ones. Each `base`
+    /// spent back in the rotation without an ejection forgets one earlier ejection.
+    pub base: Duration,
+    /// The longest ejection.
+    pub max: Duration,
+}
+
+impl Default for Ejection {
+    /// Envoy's defaults: 5 failures in a row, 30 s, at most 300 s.
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base: Duration::from_secs(30),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Ejection {
+    /// Whether `failures` failed calls in a row call for an ejection.
+    pub fn due(&self, failures: u32) -> bool {
+        self.consecutive_failures > 0 && failures >= self.consecutive_failures
+    }
+
+    /// How long the `n`-th ejection in a row (from 1) lasts.
+    pub fn period(&self, n: u32) -> Duration {
+        self.base.saturating_mul(n.max(1)).min(self.max)
+    }
 }
 
 #[derive(Clone, Debug)]
 struct Entry {
     addr: SocketAddr,
     state: State,
+    /// Recent ejections, which lengthen the next one.
+    ejections: u32,
+    /// When it last came back from an ejection (recent ejections are forgotten over time).
+    back_since: Option<Instant>,
+}
+
+impl Entry {
+    fn up(&self) -> bool {
+        self.state == State::Up
+    }
 }
 
 /// What [`EndpointSet::replace`] changed.
@@ -73,51 +133,75 @@ impl EndpointSet {
             .copied()
             .filter(|a| !self.entries.iter().any(|e| e.addr == *a))
             .collect();
-        let mut entries: Vec<Entry> = wanted
+        let entries: Vec<Entry> = wanted
             .into_iter()
-            .map(|addr| Entry {
-                addr,
-                state: State::Up,
+            .map(|addr| match self.entries.iter().find(|e| e.addr == addr) {
+                Some(old) => old.clone(),
+                None => Entry {
+                    addr,
+                    state: State::Up,
+                    ejections: 0,
+                    back_since: None,
+                },
             })
             .collect();
-        for entry in &mut entries {
-            if let Some(old) = self.entries.iter().find(|e| e.addr == entry.addr) {
-                entry.state = old.state.clone();
-            }
-        }
         self.entries = entries;
         Change { added, removed }
     }
 
     /// The endpoint for the next attempt of a call, skipping those already `tried` by it:
     /// round-robin over the endpoints that are up; when none is, over the ones that are
-    /// down (a call then still has a chance, and a recovered endpoint is found by it).
+    /// out (a call then still has a chance, and a recovered endpoint is found by it).
     pub fn pick(&mut self, tried: &[SocketAddr]) -> Option<SocketAddr> {
-        let candidates = |up: bool| {
-            self.entries
-                .iter()
-                .filter(move |e| (e.state == State::Up) == up && !tried.contains(&e.addr))
-                .map(|e| e.addr)
+        self.pick_ranked(tried, |_| 0).map(|(addr, _)| addr)
+    }
+
+    /// [`Self::pick`] where the endpoints that are up are taken by `rank`, lowest first, and
+    /// round-robin among those of the same rank (the pool ranks those with an open connection
+    /// first, then those without, then those whose connect is under way: a call would wait
+    /// for it, where another endpoint may answer at once). Also says whether the endpoint
+    /// picked is up.
+    pub fn pick_ranked(
+        &mut self,
+        tried: &[SocketAddr],
+        rank: impl Fn(SocketAddr) -> u8,
+    ) -> Option<(SocketAddr, bool)> {
+        let untried = |e: &&Entry| !tried.contains(&e.addr);
+        let best = self
+            .entries
+            .iter()
+            .filter(untried)
+            .filter(|e| e.up())
+            .map(|e| rank(e.addr))
+            .min();
+        let tier = |e: &&Entry| match best {
+            Some(r) => e.up() && rank(e.addr) == r,
+            None => true,
         };
-        let up = candidates(true).count();
-        let (pool_up, count) = if up > 0 {
-            (true, up)
-        } else {
-            (false, candidates(false).count())
-        };
+        let count = self.entries.iter().filter(untried).filter(tier).count();
         if count == 0 {
             return None;
         }
         let index = self.next % count;
         self.next = self.next.wrapping_add(1);
-        candidates(pool_up).nth(index)
+        self.entries
+            .iter()
+            .filter(untried)
+            .filter(tier)
+            .nth(index)
+            .map(|e| (e.addr, e.up()))
     }
 
-    /// Takes `addr` out of the rotation; true when it was up.
+    /// The endpoints that are up.
+    pub fn up(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.entries.iter().filter(|e| e.up()).map(|e| e.addr)
+    }
+
+    /// Takes `addr` out of the rotation because its connection failed; true when it was up.
     pub fn mark_down(&mut self, addr: SocketAddr, reason: impl Into<String>) -> bool {
         match self.entries.iter_mut().find(|e| e.addr == addr) {
             Some(entry) => {
-                let was_up = entry.state == State::Up;
+                let was_up = entry.up();
                 entry.state = State::Down {
                     reason: reason.into(),
                 };
@@ -127,15 +211,61 @@ impl EndpointSet {
         }
     }
 
-    /// Puts `addr` back into the rotation; true when it was down.
-    pub fn mark_up(&mut self, addr: SocketAddr) -> bool {
-        match self.entries.iter_mut().find(|e| e.addr == addr) {
-            Some(entry) if entry.state != State::Up => {
+    /// Puts `addr` back into the rotation at `now`: one that is down at once, an ejected one
+    /// only once its ejection has run out. True when it came back.
+    pub fn mark_up(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let Some(entry) = self.entries.iter_mut().find(|e| e.addr == addr) else {
+            return false;
+        };
+        match entry.state {
+            State::Up => false,
+            State::Ejected { until, .. } if until > now => false,
+            State::Ejected { .. } => {
+                entry.state = State::Up;
+                entry.back_since = Some(now);
+                true
+            }
+            State::Down { .. } => {
                 entry.state = State::Up;
                 true
             }
-            _ => false,
         }
+    }
+
+    /// Ejects `addr` at `now` under `rules`, unless it is not up or it is the last endpoint
+    /// up. The length of the ejection when it happened.
+    pub fn eject(
+        &mut self,
+        addr: SocketAddr,
+        reason: impl Into<String>,
+        now: Instant,
+        rules: &Ejection,
+    ) -> Option<Duration> {
+        let others_up = self
+            .entries
+            .iter()
+            .filter(|e| e.addr != addr && e.up())
+            .count();
+        let entry = self.entries.iter_mut().find(|e| e.addr == addr)?;
+        if !entry.up() || others_up == 0 {
+            return None;
+        }
+        // Envoy lowers the multiplier while the endpoint behaves; here by one per `base`
+        // spent back in the rotation.
+        let forgotten = match (entry.back_since, rules.base.as_nanos()) {
+            (Some(since), base) if base > 0 => {
+                u32::try_from(now.saturating_duration_since(since).as_nanos() / base)
+                    .unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        };
+        entry.ejections = entry.ejections.saturating_sub(forgotten).saturating_add(1);
+        let period = rules.period(entry.ejections);
+        entry.state = State::Ejected {
+            reason: reason.into(),
+            until: now + period,
+        };
+        Some(period)
     }
 
     /// Every endpoint, sorted.
@@ -143,14 +273,59 @@ impl EndpointSet {
         self.entries.iter().map(|e| e.addr).collect()
     }
 
-    /// The endpoints that are down, sorted.
+    /// The endpoints out of the rotation (down or ejected), sorted.
     pub fn down(&self) -> Vec<SocketAddr> {
         self.entries
             .iter()
-            .filter(|e| e.state != State::Up)
+            .filter(|e| !e.up())
             .map(|e| e.addr)
             .collect()
     }
+
+    /// The endpoints ejected now, sorted.
+    pub fn ejected(&self) -> Vec<SocketAddr> {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.state, State::Ejected { .. }))
+            .map(|e| e.addr)
+            .collect()
+    }
+
+    /// The endpoints to probe at `now`: those down, and those whose ejection has run out.
+    pub fn to_probe(&self, now: Instant) -> Vec<SocketAddr> {
+        self.entries
+            .iter()
+            .filter(|e| match e.state {
+                State::Up => false,
+                State::Down { .. } => true,
+                State::Ejected { until, .. } => until <= now,
+            })
+            .map(|e| e.addr)
+            .collect()
+    }
+
+    /// The state of `addr`, when it is an endpoint.
+    pub fn state(&self, addr: SocketAddr) -> Option<&State> {
+        self.entries
+            .iter()
+            .find(|e| e.addr == addr)
+            .map(|e| &e.state)
+    }
+
+    /// Whether `addr` is an endpoint.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.entries.iter().any(|e| e.addr == addr)
+    }
+}
+
+/// Whether a call's final gRPC status counts as a failure of the endpoint for
+/// [`Ejection`]: the plugin side was unavailable or ran out of time. Any other status is an
+/// answer, which a healthy endpoint gives.
+pub fn failed_status(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    )
 }
 
 /// How far an attempt got before it failed.
@@ -214,6 +389,9 @@ pub enum Failure {
     Cancelled,
     /// The request may have reached the plugin before the connection failed.
     Lost,
+    /// The request was sent and the caller's deadline passed before the answer: it may have
+    /// run, and the endpoint may be alive but slow (it counts for [`Ejection`]).
+    TimedOut,
 }
 
 impl Failure {
@@ -241,7 +419,7 @@ impl Failure {
     /// Whether the call may be sent to another endpoint: only when this one provably never
     /// received it, so no call runs twice.
     pub fn retry_safe(self) -> bool {
-        !matches!(self, Failure::Lost | Failure::Cancelled)
+        !matches!(self, Failure::Lost | Failure::Cancelled | Failure::TimedOut)
     }
 
     /// Whether the endpoint should leave the rotation. A refused stream or a GOAWAY is the
@@ -264,6 +442,7 @@ impl fmt::Display for Failure {
             Failure::GoAway => "connection going away before the call was processed",
             Failure::Cancelled => "call cancelled by the plugin side",
             Failure::Lost => "connection lost after the call was sent",
+            Failure::TimedOut => "no answer before the deadline",
         })
     }
 }
@@ -302,8 +481,9 @@ mod tests {
         for _ in 0..20 {
             assert_ne!(s.pick(&[]), Some(addr(2)));
         }
-        assert!(s.mark_up(addr(2)));
-        assert!(!s.mark_up(addr(2)), "already up");
+        let now = Instant::now();
+        assert!(s.mark_up(addr(2), now));
+        assert!(!s.mark_up(addr(2), now), "already up");
         let picked: Vec<_> = (0..6).filter_map(|_| s.pick(&[])).collect();
         assert!(picked.contains(&addr(2)), "{picked:?}");
     }
@@ -356,6 +536,152 @@ mod tests {
             !s.mark_down(addr(2), "gone"),
             "unknown endpoints are ignored"
         );
+    }
+
+    #[test]
+    fn endpoints_are_taken_by_rank_then_round_robin_and_out_ones_last() {
+        let mut s = set(&[1, 2, 3]);
+        // 1 is being connected (rank 2), 2 has no connection (1), 3 has one (0).
+        let rank = |a: SocketAddr| match a.port() {
+            1 => 2,
+            2 => 1,
+            _ => 0,
+        };
+        for _ in 0..4 {
+            assert_eq!(s.pick_ranked(&[], rank), Some((addr(3), true)));
+        }
+        assert_eq!(s.pick_ranked(&[addr(3)], rank), Some((addr(2), true)));
+        assert_eq!(
+            s.pick_ranked(&[addr(3), addr(2)], rank),
+            Some((addr(1), true))
+        );
+        // The same rank: round robin.
+        let picked: Vec<_> = (0..4)
+            .filter_map(|_| s.pick_ranked(&[], |_| 1))
+            .map(|(a, _)| a)
+            .collect();
+        assert!(
+            [1, 2, 3].iter().all(|p| picked.contains(&addr(*p))),
+            "{picked:?}"
+        );
+        // A connecting endpoint that is up still comes before one that is down.
+        s.mark_down(addr(2), "refused");
+        s.mark_down(addr(3), "refused");
+        assert_eq!(s.pick_ranked(&[], rank), Some((addr(1), true)));
+        assert_eq!(
+            s.pick_ranked(&[addr(1)], rank).map(|(_, up)| up),
+            Some(false)
+        );
+        assert_eq!(s.up().collect::<Vec<_>>(), [addr(1)]);
+    }
+
+    fn rules() -> Ejection {
+        Ejection {
+            consecutive_failures: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(25),
+        }
+    }
+
+    #[test]
+    fn ejection_needs_consecutive_failures_and_grows_up_to_the_cap() {
+        let r = rules();
+        assert!(!r.due(0) && !r.due(2) && r.due(3) && r.due(4));
+        let off = Ejection {
+            consecutive_failures: 0,
+            ..r
+        };
+        assert!(!off.due(100), "0 turns it off");
+        assert_eq!(r.period(1), Duration::from_secs(10));
+        assert_eq!(r.period(2), Duration::from_secs(20));
+        assert_eq!(r.period(3), Duration::from_secs(25), "capped");
+
+        let mut s = set(&[1, 2]);
+        let t0 = Instant::now();
+        assert_eq!(
+            s.eject(addr(1), "timeouts", t0, &r),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(s.ejected(), [addr(1)]);
+        assert_eq!(s.down(), [addr(1)], "out of the rotation");
+        for _ in 0..10 {
+            assert_eq!(s.pick(&[]), Some(addr(2)));
+        }
+        assert_eq!(s.eject(addr(1), "again", t0, &r), None, "already out");
+        // Not probed, and not put back, before the ejection runs out.
+        let early = t0 + Duration::from_secs(9);
+        assert!(s.to_probe(early).is_empty());
+        assert!(!s.mark_up(addr(1), early));
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(s.to_probe(later), [addr(1)]);
+        assert!(s.mark_up(addr(1), later));
+        // Ejected again soon after: longer.
+        let t1 = later + Duration::from_secs(1);
+        assert_eq!(
+            s.eject(addr(1), "timeouts", t1, &r),
+            Some(Duration::from_secs(20))
+        );
+        let back = t1 + Duration::from_secs(20);
+        assert!(s.mark_up(addr(1), back));
+        // After two quiet periods back in the rotation, both earlier ejections are forgotten.
+        let quiet = back + Duration::from_secs(20);
+        assert_eq!(
+            s.eject(addr(1), "timeouts", quiet, &r),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn the_last_endpoint_up_is_never_ejected() {
+        let r = rules();
+        let now = Instant::now();
+        let mut s = set(&[1, 2, 3]);
+        assert!(s.eject(addr(1), "slow", now, &r).is_some());
+        s.mark_down(addr(2), "refused");
+        assert_eq!(
+            s.eject(addr(3), "slow", now, &r),
+            None,
+            "the last one up stays"
+        );
+        assert_eq!(s.state(addr(3)), Some(&State::Up));
+        for _ in 0..5 {
+            assert_eq!(s.pick(&[]), Some(addr(3)));
+        }
+        let single = &mut set(&[1]);
+        assert_eq!(single.eject(addr(1), "slow", now, &r), None);
+        assert!(single.down().is_empty());
+        assert_eq!(s.eject(addr(9), "unknown", now, &r), None);
+    }
+
+    #[test]
+    fn a_lost_connection_takes_an_ejected_endpoint_down_and_probes_bring_it_back() {
+        let r = rules();
+        let now = Instant::now();
+        let mut s = set(&[1, 2]);
+        s.eject(addr(1), "slow", now, &r);
+        assert!(!s.mark_down(addr(1), "lost"), "it was not up");
+        assert!(matches!(s.state(addr(1)), Some(State::Down { .. })));
+        assert_eq!(
+            s.to_probe(now),
+            [addr(1)],
+            "down endpoints are probed at once"
+        );
+        assert!(s.mark_up(addr(1), now));
+        assert!(s.ejected().is_empty());
+    }
+
+    #[test]
+    fn only_unavailable_and_deadline_statuses_count_as_failures() {
+        use tonic::Code;
+        assert!(failed_status(Code::Unavailable) && failed_status(Code::DeadlineExceeded));
+        for code in [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::Internal,
+            Code::NotFound,
+        ] {
+            assert!(!failed_status(code), "{code:?}");
+        }
     }
 
     fn send(f: impl FnOnce(&mut Observed)) -> Failure {
@@ -446,5 +772,7 @@ mod tests {
         assert_eq!(send(|o| o.h2_go_away = true), Failure::Lost);
         assert!(!Failure::Lost.retry_safe());
         assert!(Failure::Lost.endpoint_down());
+        // A call that timed out may have run, and the endpoint may be merely slow.
+        assert!(!Failure::TimedOut.retry_safe() && !Failure::TimedOut.endpoint_down());
     }
 }

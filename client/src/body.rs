@@ -1,14 +1,19 @@
 //! HTTP bodies for forwarding: the caller's request read into memory (so an attempt that
 //! never reached an endpoint can be sent to another), and the remote's response passed
-//! through with a lost connection turned into a gRPC `UNAVAILABLE` status.
+//! through with a lost connection turned into a gRPC `UNAVAILABLE` status and a deadline
+//! that passes mid-way into `DEADLINE_EXCEEDED`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use hyper::body::{Body, Bytes, Frame};
 use tonic::{Code, Status};
+
+use crate::pool::Report;
 
 /// Why a request body could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +78,15 @@ enum Phase {
 
 /// The remote's response body, read straight from its HTTP/2 stream (flow-control credit is
 /// returned as data is passed on). If the connection fails mid-way, the caller gets trailers
-/// with a gRPC status instead of a reset stream, so it sees `UNAVAILABLE` like any outage.
+/// with a gRPC status instead of a reset stream, so it sees `UNAVAILABLE` like any outage; if
+/// the caller's deadline passes first, `DEADLINE_EXCEEDED`, and the stream is cancelled.
 pub struct Remote {
-    stream: h2::RecvStream,
+    /// Dropped when the body ends early (a deadline), which cancels the stream.
+    stream: Option<h2::RecvStream>,
     endpoint: String,
     phase: Phase,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    report: Option<Report>,
 }
 
 impl Remote {
@@ -89,17 +98,59 @@ impl Remote {
             Phase::Data
         };
         Self {
-            stream,
+            stream: Some(stream),
             endpoint,
             phase,
+            deadline: None,
+            report: None,
         }
     }
 
+    /// Ends the body with `DEADLINE_EXCEEDED` when `deadline` passes before its end.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        if self.phase != Phase::Done {
+            self.deadline = deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+        }
+        self
+    }
+
+    /// Reports how the call ended.
+    pub(crate) fn with_report(mut self, report: Report) -> Self {
+        self.report = Some(report);
+        self
+    }
+
     fn broken(&mut self, e: &h2::Error) -> Frame<Bytes> {
-        self.phase = Phase::Done;
+        self.end();
         let status = status_of_broken_stream(e, &self.endpoint);
         tracing::warn!(endpoint = %self.endpoint, %status, "remote response broke off");
+        if let Some(report) = self.report.take() {
+            if e.reason() == Some(h2::Reason::CANCEL) {
+                drop(report);
+            } else {
+                report.lost(&hector_plugin_sdk::client::error_chain(e));
+            }
+        }
         Frame::trailers(status_trailers(&status))
+    }
+
+    fn expired(&mut self) -> Frame<Bytes> {
+        self.end();
+        let status = Status::deadline_exceeded(format!(
+            "deadline exceeded while remote plugin at {} was still answering",
+            self.endpoint
+        ));
+        tracing::debug!(endpoint = %self.endpoint, "remote response stalled past the deadline");
+        if let Some(report) = self.report.take() {
+            report.stalled();
+        }
+        Frame::trailers(status_trailers(&status))
+    }
+
+    fn end(&mut self) {
+        self.phase = Phase::Done;
+        self.stream = None;
+        self.deadline = None;
     }
 }
 
@@ -111,29 +162,50 @@ impl Body for Remote {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if self.phase == Phase::Data {
-            match self.stream.poll_data(cx) {
+        let this = &mut *self;
+        if this.phase == Phase::Done {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Ok(this.expired())));
+        }
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if this.phase == Phase::Data {
+            match stream.poll_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(data))) => {
                     // The caller has it now; let the remote send more.
-                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    let _ = stream.flow_control().release_capacity(data.len());
+                    if let Some(report) = &this.report {
+                        report.answered();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Ok(self.broken(&e)))),
-                Poll::Ready(None) => self.phase = Phase::Trailers,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Ok(this.broken(&e)))),
+                Poll::Ready(None) => this.phase = Phase::Trailers,
             }
         }
-        if self.phase == Phase::Trailers {
-            return match self.stream.poll_trailers(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(trailers)) => {
-                    self.phase = Phase::Done;
-                    Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+        match stream.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(trailers)) => {
+                let code = trailers.as_ref().and_then(|t| {
+                    t.get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map(Code::from_i32)
+                });
+                this.end();
+                if let Some(report) = this.report.take() {
+                    report.finished(code);
                 }
-                Poll::Ready(Err(e)) => Poll::Ready(Some(Ok(self.broken(&e)))),
-            };
+                Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Ok(this.broken(&e)))),
         }
-        Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {

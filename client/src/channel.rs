@@ -17,14 +17,12 @@ use hector_plugin_sdk::proto::{
     embedder_provider_client::EmbedderProviderClient, llm_provider_client::LlmProviderClient,
     reasoning_strategy_client::ReasoningStrategyClient, tool_provider_client::ToolProviderClient,
 };
-use tonic::Status;
 
-use crate::body::status_response;
 use crate::directory::{Directory, TaskGuard};
 use crate::error::ClientError;
 use crate::follow::{self, Target};
 use crate::options::ChannelOptions;
-use crate::pool::{Call, Pool, Served};
+use crate::pool::{Call, Pool, PoolSettings, Served};
 use crate::resolve::Resolver;
 use crate::secure::PluginTls;
 use crate::target::{HostPort, parse_address_list};
@@ -91,6 +89,7 @@ impl PluginChannel {
         let security = Security {
             tls: PluginTls::for_published(name, &plugin),
             token,
+            settings: options.pool_settings(),
         };
         Self::start(name, plugin_type, label, target, targets, security).await
     }
@@ -124,6 +123,7 @@ impl PluginChannel {
             Security {
                 tls: options.tls(),
                 token,
+                settings: options.pool_settings(),
             },
         )
         .await
@@ -149,7 +149,7 @@ impl PluginChannel {
                     .collect(),
             });
         }
-        let pool = Arc::new(Pool::new());
+        let pool = Arc::new(Pool::with_settings(security.settings));
         pool.set_tls(security.tls);
         pool.set_token(security.token);
         pool.set_label(label);
@@ -186,9 +186,15 @@ impl PluginChannel {
         self.inner.pool.endpoints()
     }
 
-    /// The endpoints out of the rotation now (they are probed every second).
+    /// The endpoints out of the rotation now: down (probed every second) or ejected for
+    /// failing calls (probed once their ejection runs out).
     pub fn down(&self) -> Vec<SocketAddr> {
         self.inner.pool.down()
+    }
+
+    /// The endpoints ejected now for failing calls (see [`crate::Ejection`]).
+    pub fn ejected(&self) -> Vec<SocketAddr> {
+        self.inner.pool.ejected()
     }
 
     /// Calls the plugin's own `Health` on every endpoint now, each within `timeout`, and
@@ -249,24 +255,12 @@ impl PluginChannel {
             .map(ReasoningStrategyClient::new)
     }
 
-    /// Sends one call (what the tower `Service` does for every request).
+    /// Sends one call (what the tower `Service` does for every request); the pool keeps the
+    /// call's deadline, to the last message of a streamed answer.
     async fn send(pool: Arc<Pool>, request: http::Request<Body>) -> http::Response<Body> {
-        let call = match Call::read(request, Instant::now()).await {
-            Ok(c) => c,
-            Err(response) => return response,
-        };
-        let deadline = call.deadline;
-        // Nothing else enforces the deadline on this side (tonic's own `Channel` would), and a
-        // peer that vanished without closing its connection would otherwise hold the call.
-        match deadline {
-            Some(at) => tokio::time::timeout_at(at.into(), pool.forward(call))
-                .await
-                .unwrap_or_else(|_| {
-                    status_response(Status::deadline_exceeded(
-                        "deadline exceeded before the remote plugin answered",
-                    ))
-                }),
-            None => pool.forward(call).await,
+        match Call::read(request, Instant::now()).await {
+            Ok(call) => pool.forward(call).await,
+            Err(response) => response,
         }
     }
 }
@@ -275,6 +269,7 @@ impl PluginChannel {
 struct Security {
     tls: Option<PluginTls>,
     token: hector_plugin_sdk::token::TokenSource,
+    settings: PoolSettings,
 }
 
 impl Directory {

@@ -163,11 +163,12 @@ pub async fn probe(
     results
 }
 
-/// Probes the endpoints that are out of the rotation and puts back those that answer.
+/// Probes the endpoints that are down, and those whose ejection has run out, and puts back
+/// those that answer.
 async fn probe_down(pool: Arc<Pool>, service: String) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        let down = pool.down();
+        let down = pool.to_probe();
         if !down.is_empty() {
             probe(&pool, &down, &service, PROBE_INTERVAL).await;
         }

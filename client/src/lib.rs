@@ -38,10 +38,12 @@ pub mod body;
 mod channel;
 #[cfg(feature = "kube")]
 mod configmap;
+mod connect;
 pub mod deadline;
 mod directory;
 pub mod error;
 pub mod follow;
+pub mod keepalive;
 mod options;
 pub mod pool;
 pub mod resolve;
@@ -49,10 +51,13 @@ pub mod secure;
 mod socket;
 pub mod target;
 
+pub use balance::Ejection;
 pub use channel::{PluginChannel, served};
 pub use directory::{Directory, FILE_POLL};
 pub use error::{AddressError, ClientError};
+pub use hector_plugin_sdk::net::TcpKeepalive;
+pub use keepalive::Keepalive;
 pub use options::ChannelOptions;
-pub use pool::{ProbeError, Served};
+pub use pool::{PoolSettings, ProbeError, Served};
 pub use secure::PluginTls;
 pub use target::HostPort;

@@ -1,11 +1,19 @@
 //! [`ChannelOptions`]: what a [`crate::PluginChannel`] is opened with beyond its target —
-//! the caller's token, and for fixed addresses the certificates to pin.
+//! the caller's token, for fixed addresses the certificates to pin, and how dead and slow
+//! endpoints are found (connect timeout, keepalive, outlier ejection).
 
 use std::path::PathBuf;
 
 use hector_plugin_sdk::token::TokenSource;
 
+use std::time::Duration;
+
+use hector_plugin_sdk::net::TcpKeepalive;
+
+use crate::balance::Ejection;
 use crate::error::ClientError;
+use crate::keepalive::Keepalive;
+use crate::pool::PoolSettings;
 use crate::secure::PluginTls;
 
 /// Where the token comes from.
@@ -26,6 +34,7 @@ enum Token {
 pub struct ChannelOptions {
     token: Token,
     tls: Option<PluginTls>,
+    pool: PoolSettings,
 }
 
 impl ChannelOptions {
@@ -53,6 +62,36 @@ impl ChannelOptions {
     pub fn pinned(mut self, tls: PluginTls) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// The longest opening a connection may take (default 2 s); one connect serves every
+    /// call waiting for it, each within its own deadline.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.pool.connect_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keepalive PINGs (default: every 10 s, idle too, answered within 5 s).
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.pool.keepalive = keepalive;
+        self
+    }
+
+    /// TCP keepalive and `TCP_USER_TIMEOUT` (default [`TcpKeepalive::default`]).
+    pub fn tcp_keepalive(mut self, tcp: TcpKeepalive) -> Self {
+        self.pool.tcp = tcp;
+        self
+    }
+
+    /// Outlier ejection (default: 5 failed calls in a row, 30 s growing to 300 s).
+    pub fn ejection(mut self, ejection: Ejection) -> Self {
+        self.pool.ejection = ejection;
+        self
+    }
+
+    /// The connection settings these options ask for.
+    pub fn pool_settings(&self) -> PoolSettings {
+        self.pool
     }
 
     /// The TLS these options ask for at fixed addresses.

@@ -11,11 +11,19 @@
 //!
 //! A plugin that published certificates is reached over TLS pinned to them ([`PluginTls`]);
 //! every call, `Health` probes included, carries the caller's token when there is one.
+//!
+//! Dead and slow endpoints are found and avoided: connections are watched by HTTP/2
+//! keepalive PINGs ([`crate::keepalive`]) and TCP keepalive ([`hector_plugin_sdk::net`]);
+//! one connect per endpoint serves every call waiting for it (`connect.rs`); calls keep
+//! their deadline to the last message; and an endpoint whose calls keep timing out or failing
+//! is ejected for a while ([`Ejection`]).
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use h2::client::SendRequest;
@@ -23,25 +31,20 @@ use http::header::{CONNECTION, CONTENT_TYPE, TE};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tonic::Status;
 
+use hector_plugin_sdk::net::TcpKeepalive;
 use hector_plugin_sdk::proto::{HealthRequest, HealthResponse};
-use hector_plugin_sdk::tls;
 use hector_plugin_sdk::token::{AUTHORIZATION, TokenSource};
 
-use crate::balance::{EndpointSet, Failure, Observed, Stage};
+use crate::balance::{Ejection, EndpointSet, Failure, Observed, Stage, State, failed_status};
 use crate::body::{ReadError, Remote, read_all, status_response};
+use crate::connect::{Conn, Connecting, IDLE, Life, Slot};
 use crate::deadline;
+use crate::keepalive::Keepalive;
 use crate::secure::PluginTls;
-use crate::socket::{SharedStream, peer_closed};
 
-/// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Per-stream and per-connection receive windows: large enough that streaming answers are
-/// not held back by flow control on a fast network (hyper's client defaults).
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 /// The largest `Health` answer read.
 const MAX_HEALTH_BYTES: usize = 64 * 1024;
 
@@ -59,7 +62,7 @@ pub struct Served {
 }
 
 /// A failed attempt on one endpoint.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AttemptError {
     /// What kind of failure, for retrying and health.
     pub failure: Failure,
@@ -157,43 +160,52 @@ impl Call {
     }
 }
 
-/// An open connection: its sender, this side's address of it, its socket (to see a peer's
-/// close before a call is sent over it), and over TLS the fingerprint of the certificate it
-/// accepted (to drop it when the plugin withdraws that certificate).
-#[derive(Clone)]
-struct Conn {
-    sender: SendRequest<Bytes>,
-    local: Option<SocketAddr>,
-    socket: Arc<tokio::net::TcpStream>,
-    fingerprint: Option<String>,
+/// How a pool opens, watches and judges its connections. The defaults are
+/// [`DEFAULT_CONNECT_TIMEOUT`], [`Keepalive::default`], [`TcpKeepalive::default`] and
+/// [`Ejection::default`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// The longest opening a connection may take (TCP, TLS, HTTP/2 preface), whatever the
+    /// callers' deadlines: one connect serves every call waiting for it.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keepalive PINGs.
+    pub keepalive: Keepalive,
+    /// TCP keepalive and `TCP_USER_TIMEOUT`.
+    pub tcp: TcpKeepalive,
+    /// Outlier ejection.
+    pub ejection: Ejection,
 }
 
-impl Conn {
-    /// Whether the connection is still acceptable under `tls`: plaintext when there is none,
-    /// else a certificate that is still pinned.
-    fn fits(&self, tls: Option<&PluginTls>) -> bool {
-        match (tls, &self.fingerprint) {
-            (None, None) => true,
-            (Some(t), Some(fp)) => t.accepts(fp),
-            _ => false,
+/// How long opening a connection may take by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            keepalive: Keepalive::default(),
+            tcp: TcpKeepalive::default(),
+            ejection: Ejection::default(),
         }
     }
 }
 
-/// One endpoint's connection, shared by every call to it.
-struct Slot {
-    authority: Authority,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+/// The endpoints and their connections, under one lock, so that no connection is opened
+/// for an endpoint that is no longer in the set.
+struct Endpoints {
+    set: EndpointSet,
+    slots: HashMap<SocketAddr, Arc<Slot>>,
+    /// TLS for new connections; none means plaintext.
+    tls: Option<Arc<PluginTls>>,
 }
 
 /// The endpoints of the remote plugin and their connections.
 pub struct Pool {
-    set: Mutex<EndpointSet>,
-    slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
+    endpoints: Arc<Mutex<Endpoints>>,
+    connecting: Arc<Connecting>,
+    ejection: Ejection,
     /// What the endpoints are, for messages ("\"echo\" (published in …)", "at a:1,b:2").
     label: Mutex<String>,
-    /// TLS for new connections; none means plaintext.
-    tls: Mutex<Option<PluginTls>>,
     /// The caller's token, added to every call.
     token: Mutex<TokenSource>,
 }
@@ -206,19 +218,183 @@ impl Default for Pool {
 
 /// Locks a mutex, recovering the data if another thread panicked while holding it (every
 /// update under these locks is a single step, so the data stays consistent).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The endpoint an attempt goes to.
+struct Pick {
+    slot: Arc<Slot>,
+    up: bool,
+    tls: Option<Arc<PluginTls>>,
+}
+
+/// A call that went out and got its response head.
+struct Sent {
+    response: Response<h2::RecvStream>,
+    local: Option<SocketAddr>,
+    call: InFlight,
+}
+
+/// Why an attempt sent nothing, or what it met.
+enum Missed {
+    /// It failed.
+    Failed(AttemptError),
+    /// It waited for a connect while another endpoint's ended: pick again.
+    Elsewhere,
+}
+
+/// A call in flight on a connection (its keepalive PINGs idle connections differently); it
+/// ends when this is dropped.
+pub(crate) struct InFlight(Arc<Life>);
+
+impl InFlight {
+    fn new(life: Arc<Life>) -> Self {
+        life.activity.call_started();
+        Self(life)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity.call_ended();
+    }
+}
+
+/// What a call's response body reports when it ends: whether the endpoint answered (for
+/// outlier ejection) and, as data arrives, that the connection is alive (for keepalive).
+pub(crate) struct Report {
+    endpoints: Arc<Mutex<Endpoints>>,
+    slot: Arc<Slot>,
+    call: InFlight,
+    ejection: Ejection,
+}
+
+impl Report {
+    /// Data arrived.
+    pub fn answered(&self) {
+        self.call.0.activity.answered();
+    }
+
+    /// The call ended with the gRPC status `code` (none: the plugin side sent none).
+    pub fn finished(self, code: Option<tonic::Code>) {
+        match code {
+            Some(code) if failed_status(code) => record_failure(
+                &self.endpoints,
+                &self.slot,
+                &self.ejection,
+                &format!("the plugin side answered {code:?}"),
+            ),
+            _ => {
+                // A plain load first: most calls find nothing to reset.
+                if self.slot.failures.load(Ordering::Relaxed) != 0 {
+                    self.slot.failures.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// The caller's deadline passed while the answer was still coming.
+    pub fn stalled(self) {
+        record_failure(
+            &self.endpoints,
+            &self.slot,
+            &self.ejection,
+            "an answer stalled past the deadline",
+        );
+    }
+
+    /// The connection failed while the answer was coming.
+    pub fn lost(self, reason: &str) {
+        let reason = self.call.0.reason().unwrap_or(reason);
+        if lock(&self.endpoints).set.mark_down(self.slot.addr, reason) {
+            tracing::warn!(endpoint = %self.slot.addr, reason, "remote endpoint out of rotation");
+        }
+    }
+}
+
+/// Counts a call that failed on `slot`'s endpoint, and ejects the endpoint when that makes
+/// too many in a row.
+fn record_failure(endpoints: &Mutex<Endpoints>, slot: &Slot, ejection: &Ejection, reason: &str) {
+    let failures = slot
+        .failures
+        .fetch_add(1, Ordering::Relaxed)
+        .saturating_add(1);
+    if !ejection.due(failures) {
+        return;
+    }
+    // Counted afresh whether or not the ejection happens: an endpoint that was out, or the
+    // last one up, needs as many failures again.
+    slot.failures.store(0, Ordering::Relaxed);
+    let ejected = lock(endpoints)
+        .set
+        .eject(slot.addr, reason, Instant::now(), ejection);
+    if let Some(period) = ejected {
+        tracing::warn!(
+            endpoint = %slot.addr,
+            failures,
+            reason,
+            seconds = period.as_secs_f64(),
+            "remote endpoint ejected"
+        );
+    }
+}
+
+/// The gRPC status code in `headers`, if any.
+fn grpc_code(headers: &HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+}
+
 impl Pool {
-    /// An empty pool.
+    /// An empty pool with the default settings.
     pub fn new() -> Self {
+        Self::with_settings(PoolSettings::default())
+    }
+
+    /// An empty pool with `settings`.
+    pub fn with_settings(settings: PoolSettings) -> Self {
+        let endpoints = Arc::new(Mutex::new(Endpoints {
+            set: EndpointSet::default(),
+            slots: HashMap::new(),
+            tls: None,
+        }));
+        let gone = Arc::downgrade(&endpoints);
         Self {
-            set: Mutex::new(EndpointSet::default()),
-            slots: Mutex::new(HashMap::new()),
+            endpoints,
+            connecting: Arc::new(Connecting {
+                timeout: settings.connect_timeout,
+                keepalive: settings.keepalive,
+                tcp: settings.tcp,
+                open: Arc::new(AtomicUsize::new(0)),
+                ended: AtomicU64::new(0),
+                changed: Notify::new(),
+                // A connect that failed takes its endpoint out even when no call waited.
+                on_failure: Box::new(move |addr, e| {
+                    if let Some(endpoints) = gone.upgrade()
+                        && e.failure.endpoint_down()
+                        && lock(&endpoints).set.mark_down(addr, &e.detail)
+                    {
+                        tracing::warn!(endpoint = %addr, reason = e.detail, "remote endpoint out of rotation");
+                    }
+                }),
+            }),
+            ejection: settings.ejection,
             label: Mutex::new(String::new()),
-            tls: Mutex::new(None),
             token: Mutex::new(TokenSource::none()),
+        }
+    }
+
+    /// The settings this pool was made with.
+    pub fn settings(&self) -> PoolSettings {
+        PoolSettings {
+            connect_timeout: self.connecting.timeout,
+            keepalive: self.connecting.keepalive,
+            tcp: self.connecting.tcp,
+            ejection: self.ejection,
         }
     }
 
@@ -226,35 +402,29 @@ impl Pool {
     /// accept — a withdrawn certificate, a change between TLS and plaintext — are closed once
     /// their calls finish.
     pub fn set_tls(&self, tls: Option<PluginTls>) {
-        {
-            let mut current = lock(&self.tls);
-            if *current == tls {
-                return;
-            }
-            match &tls {
-                Some(t) => {
-                    tracing::info!(certificates = ?t.fingerprints(), "remote plugin's certificates changed")
-                }
-                None => tracing::info!("remote plugin published no certificates; plaintext"),
-            }
-            current.clone_from(&tls);
+        let mut endpoints = lock(&self.endpoints);
+        if endpoints.tls.as_deref() == tls.as_ref() {
+            return;
         }
-        lock(&self.slots).retain(|_, slot| match slot.conn.try_lock() {
-            Ok(mut conn) => {
-                if conn.as_ref().is_some_and(|c| !c.fits(tls.as_ref())) {
-                    *conn = None;
-                }
-                true
+        match &tls {
+            Some(t) => {
+                tracing::info!(certificates = ?t.fingerprints(), "remote plugin's certificates changed")
             }
-            // A connection being opened under the old settings: the slot is dropped, and the
-            // next call opens a new one under the new settings.
-            Err(_) => false,
-        });
+            None => tracing::info!("remote plugin published no certificates; plaintext"),
+        }
+        for slot in endpoints.slots.values_mut() {
+            // A connection being opened under the old settings: a new slot takes over, and
+            // the next call opens a connection under the new settings.
+            if !slot.keep_under(tls.as_ref()) {
+                *slot = Slot::new(slot.addr);
+            }
+        }
+        endpoints.tls = tls.map(Arc::new);
     }
 
     /// The TLS new connections use.
     pub fn tls(&self) -> Option<PluginTls> {
-        lock(&self.tls).clone()
+        lock(&self.endpoints).tls.as_deref().cloned()
     }
 
     /// Sets the token every call carries from now on.
@@ -280,103 +450,180 @@ impl Pool {
     /// Makes `addrs` the endpoint set; connections to endpoints that left are closed once
     /// their calls finish.
     pub fn set_endpoints(&self, addrs: Vec<SocketAddr>) {
-        let (change, now) = {
-            let mut set = lock(&self.set);
-            let change = set.replace(addrs);
-            (change, set.addrs())
-        };
+        let mut endpoints = lock(&self.endpoints);
+        let change = endpoints.set.replace(addrs);
         if change.is_empty() {
             return;
         }
-        let mut slots = lock(&self.slots);
         for gone in &change.removed {
-            slots.remove(gone);
+            endpoints.slots.remove(gone);
         }
+        let now = endpoints.set.addrs();
+        drop(endpoints);
         tracing::info!(added = ?change.added, removed = ?change.removed, endpoints = ?now, "remote endpoints changed");
     }
 
     /// Every endpoint.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
-        lock(&self.set).addrs()
+        lock(&self.endpoints).set.addrs()
     }
 
-    /// The endpoints that are out of the rotation.
+    /// The endpoints that are out of the rotation (down or ejected).
     pub fn down(&self) -> Vec<SocketAddr> {
-        lock(&self.set).down()
+        lock(&self.endpoints).set.down()
     }
 
-    /// Puts an endpoint back into the rotation.
+    /// The endpoints ejected now for failing calls (see [`Ejection`]).
+    pub fn ejected(&self) -> Vec<SocketAddr> {
+        lock(&self.endpoints).set.ejected()
+    }
+
+    /// The endpoints to probe now: those down, and those whose ejection has run out.
+    pub fn to_probe(&self) -> Vec<SocketAddr> {
+        lock(&self.endpoints).set.to_probe(Instant::now())
+    }
+
+    /// The state of endpoint `addr`, if it is one.
+    pub fn state(&self, addr: SocketAddr) -> Option<State> {
+        lock(&self.endpoints).set.state(addr).cloned()
+    }
+
+    /// How many endpoints have a connection slot (at most one per endpoint in the set).
+    pub fn slots(&self) -> usize {
+        lock(&self.endpoints).slots.len()
+    }
+
+    /// How many sockets this pool has open now, including those of connections that left
+    /// the pool and still carry calls.
+    pub fn open_sockets(&self) -> usize {
+        self.connecting.open.load(Ordering::Relaxed)
+    }
+
+    /// Puts an endpoint back into the rotation (an ejected one only once its ejection ran out).
     pub fn mark_up(&self, addr: SocketAddr) {
-        if lock(&self.set).mark_up(addr) {
+        if lock(&self.endpoints).set.mark_up(addr, Instant::now()) {
             tracing::info!(endpoint = %addr, "remote endpoint back in rotation");
         }
     }
 
     /// Takes an endpoint out of the rotation.
     pub fn mark_down(&self, addr: SocketAddr, reason: &str) {
-        if lock(&self.set).mark_down(addr, reason) {
+        if lock(&self.endpoints).set.mark_down(addr, reason) {
             tracing::warn!(endpoint = %addr, reason, "remote endpoint out of rotation");
         }
     }
 
-    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
-        lock(&self.slots)
+    /// The endpoint for the next attempt (see [`EndpointSet::pick_ranked`]): those with an
+    /// open connection first, then those without, then those being connected. Every endpoint
+    /// that is up and has no connection gets one started now, so that it joins the rotation
+    /// without a call waiting for it while others could answer.
+    fn pick(&self, tried: &[SocketAddr]) -> Option<Pick> {
+        let mut guard = lock(&self.endpoints);
+        let endpoints = &mut *guard;
+        let tls = endpoints.tls.clone();
+        for addr in endpoints.set.up() {
+            let slot = endpoints
+                .slots
+                .entry(addr)
+                .or_insert_with(|| Slot::new(addr));
+            if slot.phase() == IDLE {
+                slot.prepare(&self.connecting, tls.as_ref());
+            }
+        }
+        let slots = &endpoints.slots;
+        let rank = |addr: SocketAddr| slots.get(&addr).map_or(IDLE, |s| s.phase());
+        let (addr, up) = endpoints.set.pick_ranked(tried, rank)?;
+        let slot = endpoints
+            .slots
             .entry(addr)
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    authority: Authority::try_from(addr.to_string())
-                        .unwrap_or_else(|_| Authority::from_static("remote-plugin")),
-                    conn: tokio::sync::Mutex::new(None),
-                })
-            })
-            .clone()
+            .or_insert_with(|| Slot::new(addr))
+            .clone();
+        Some(Pick { slot, up, tls })
+    }
+
+    /// Endpoint `addr`'s slot, when it is an endpoint.
+    fn slot_of(&self, addr: SocketAddr) -> Option<Pick> {
+        let mut guard = lock(&self.endpoints);
+        let endpoints = &mut *guard;
+        if !endpoints.set.contains(addr) {
+            return None;
+        }
+        let slot = endpoints
+            .slots
+            .entry(addr)
+            .or_insert_with(|| Slot::new(addr))
+            .clone();
+        Some(Pick {
+            slot,
+            up: false,
+            tls: endpoints.tls.clone(),
+        })
     }
 
     /// Sends one call, balancing and retrying as [`crate::balance`] decides, and returns the
-    /// response (errors become trailers-only gRPC statuses; successes carry [`Served`]).
+    /// response (errors become trailers-only gRPC statuses; successes carry [`Served`]). The
+    /// call's deadline is kept here, to its last message.
     pub async fn forward(&self, call: Call) -> Response<Body> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         loop {
-            let picked = lock(&self.set).pick(&tried);
-            let Some(addr) = picked else {
-                return status_response(self.unavailable(&tried, &failures));
-            };
             let left = match call.deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
-                    _ => {
-                        return status_response(Status::deadline_exceeded(
-                            "deadline exceeded before the remote plugin answered",
-                        ));
-                    }
+                    _ => return status_response(deadline_passed(&failures)),
                 },
                 None => None,
             };
-            match self.attempt(addr, &call, left).await {
-                Ok((response, local)) => {
-                    self.mark_up(addr);
-                    let endpoint = addr.to_string();
-                    let mut response = response.map(|b| Body::new(Remote::new(b, endpoint)));
+            let ended = self.connecting.ended();
+            let Some(pick) = self.pick(&tried) else {
+                return status_response(self.unavailable(&tried, &failures));
+            };
+            let addr = pick.slot.addr;
+            let e = match self.attempt(&pick, &call, left, Some(ended)).await {
+                Ok(sent) => {
+                    if !pick.up {
+                        self.mark_up(addr);
+                    }
+                    let report = Report {
+                        endpoints: self.endpoints.clone(),
+                        slot: pick.slot,
+                        call: sent.call,
+                        ejection: self.ejection,
+                    };
+                    let (parts, stream) = sent.response.into_parts();
+                    let body = Remote::new(stream, addr.to_string()).with_deadline(call.deadline);
+                    let body = if hyper::body::Body::is_end_stream(&body) {
+                        // Trailers-only: the call ended with its head.
+                        report.finished(grpc_code(&parts.headers));
+                        body
+                    } else {
+                        body.with_report(report)
+                    };
+                    let mut response = Response::from_parts(parts, Body::new(body));
                     response.extensions_mut().insert(Served {
                         endpoint: addr,
-                        local,
+                        local: sent.local,
                     });
                     return response;
                 }
-                Err(e) => {
-                    if e.failure.endpoint_down() {
-                        self.mark_down(addr, &e.detail);
-                    }
-                    if e.failure.retry_safe() {
-                        tracing::debug!(endpoint = %addr, failure = %e.failure, "retrying on another endpoint");
-                        tried.push(addr);
-                        failures.push(format!("{addr}: {}", e.detail));
-                        continue;
-                    }
-                    return status_response(sent_call_failed(&call, addr, &e));
-                }
+                Err(Missed::Elsewhere) => continue,
+                Err(Missed::Failed(e)) => e,
+            };
+            if e.failure == Failure::TimedOut {
+                record_failure(&self.endpoints, &pick.slot, &self.ejection, &e.detail);
+                return status_response(Status::deadline_exceeded(format!(
+                    "deadline exceeded: remote plugin at {addr} did not answer in time"
+                )));
             }
+            if e.failure.endpoint_down() {
+                self.mark_down(addr, &e.detail);
+            }
+            if !e.failure.retry_safe() {
+                return status_response(sent_call_failed(&call, addr, &e));
+            }
+            tracing::debug!(endpoint = %addr, failure = %e.failure, "retrying on another endpoint");
+            tried.push(addr);
+            failures.push(format!("{addr}: {}", e.detail));
         }
     }
 
@@ -391,37 +638,118 @@ impl Pool {
         ))
     }
 
-    /// One attempt on one endpoint: the response head and this side's address of the
-    /// connection. A cached connection found dead before the call was handed to it is
-    /// replaced once, on the same endpoint.
+    /// One attempt on one endpoint: the response head, this side's address of the
+    /// connection and the call's place on it. A cached connection found dead before the call
+    /// was handed to it is replaced once, on the same endpoint. With `switch` (the count of
+    /// ended connects when the endpoint was picked), a call waiting for this endpoint's
+    /// connect gives up on it when another connect ends first: another endpoint may be ready.
     async fn attempt(
         &self,
-        addr: SocketAddr,
+        pick: &Pick,
         call: &Call,
         left: Option<Duration>,
-    ) -> Result<(Response<h2::RecvStream>, Option<SocketAddr>), AttemptError> {
-        let slot = self.slot(addr);
-        let connect_within = left.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT));
-        let tls = self.tls();
-        let (conn, reused) = live_conn(&slot, addr, false, connect_within, tls.as_ref()).await?;
-        let (sender, local, secure) = match conn.sender.ready().await {
-            Ok(s) => (s, conn.local, conn.fingerprint.is_some()),
-            Err(e) if reused => {
-                tracing::debug!(endpoint = %addr, error = %e, "connection closed; reconnecting");
-                let (fresh, _) = live_conn(&slot, addr, true, connect_within, tls.as_ref()).await?;
-                let sender = fresh.sender.ready().await.map_err(|e| not_sent(&e))?;
-                (sender, fresh.local, fresh.fingerprint.is_some())
+        switch: Option<u64>,
+    ) -> Result<Sent, Missed> {
+        let deadline = call.deadline;
+        let slot = &pick.slot;
+        let tls = pick.tls.as_ref();
+        let ready = async {
+            let (conn, reused) = self.connection(slot, tls, switch).await?;
+            match conn.sender.clone().ready().await {
+                Ok(sender) => Ok((sender, conn)),
+                Err(e) if reused => {
+                    tracing::debug!(endpoint = %slot.addr, error = %e, "connection closed; reconnecting");
+                    let (fresh, _) = slot
+                        .connection(&self.connecting, tls, Some(conn.id))
+                        .await
+                        .map_err(Missed::Failed)?;
+                    let sender = fresh
+                        .sender
+                        .clone()
+                        .ready()
+                        .await
+                        .map_err(|e| Missed::Failed(not_sent(&e)))?;
+                    Ok((sender, fresh))
+                }
+                Err(e) => Err(Missed::Failed(not_sent(&e))),
             }
-            Err(e) => return Err(not_sent(&e)),
         };
-        let scheme = if secure { "https" } else { "http" };
+        // Until the call goes out, it may go elsewhere; the deadline only stops the waiting.
+        let (sender, conn) = match deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), ready)
+                .await
+                .unwrap_or_else(|_| Err(Missed::Failed(waited(slot.addr)))),
+            None => ready.await,
+        }?;
+        let scheme = if conn.fingerprint.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut request = call.request(&slot.authority, scheme, left);
         // The caller's identity is this side's, whatever the request came with.
         if let Some(token) = self.token().header() {
             request.headers_mut().insert(AUTHORIZATION, token);
         }
-        let response = send(sender, request, call.body.clone()).await?;
-        Ok((response, local))
+        let in_flight = InFlight::new(conn.life.clone());
+        let sending = send(sender, request, call.body.clone());
+        let response = match deadline {
+            Some(at) => match tokio::time::timeout_at(at.into(), sending).await {
+                Ok(r) => r,
+                Err(_) => Err(AttemptError {
+                    failure: Failure::TimedOut,
+                    detail: "no answer before the deadline".into(),
+                }),
+            },
+            None => sending.await,
+        }
+        .map_err(|mut e| {
+            // A connection this side closed for want of an answer to its PING says so.
+            if let Some(reason) = conn.life.reason() {
+                e.detail = reason.to_string();
+            }
+            Missed::Failed(e)
+        })?;
+        conn.life.activity.answered();
+        Ok(Sent {
+            response,
+            local: conn.local,
+            call: in_flight,
+        })
+    }
+
+    /// `slot`'s connection (see [`Slot::connection`]); with `switch`, [`Missed::Elsewhere`]
+    /// when another connect ends while this one is still under way.
+    async fn connection(
+        &self,
+        slot: &Arc<Slot>,
+        tls: Option<&Arc<PluginTls>>,
+        switch: Option<u64>,
+    ) -> Result<(Conn, bool), Missed> {
+        let failed = Missed::Failed;
+        let waiting = slot.connection(&self.connecting, tls, None);
+        let mut waiting = std::pin::pin!(waiting);
+        // Most calls find the connection open.
+        if let Poll::Ready(r) = futures::poll!(waiting.as_mut()) {
+            return r.map_err(failed);
+        }
+        let Some(seen) = switch else {
+            return waiting.await.map_err(failed);
+        };
+        let notified = self.connecting.changed.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.connecting.ended() != seen {
+            return Err(Missed::Elsewhere);
+        }
+        tokio::select! {
+            biased;
+            r = waiting.as_mut() => r.map_err(failed),
+            () = notified => match futures::poll!(waiting.as_mut()) {
+                Poll::Ready(r) => r.map_err(failed),
+                Poll::Pending => Err(Missed::Elsewhere),
+            },
+        }
     }
 
     /// Calls the plugin's own `Health` RPC of `service` on one endpoint.
@@ -433,6 +761,9 @@ impl Pool {
     ) -> Result<HealthResponse, ProbeError> {
         let path = PathAndQuery::try_from(format!("/{service}/Health"))
             .map_err(|e| ProbeError::Failed(format!("invalid service {service:?}: {e}")))?;
+        let Some(pick) = self.slot_of(addr) else {
+            return Err(ProbeError::Failed(format!("{addr} is not an endpoint")));
+        };
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -440,14 +771,20 @@ impl Pool {
             path,
             headers,
             body: grpc_frame(&HealthRequest {}),
+            // Kept by the timeout below, which says what did not answer.
             deadline: None,
         };
         let run = async {
-            let (response, _) = self
-                .attempt(addr, &call, Some(timeout))
-                .await
-                .map_err(|e| ProbeError::Failed(e.detail))?;
-            unary_answer::<HealthResponse>(response).await
+            let sent = match self.attempt(&pick, &call, Some(timeout), None).await {
+                Ok(sent) => sent,
+                Err(Missed::Failed(e)) => return Err(ProbeError::Failed(e.detail)),
+                Err(Missed::Elsewhere) => {
+                    return Err(ProbeError::Failed("no connection".to_string()));
+                }
+            };
+            let answer = unary_answer::<HealthResponse>(sent.response).await;
+            drop(sent.call);
+            answer
         };
         match tokio::time::timeout(timeout, run).await {
             Ok(result) => result,
@@ -458,7 +795,6 @@ impl Pool {
         }
     }
 }
-
 /// The status for a call that failed after it was sent (it is not retried). Once the caller's
 /// deadline has passed, that is what the failure means (a gRPC server cancels the stream when
 /// the deadline it was given passes); a peer's cancel is a cancel; anything else is the
@@ -478,6 +814,26 @@ fn sent_call_failed(call: &Call, addr: SocketAddr, e: &AttemptError) -> Status {
             "remote plugin at {addr} failed during the call: {}",
             e.detail
         )),
+    }
+}
+
+/// The status for a call whose deadline passed before any endpoint took it, with what the
+/// attempts met.
+fn deadline_passed(failures: &[String]) -> Status {
+    if failures.is_empty() {
+        return Status::deadline_exceeded("deadline exceeded before the remote plugin answered");
+    }
+    Status::deadline_exceeded(format!(
+        "deadline exceeded before the remote plugin answered ({})",
+        failures.join("; ")
+    ))
+}
+
+/// The caller's deadline passed while it waited for a connection to `addr`: nothing was sent.
+fn waited(addr: SocketAddr) -> AttemptError {
+    AttemptError {
+        failure: Failure::NotSent,
+        detail: format!("no connection to {addr} was ready by the deadline"),
     }
 }
 
@@ -587,132 +943,6 @@ fn status_text(s: &Status) -> String {
         (code, "") => format!("{code:?}"),
         (code, message) => format!("{code:?}: {message}"),
     }
-}
-
-/// The endpoint's live connection, opening one if there is none or `fresh` asks for a new
-/// one; the flag returned tells whether an existing connection was reused.
-async fn live_conn(
-    slot: &Slot,
-    addr: SocketAddr,
-    fresh: bool,
-    timeout: Duration,
-    tls: Option<&PluginTls>,
-) -> Result<(Conn, bool), AttemptError> {
-    let mut guard = slot.conn.lock().await;
-    // A connection the peer has closed is replaced before a call goes out on it: the HTTP/2
-    // client would see the close only when its connection task next reads, and a call sent
-    // meanwhile would count as lost although it cannot have reached the plugin. (Over TLS a
-    // peer that shuts down cleanly sends close_notify first, which looks like data here;
-    // its HTTP/2 GOAWAY, sent before that, already makes such calls safe to retry.)
-    if !fresh
-        && let Some(c) = guard.as_ref()
-        && c.fits(tls)
-        && !peer_closed(&c.socket)
-    {
-        return Ok((c.clone(), true));
-    }
-    let conn = connect(addr, timeout, tls).await?;
-    *guard = Some(conn.clone());
-    Ok((conn, false))
-}
-
-/// Opens a TCP connection, runs the pinned TLS handshake when `tls` asks for it, and starts
-/// HTTP/2 on it, all within `timeout`.
-async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    pins: Option<&PluginTls>,
-) -> Result<Conn, AttemptError> {
-    let started = tokio::time::Instant::now();
-    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let mut o = Observed::at(Stage::Connect);
-            o.io = Some(e.kind());
-            return Err(AttemptError {
-                failure: Failure::classify(&o),
-                detail: io_text(&e),
-            });
-        }
-        Err(_) => {
-            return Err(AttemptError {
-                failure: Failure::NoConnection,
-                detail: format!("connect timed out after {}ms", timeout.as_millis()),
-            });
-        }
-    };
-    // Calls are small request/response exchanges: send each at once.
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().ok();
-    let stream = SharedStream::new(stream);
-    let socket = stream.peer();
-    let Some(pins) = pins else {
-        let sender = start_h2(stream, addr).await?;
-        return Ok(Conn {
-            sender,
-            local,
-            socket,
-            fingerprint: None,
-        });
-    };
-    let left = timeout.saturating_sub(started.elapsed());
-    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let handshake = tokio_rustls::TlsConnector::from(pins.config()).connect(name, stream);
-    let stream = match tokio::time::timeout(left, handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let detail = match tls::refusal(&e) {
-                Some(refusal) => pins.refusal_text(addr, &refusal),
-                None => format!("TLS handshake failed: {}", io_text(&e)),
-            };
-            return Err(AttemptError {
-                failure: Failure::NoConnection,
-                detail,
-            });
-        }
-        Err(_) => {
-            return Err(AttemptError {
-                failure: Failure::NoConnection,
-                detail: format!("TLS handshake timed out after {}ms", timeout.as_millis()),
-            });
-        }
-    };
-    let fingerprint = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(<[_]>::first)
-        .map(|cert| tls::fingerprint(cert));
-    let sender = start_h2(stream, addr).await?;
-    Ok(Conn {
-        sender,
-        local,
-        socket,
-        // Pinned TLS always has a certificate; an empty one still marks the connection TLS.
-        fingerprint: Some(fingerprint.unwrap_or_default()),
-    })
-}
-
-/// Starts HTTP/2 on an open stream and runs its connection task.
-async fn start_h2<T>(stream: T, addr: SocketAddr) -> Result<SendRequest<Bytes>, AttemptError>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = h2::client::Builder::new()
-        .initial_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake::<_, Bytes>(stream)
-        .await
-        .map_err(|e| AttemptError {
-            failure: Failure::NoConnection,
-            detail: format!("HTTP/2 handshake failed: {}", describe(&e)),
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(endpoint = %addr, error = %describe(&e), "remote connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 /// The connection refused a new stream: the call was never sent.

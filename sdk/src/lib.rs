@@ -6,6 +6,7 @@ pub mod client;
 pub mod endpoints;
 pub mod error;
 pub mod goplugin;
+pub mod net;
 pub mod plugin_type;
 pub mod serve;
 pub mod tls;

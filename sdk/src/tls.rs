@@ -352,9 +352,10 @@ pub async fn connect(
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let tcp = TcpStream::connect((host, port)).await?;
-    // gRPC calls are small request/response exchanges: send each at once.
-    tcp.set_nodelay(true)?;
+    // The socket options every plugin connection gets (no Nagle delay, TCP keepalive).
+    let tcp = crate::net::TcpKeepalive::default()
+        .connect(host, port, None)
+        .await?;
     TlsConnector::from(config).connect(name, tcp).await
 }
 
