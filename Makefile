@@ -24,7 +24,7 @@ crds: ## Regenerate crds/ and its copies in deploy/crd/ and the chart's crds/ fr
 	$(CARGO) run --quiet --bin hector-operator -- crd > crds/hectorplugin.yaml
 	deploy/deploy crds
 
-images: ## Build the OCI image archives (operator, launcher, example plugins)
+images: ## Build the OCI image archives (operator, launcher, example plugins); PLATFORMS="amd64 arm64" for both
 	tests/images/build-all
 
 cluster-up: ## Start the local single-node cluster (builds Kubernetes once, then cached)
@@ -71,9 +71,9 @@ helm-lint: ## helm lint --strict the chart (Helm is built from its Go module onc
 	tests/setup/deps.d/40-helm
 	$(HELM_BIN) lint --strict charts/hector-operator
 
-docker-images: ## Build the same images with Docker from images/*Dockerfile (IMAGE_TAG)
+docker-images: ## Build the same images with Docker from images/*Dockerfile (tagged IMAGE_TAG and the version)
 	version=$$(tests/images/workspace-package version); tag=$${IMAGE_TAG:-dev}; \
-	for target in hector-operator echo-llm hash-embedder; do \
-	  docker build -f images/Dockerfile --target $$target --build-arg VERSION=$$version -t hector.dev/$$target:$$tag .; \
+	for target in hector-operator echo-llm hash-embedder memory-db; do \
+	  docker build -f images/Dockerfile --target $$target --build-arg VERSION=$$version -t hector.dev/$$target:$$tag -t hector.dev/$$target:$$version .; \
 	done; \
-	docker build -f images/go-llm.Dockerfile --build-arg VERSION=$$version -t hector.dev/go-llm:$$tag .
+	docker build -f images/go-llm.Dockerfile --build-arg VERSION=$$version -t hector.dev/go-llm:$$tag -t hector.dev/go-llm:$$version .

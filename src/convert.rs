@@ -108,6 +108,7 @@ pub fn to_resource(m: &Manifest, o: &ConvertOptions) -> HectorPlugin {
         health: HealthSettings::default(),
         endpoint: o.endpoint.clone(),
         access: Default::default(),
+        pod_template: Default::default(),
     };
     HectorPlugin {
         metadata: ObjectMeta {

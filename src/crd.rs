@@ -5,7 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, PodSecurityContext,
+    ResourceRequirements, SecurityContext, Toleration, TopologySpreadConstraint, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::KubeSchema;
@@ -73,10 +78,18 @@ fn config_keys_rule(field: &str) -> Rule {
     category = "hector",
     namespaced,
     status = "HectorPluginStatus",
-    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.manifest.type","description":"Plugin type"}"#,
-    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Lifecycle phase"}"#,
-    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address","description":"Where agents reach the plugin"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status","description":"Serving on a published healthy endpoint, with the spec fully rolled out"}"#,
+    printcolumn = r#"{"name":"Endpoints","type":"string","jsonPath":".status.endpointsSummary","description":"Published healthy endpoints / desired replicas"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.manifest.version","description":"Plugin version"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","priority":1,"jsonPath":".spec.manifest.type","description":"Plugin type"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","priority":1,"jsonPath":".status.address","description":"Where agents reach the plugin"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"Why the plugin is (not) Ready"}"#
 )]
 #[x_kube(
     validation = Rule::new("has(self.image) != has(self.endpoint)").message("exactly one of spec.image (run the plugin in Pods) or spec.endpoint (use a plugin running elsewhere) must be set"),
@@ -124,7 +137,9 @@ pub struct HectorPluginSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 
-    /// Number of plugin Pods.
+    /// Number of plugin Pods. Also the scale subresource's replicas: `kubectl scale` and a
+    /// HorizontalPodAutoscaler targeting the HectorPlugin write it, and the operator passes it
+    /// on to the Deployment (an HPA must target the HectorPlugin, not its Deployment).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
@@ -195,6 +210,111 @@ pub struct HectorPluginSpec {
     /// protected where it runs.
     #[serde(default, skip_serializing_if = "AccessSpec::is_default")]
     pub access: AccessSpec,
+
+    /// Additions to the plugin's Pods: labels and annotations, affinity, topology spread,
+    /// priority class, Pod security context, and volumes with their mounts, security context
+    /// and `envFrom` for the plugin container. What the operator sets itself (its labels,
+    /// selector, annotations, volumes, mounts, environment, ports, probes, command) always
+    /// wins; an overlay that would change it is refused with the field path.
+    #[serde(default, skip_serializing_if = "PodTemplateOverlay::is_empty")]
+    pub pod_template: PodTemplateOverlay,
+}
+
+/// What `spec.podTemplate` adds to the plugin's Pod template.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverlay {
+    /// Labels and annotations for the plugin Pods.
+    #[serde(default, skip_serializing_if = "PodMetadataOverlay::is_empty")]
+    pub metadata: PodMetadataOverlay,
+    /// Affinity of the plugin Pods (node affinity, Pod affinity and anti-affinity), as a
+    /// Pod's `spec.affinity` (`kubectl explain pod.spec.affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// How the plugin Pods spread over topology domains, as a Pod's
+    /// `spec.topologySpreadConstraints`. A constraint without a `labelSelector` gets the
+    /// plugin Pods' own selector (`hector.dev/plugin: NAME`). At most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the plugin Pods. At most 253 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Pod security context, as a Pod's `spec.securityContext`. Each field set here replaces
+    /// the operator's default for it (`runAsNonRoot: true`, `runAsUser`/`fsGroup` 65532,
+    /// seccomp `RuntimeDefault`); the namespace's Pod Security admission still judges the
+    /// result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// More volumes for the plugin Pods, as a Pod's `spec.volumes` (`kubectl explain
+    /// pod.spec.volumes`), mounted with `container.volumeMounts`. Names must differ from the
+    /// operator's own volumes (`launcher`, `tmp`, `config`, `apiserver`). At most 32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volumes: Vec<Volume>,
+    /// Additions to the plugin container.
+    #[serde(default, skip_serializing_if = "ContainerOverlay::is_empty")]
+    pub container: ContainerOverlay,
+}
+
+impl PodTemplateOverlay {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Labels and annotations for the plugin Pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PodMetadataOverlay {
+    /// Labels. Keys under `hector.dev/` and the `app.kubernetes.io/` labels the operator
+    /// sets (name, instance, version, component, managed-by) are reserved. At most 64.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations, e.g. for a mutating webhook or a service mesh. Keys under `hector.dev/`
+    /// are reserved. At most 64.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl PodMetadataOverlay {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
+}
+
+/// Additions to the plugin container.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerOverlay {
+    /// Security context of the plugin container, as a container's `securityContext`. Each
+    /// field set here replaces the operator's default for it (no privilege escalation,
+    /// read-only root filesystem, all capabilities dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// Mounts of `spec.podTemplate.volumes` into the plugin container, at paths outside the
+    /// operator's own mounts (`/hector/bin`, `/etc/hector/config`,
+    /// `/var/run/secrets/hector.dev/apiserver`, `/tmp`). At most 32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Environment variables from ConfigMaps or Secrets, as a container's `envFrom` (the
+    /// kubelet reads them; the operator never does). `spec.env` and the operator's own
+    /// variables win over these. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub env_from: Vec<EnvFromSource>,
+}
+
+impl ContainerOverlay {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Most entries each list of `spec.access` may have.
@@ -522,6 +642,23 @@ pub struct HealthSettings {
     #[serde(default = "default_failure_threshold")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: i32,
+    /// Seconds a plugin container may take to start (the plugin's start, handshake and
+    /// Initialize, e.g. loading a model) before the kubelet restarts it; default 120. Raise
+    /// it for plugins that load for longer. 2 to 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 3600))]
+    pub startup_timeout_seconds: Option<i32>,
+}
+
+/// The startup window when `spec.health.startupTimeoutSeconds` is not set.
+pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: i32 = 120;
+
+impl HealthSettings {
+    /// The startup window in seconds.
+    pub fn startup_timeout(&self) -> i32 {
+        self.startup_timeout_seconds
+            .unwrap_or(DEFAULT_STARTUP_TIMEOUT_SECONDS)
+    }
 }
 
 impl Default for HealthSettings {
@@ -530,6 +667,7 @@ impl Default for HealthSettings {
             period_seconds: default_period(),
             timeout_seconds: default_timeout(),
             failure_threshold: default_failure_threshold(),
+            startup_timeout_seconds: None,
         }
     }
 }
@@ -556,7 +694,8 @@ pub struct HectorPluginStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Standard conditions: ConfigValid, Deployed, Healthy, Published.
+    /// Standard conditions: Ready (the summary), Reconciling and Stalled (kstatus), then
+    /// ConfigValid, Deployed, Healthy, Published.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -572,6 +711,17 @@ pub struct HectorPluginStatus {
     /// Human-readable detail of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Plugin Pods that exist (the Deployment's `status.replicas`): the scale subresource's
+    /// current replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The plugin Pods' label selector as a string (`hector.dev/plugin=NAME`): the scale
+    /// subresource's selector, with which an autoscaler finds the Pods' metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Published healthy endpoints out of desired replicas, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints_summary: Option<String>,
 }
 
 /// Lifecycle phase.
@@ -610,10 +760,61 @@ pub struct PluginInfo {
     pub dimension: Option<i32>,
 }
 
+/// The CRD as installed. The Kubernetes types that `spec.podTemplate` embeds keep their
+/// structure but lose their field descriptions (their own API documents them: `kubectl
+/// explain pod.spec.volumes`): with them the CRD would be five times larger, close to the
+/// 256 KiB that `kubectl apply` can record.
+pub fn crd() -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let crd = HectorPlugin::crd();
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    if let Some(versions) = value["spec"]["versions"].as_array_mut() {
+        for version in versions {
+            let overlay = &mut version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+                ["podTemplate"]["properties"];
+            let Some(fields) = overlay.as_object_mut() else {
+                continue;
+            };
+            for (name, field) in fields.iter_mut() {
+                if matches!(name.as_str(), "container" | "metadata") {
+                    for inner in field["properties"].as_object_mut().into_iter().flatten() {
+                        strip_nested_descriptions(inner.1);
+                    }
+                } else {
+                    strip_nested_descriptions(field);
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Removes the descriptions of every schema below `node` (not its own).
+fn strip_nested_descriptions(node: &mut serde_json::Value) {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if map.get("description").is_some_and(|d| d.is_string()) {
+                    map.remove("description");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    if let serde_json::Value::Object(map) = node {
+        map.iter_mut()
+            .filter(|(k, _)| k.as_str() != "description")
+            .for_each(|(_, v)| strip(v));
+    }
+}
+
 /// The CRD as YAML, exactly as `crds/hectorplugin.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {
-    use kube::CustomResourceExt;
-    let body = serde_norway::to_string(&HectorPlugin::crd())?;
+    let body = serde_norway::to_string(&crd())?;
     Ok(format!(
         "# Generated by `hector-operator crd` from src/crd.rs; do not edit.\n{body}"
     ))
@@ -622,11 +823,10 @@ pub fn crd_yaml() -> Result<String, serde_norway::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::CustomResourceExt;
     use serde_json::Value;
 
     fn spec_schema() -> Value {
-        let crd = HectorPlugin::crd();
+        let crd = super::crd();
         let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema json");
         schema["openAPIV3Schema"]["properties"]["spec"].clone()
     }
@@ -715,6 +915,87 @@ mod tests {
         assert_eq!(spec["properties"]["secretConfig"]["maxItems"], 256);
         assert_eq!(spec["properties"]["command"]["maxItems"], 64);
         assert_eq!(spec["properties"]["args"]["maxItems"], 256);
+    }
+
+    #[test]
+    fn the_overlay_embeds_pod_types_without_their_descriptions_and_stays_small() {
+        let spec = spec_schema();
+        let overlay = &spec["properties"]["podTemplate"];
+        let described = |node: &Value| node["description"].as_str().is_some_and(|d| !d.is_empty());
+        assert!(described(overlay));
+        let fields = overlay["properties"].as_object().expect("fields");
+        for (name, field) in fields {
+            assert!(described(field), "spec.podTemplate.{name}");
+        }
+        for (name, field) in overlay["properties"]["container"]["properties"]
+            .as_object()
+            .expect("container fields")
+        {
+            assert!(described(field), "spec.podTemplate.container.{name}");
+        }
+        // Below those fields: the structure of the Pod's types, without their prose.
+        let mut nodes = Vec::new();
+        walk(
+            "volumes".into(),
+            &overlay["properties"]["volumes"]["items"],
+            &mut nodes,
+        );
+        assert!(nodes.len() > 100, "the volume schema is kept");
+        for (path, node) in &nodes {
+            assert!(node.get("description").is_none(), "{path}");
+        }
+        let limits = [
+            (&overlay["properties"]["volumes"]["maxItems"], 32),
+            (
+                &overlay["properties"]["topologySpreadConstraints"]["maxItems"],
+                8,
+            ),
+            (
+                &overlay["properties"]["container"]["properties"]["volumeMounts"]["maxItems"],
+                32,
+            ),
+            (
+                &overlay["properties"]["container"]["properties"]["envFrom"]["maxItems"],
+                16,
+            ),
+            (
+                &overlay["properties"]["metadata"]["properties"]["labels"]["maxProperties"],
+                64,
+            ),
+            (
+                &overlay["properties"]["metadata"]["properties"]["annotations"]["maxProperties"],
+                64,
+            ),
+            (
+                &overlay["properties"]["priorityClassName"]["maxLength"],
+                253,
+            ),
+        ];
+        for (node, max) in limits {
+            assert_eq!(*node, max);
+        }
+        // `kubectl apply` records the whole object in an annotation of at most 256 KiB.
+        let size = serde_json::to_string(&super::crd()).expect("json").len();
+        assert!(size < 96 * 1024, "the CRD is {size} bytes");
+        // Unset, nothing is written: existing resources and manifests stay as they were.
+        let empty = serde_json::to_value(PodTemplateOverlay::default()).expect("json");
+        assert_eq!(empty, serde_json::json!({}));
+    }
+
+    #[test]
+    fn the_startup_window_is_bounded_and_defaults_to_two_minutes() {
+        let spec = spec_schema();
+        let window = &spec["properties"]["health"]["properties"]["startupTimeoutSeconds"];
+        assert_eq!(
+            (window["minimum"].as_f64(), window["maximum"].as_f64()),
+            (Some(2.0), Some(3600.0))
+        );
+        assert_eq!(HealthSettings::default().startup_timeout(), 120);
+        let raised = HealthSettings {
+            startup_timeout_seconds: Some(300),
+            ..Default::default()
+        };
+        assert_eq!(raised.startup_timeout(), 300);
     }
 
     #[test]

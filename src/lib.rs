@@ -19,5 +19,6 @@ pub mod probe;
 pub mod publish;
 pub mod readiness;
 pub mod reconcile;
+pub mod rollout;
 pub mod run;
 pub mod status;

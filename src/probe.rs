@@ -403,6 +403,7 @@ impl Prober {
 
     /// Stops every probe (shutdown).
     pub fn stop_all(&self) {
+        lock(&self.specs).clear();
         for (_, (task, _)) in lock(&self.tasks).drain() {
             task.abort();
         }
@@ -447,14 +448,21 @@ impl Prober {
                 let _ = self.changes.send(key.clone());
             }
             facts.record(&outcome, want_facts);
-            self.metrics.observe_probe(
-                &key,
-                started.elapsed(),
-                match &outcome {
-                    ProbeOutcome::Healthy(_) => None,
-                    ProbeOutcome::Failed(kind, _) => Some(kind.reason()),
-                },
-            );
+            {
+                // Under the specs lock: once `forget` has removed the spec, no probe still
+                // in flight brings the deleted plugin's series back.
+                let specs = lock(&self.specs);
+                if specs.contains_key(&key) {
+                    self.metrics.observe_probe(
+                        &key,
+                        started.elapsed(),
+                        match &outcome {
+                            ProbeOutcome::Healthy(_) => None,
+                            ProbeOutcome::Failed(kind, _) => Some(kind.reason()),
+                        },
+                    );
+                }
+            }
             if let ProbeOutcome::Failed(kind, message) = &outcome {
                 tracing::debug!(plugin = %key, %address, reason = kind.reason(), message, "probe failed");
             }

@@ -127,19 +127,61 @@ pub fn hector_section(plugin_type: &str) -> &'static str {
     }
 }
 
+/// Where the published `plugins.yaml` expects the per-plugin copies of
+/// `hector-plugin-remote` by default: the directory the agent recipe (`examples/agent`) has
+/// `hector-plugin-remote install --into` lay out, and Hector's discovery path.
+pub const DEFAULT_PLUGIN_DIR: &str = "/opt/hector/plugins";
+
+/// Checks a `--plugin-dir` value: an absolute directory path without `.`/`..` segments or
+/// control characters (it is written into every `path:` of `plugins.yaml`, which Hector
+/// executes). A trailing `/` is dropped.
+pub fn parse_plugin_dir(raw: &str) -> Result<String, String> {
+    let dir = raw.trim_end_matches('/');
+    if !raw.starts_with('/') {
+        return Err(format!(
+            "{raw:?} is not an absolute path (agents execute `<dir>/<plugin>`)"
+        ));
+    }
+    if dir.is_empty() {
+        return Err("/ is not a plugin directory".into());
+    }
+    if dir.chars().any(char::is_control) {
+        return Err(format!("{raw:?} contains a control character"));
+    }
+    if dir
+        .split('/')
+        .skip(1)
+        .any(|segment| matches!(segment, "" | "." | ".."))
+    {
+        return Err(format!(
+            "{raw:?} is not a plain path (empty, `.` or `..` segment)"
+        ));
+    }
+    Ok(dir.to_string())
+}
+
+/// The executable an agent runs for published plugin `name`: its own copy of
+/// `hector-plugin-remote` in `plugin_dir`, next to the `NAME.plugin.yaml` Hector reads first.
+pub fn plugin_path(plugin_dir: &str, name: &str) -> String {
+    format!("{plugin_dir}/{name}")
+}
+
 #[derive(Serialize)]
 struct HectorEntry<'a> {
     name: &'a str,
     #[serde(rename = "type")]
     kind: &'static str,
-    path: &'a str,
+    path: String,
     enabled: bool,
-    config: BTreeMap<&'static str, &'a str>,
 }
 
-/// `plugins.yaml`: the published plugins in Hector's own configuration shape, each loaded
-/// through the remote-plugin executable at `remote_path`.
-pub fn hector_config(file: &EndpointsFile, remote_path: &str) -> String {
+/// `plugins.yaml`: the published plugins in Hector's own configuration shape. Hector reads
+/// `<path>.plugin.yaml` before it starts a `path:` plugin and dispenses it by that manifest's
+/// type, so every plugin gets its own path, `plugin_dir/NAME`: the copy of
+/// `hector-plugin-remote` that `hector-plugin-remote install --into plugin_dir` writes with
+/// its manifest. The copy finds its plugin by its own name in `endpoints.json` (per-call
+/// balancing over the published endpoints, pinned certificates), so entries carry no config.
+pub fn hector_config(file: &EndpointsFile, plugin_dir: &str) -> String {
     let mut sections: BTreeMap<&'static str, BTreeMap<&str, HectorEntry<'_>>> = BTreeMap::new();
     for (name, p) in &file.plugins {
         sections
@@ -150,27 +192,27 @@ pub fn hector_config(file: &EndpointsFile, remote_path: &str) -> String {
                 HectorEntry {
                     name,
                     kind: "grpc",
-                    path: remote_path,
+                    path: plugin_path(plugin_dir, name),
                     enabled: true,
-                    config: BTreeMap::from([("remote_address", p.address.as_str())]),
                 },
             );
     }
     let body =
         serde_norway::to_string(&BTreeMap::from([("plugins", sections)])).unwrap_or_default();
     format!(
-        "# Healthy remote plugins of namespace {}, published by hector-operator; do not edit.\n{body}",
+        "# Healthy remote plugins of namespace {}, published by hector-operator; do not edit.\n\
+         # Each path is laid out with its manifest by `hector-plugin-remote install --into {plugin_dir}`.\n{body}",
         file.namespace
     )
 }
 
 /// The ConfigMap's data for `file`.
-pub fn configmap_data(file: &EndpointsFile, remote_path: &str) -> BTreeMap<String, String> {
+pub fn configmap_data(file: &EndpointsFile, plugin_dir: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (ENDPOINTS_KEY.to_string(), file.render()),
         (
             PLUGINS_YAML_KEY.to_string(),
-            hector_config(file, remote_path),
+            hector_config(file, plugin_dir),
         ),
     ])
 }
@@ -242,9 +284,9 @@ pub fn render_bounded(
     sources: &[Source<'_>],
     previous: Option<&EndpointsFile>,
     now: Timestamp,
-    remote_path: &str,
+    plugin_dir: &str,
 ) -> Bounded {
-    render_within(namespace, sources, previous, now, remote_path, DATA_BUDGET)
+    render_within(namespace, sources, previous, now, plugin_dir, DATA_BUDGET)
 }
 
 /// [`render_bounded`] with another budget (for tests and other limits).
@@ -253,16 +295,16 @@ pub fn render_within(
     sources: &[Source<'_>],
     previous: Option<&EndpointsFile>,
     now: Timestamp,
-    remote_path: &str,
+    plugin_dir: &str,
     budget: usize,
 ) -> Bounded {
     let full = render(namespace, sources, previous, now);
-    fit_by_layout(&full, remote_path, budget).unwrap_or_else(|| {
+    fit_by_layout(&full, plugin_dir, budget).unwrap_or_else(|| {
         tracing::warn!(
             namespace,
             "endpoints sizes do not add up as measured; fitting the slow way"
         );
-        fit_exact(full, remote_path, budget)
+        fit_exact(full, plugin_dir, budget)
     })
 }
 
@@ -275,8 +317,8 @@ fn with_plugins(head: &EndpointsFile, plugins: BTreeMap<String, PublishedPlugin>
     }
 }
 
-fn measure(file: &EndpointsFile, remote_path: &str) -> usize {
-    data_size(&configmap_data(file, remote_path))
+fn measure(file: &EndpointsFile, plugin_dir: &str) -> usize {
+    data_size(&configmap_data(file, plugin_dir))
 }
 
 /// How rendered sizes add up. An entry added to a non-empty document takes other than it
@@ -303,7 +345,7 @@ struct Correction {
 }
 
 impl Layout {
-    fn measure(head: &EndpointsFile, remote_path: &str) -> Self {
+    fn measure(head: &EndpointsFile, plugin_dir: &str) -> Self {
         let stand_in = |name: &str, plugin_type: &str| {
             (
                 name.to_string(),
@@ -319,7 +361,7 @@ impl Layout {
         let size = |entries: &[(String, PublishedPlugin)]| {
             measure(
                 &with_plugins(head, entries.iter().cloned().collect()),
-                remote_path,
+                plugin_dir,
             )
         };
         let empty = size(&[]);
@@ -357,15 +399,15 @@ impl Layout {
 
 /// The greedy fit in name order, sizing each entry once alone; `None` if the sizes did not
 /// add up to the real rendering (a serializer no longer formats as [`Layout`] measured).
-fn fit_by_layout(full: &EndpointsFile, remote_path: &str, budget: usize) -> Option<Bounded> {
-    let layout = Layout::measure(full, remote_path);
+fn fit_by_layout(full: &EndpointsFile, plugin_dir: &str, budget: usize) -> Option<Bounded> {
+    let layout = Layout::measure(full, plugin_dir);
     let mut kept = BTreeMap::new();
     let mut sections = BTreeSet::new();
     let mut left_out = Vec::new();
     let mut size = layout.empty;
     for (name, entry) in &full.plugins {
         let one = with_plugins(full, BTreeMap::from([(name.clone(), entry.clone())]));
-        let alone = measure(&one, remote_path).saturating_sub(layout.empty);
+        let alone = measure(&one, plugin_dir).saturating_sub(layout.empty);
         let section = hector_section(&entry.plugin_type);
         let correction = if kept.is_empty() {
             Correction::default()
@@ -387,7 +429,7 @@ fn fit_by_layout(full: &EndpointsFile, remote_path: &str, budget: usize) -> Opti
         }
     }
     let file = with_plugins(full, kept);
-    let data = configmap_data(&file, remote_path);
+    let data = configmap_data(&file, plugin_dir);
     (data_size(&data) == size).then_some(Bounded {
         file,
         data,
@@ -397,20 +439,20 @@ fn fit_by_layout(full: &EndpointsFile, remote_path: &str, budget: usize) -> Opti
 
 /// The same greedy fit, rendering the whole document for every entry: slow, but exact
 /// whatever the format. Only used when [`fit_by_layout`] finds its sums wrong.
-fn fit_exact(full: EndpointsFile, remote_path: &str, budget: usize) -> Bounded {
-    let empty = measure(&with_plugins(&full, BTreeMap::new()), remote_path);
+fn fit_exact(full: EndpointsFile, plugin_dir: &str, budget: usize) -> Bounded {
+    let empty = measure(&with_plugins(&full, BTreeMap::new()), plugin_dir);
     let mut file = with_plugins(&full, BTreeMap::new());
     let mut left_out = Vec::new();
     for (name, entry) in full.plugins {
         let one = with_plugins(&file, BTreeMap::from([(name.clone(), entry.clone())]));
-        let alone = measure(&one, remote_path).saturating_sub(empty);
+        let alone = measure(&one, plugin_dir).saturating_sub(empty);
         file.plugins.insert(name.clone(), entry);
-        if measure(&file, remote_path) > budget {
+        if measure(&file, plugin_dir) > budget {
             file.plugins.remove(&name);
             left_out.push(LeftOut { name, bytes: alone });
         }
     }
-    let data = configmap_data(&file, remote_path);
+    let data = configmap_data(&file, plugin_dir);
     Bounded {
         file,
         data,
@@ -633,27 +675,73 @@ mod tests {
     }
 
     #[test]
-    fn hector_config_uses_the_remote_executable_and_string_addresses() {
-        let llm = fixtures::plugin(fixtures::LLM);
+    fn hector_config_gives_every_plugin_its_own_path_in_its_types_section() {
         let up = state(&["10.0.0.1:50051"]);
-        let file = render(
-            "agents",
-            &[Source {
-                plugin: &llm,
-                state: Some(&up),
-            }],
-            None,
-            t(1),
-        );
-        let yaml = hector_config(&file, "/usr/local/bin/hector-plugin-remote");
+        let typed = |name: &str, t: PluginTypeName| {
+            let mut p = fixtures::plugin(fixtures::LLM);
+            p.metadata.name = Some(name.into());
+            p.spec.manifest.plugin_type = t;
+            p
+        };
+        let plugins = [
+            typed("my-llm", PluginTypeName::LlmProvider),
+            typed("vectors", PluginTypeName::DatabaseProvider),
+            typed("embed", PluginTypeName::EmbedderProvider),
+        ];
+        let file = render("agents", &sources(&plugins, &up), None, t(1));
+        let yaml = hector_config(&file, DEFAULT_PLUGIN_DIR);
         let parsed: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
-        let entry = &parsed["plugins"]["llm_providers"]["my-llm"];
-        assert_eq!(entry["name"], "my-llm");
-        assert_eq!(entry["type"], "grpc");
-        assert_eq!(entry["enabled"], true);
-        assert_eq!(entry["path"], "/usr/local/bin/hector-plugin-remote");
-        assert_eq!(entry["config"]["remote_address"], "my-llm.agents.svc:50051");
-        assert!(!yaml.contains("api_key"), "no config values: {yaml}");
+        for (section, name) in [
+            ("llm_providers", "my-llm"),
+            ("database_providers", "vectors"),
+            ("embedder_providers", "embed"),
+        ] {
+            let entry = &parsed["plugins"][section][name];
+            assert_eq!(
+                entry,
+                &serde_json::json!({
+                    "name": name,
+                    "type": "grpc",
+                    "path": format!("/opt/hector/plugins/{name}"),
+                    "enabled": true,
+                }),
+                "{yaml}"
+            );
+        }
+        // Nothing else: no config values (secrets live in the plugin's resource), and no
+        // shared executable path that would need one manifest for several types.
+        assert_eq!(parsed["plugins"].as_object().map(|o| o.len()), Some(3));
+        assert!(
+            !yaml.contains("api_key") && !yaml.contains("config"),
+            "{yaml}"
+        );
+        assert!(
+            yaml.contains("hector-plugin-remote install --into /opt/hector/plugins"),
+            "{yaml}"
+        );
+    }
+
+    #[test]
+    fn the_plugin_dir_must_be_a_plain_absolute_path() {
+        assert_eq!(
+            parse_plugin_dir("/opt/hector/plugins/").as_deref(),
+            Ok("/opt/hector/plugins")
+        );
+        assert_eq!(parse_plugin_dir("/p").as_deref(), Ok("/p"));
+        for (bad, reason) in [
+            ("opt/hector", "not an absolute path"),
+            ("", "not an absolute path"),
+            ("/", "is not a plugin directory"),
+            ("//", "is not a plugin directory"),
+            ("/opt/../etc", "`..` segment"),
+            ("/opt/./x", "`..` segment"),
+            ("/opt//x", "`..` segment"),
+            ("/opt/x\ny", "control character"),
+        ] {
+            let err = parse_plugin_dir(bad).expect_err(bad);
+            assert!(err.contains(reason), "{bad:?}: {err}");
+        }
+        assert_eq!(plugin_path("/p", "echo"), "/p/echo");
     }
 
     #[test]

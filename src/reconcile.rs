@@ -27,12 +27,13 @@ use crate::build::{self, BuildError, PLUGIN_LABEL, Settings};
 use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
 use crate::index::{Facts, PluginKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PluginState};
 use crate::mounts;
 use crate::ownership::{self, conflict_message, controlled_by};
 use crate::probe::{Identity, ProbeSpec, Prober};
 use crate::publish;
 use crate::readiness::Readiness;
+use crate::rollout::{self, pod_ready};
 use crate::status::{self, ConfigVerdict, Failure, Inputs, Rollout};
 
 /// Label on everything the operator writes, so its watches see only its own objects.
@@ -50,8 +51,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Name of the endpoints ConfigMap in each namespace.
     pub configmap: String,
-    /// Path of the remote-plugin executable written into `plugins.yaml`.
-    pub remote_path: String,
+    /// Directory of the per-plugin remote executables named in `plugins.yaml`.
+    pub plugin_dir: String,
     /// Probes.
     pub prober: Arc<Prober>,
     /// Metrics.
@@ -112,9 +113,21 @@ pub struct Ctx {
     network_policies: Store<NetworkPolicy>,
     configmaps: Store<ConfigMap>,
     mount_events: Store<CoreEvent>,
-    publish: mpsc::UnboundedSender<String>,
+    publish: PublishRequests,
     /// True once every watch cache has its first full list.
     synced: watch::Receiver<bool>,
+}
+
+/// Requests to publish a namespace, each stamped with when it was made: the publisher
+/// reports how long its oldest unserved request waited for the ConfigMap write.
+#[derive(Clone)]
+struct PublishRequests(mpsc::UnboundedSender<(String, Instant)>);
+
+impl PublishRequests {
+    /// Asks the publisher to render `namespace` again.
+    fn send(&self, namespace: String) -> Result<(), mpsc::error::SendError<(String, Instant)>> {
+        self.0.send((namespace, Instant::now()))
+    }
 }
 
 /// Why a reconcile failed (it is retried).
@@ -253,6 +266,13 @@ fn resolve_config(plugin: &HectorPlugin) -> (ConfigVerdict, Option<ResolvedConfi
             None,
         );
     }
+    if let Err(errors) = build::check_pod_template(&spec.pod_template) {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        return (
+            ConfigVerdict::Invalid("InvalidPodTemplate", text.join("; ")),
+            None,
+        );
+    }
     let mut message = format!(
         "{} key(s), {} from Secrets",
         resolved.values.len() + resolved.secrets.len(),
@@ -275,13 +295,6 @@ enum Claim<K> {
     Taken(String),
 }
 
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// `ip:port`, with IPv6 addresses in brackets.
 fn endpoint_address(ip: &str, port: i32) -> String {
     if ip.contains(':') {
@@ -297,29 +310,6 @@ fn pod_started(p: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.started == Some(true)))
-}
-
-/// Why a Pod's containers are not running, e.g. `plugin: CrashLoopBackOff`.
-fn waiting_reasons(p: &Pod) -> Vec<String> {
-    let Some(status) = &p.status else {
-        return vec![];
-    };
-    let statuses = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    statuses
-        .filter_map(|c| {
-            let waiting = c.state.as_ref()?.waiting.as_ref()?;
-            let reason = waiting.reason.as_deref()?;
-            // Normal steps of a starting Pod are not worth reporting.
-            if matches!(reason, "ContainerCreating" | "PodInitializing") {
-                return None;
-            }
-            Some(format!("{}: {reason}", c.name))
-        })
-        .collect()
 }
 
 impl Ctx {
@@ -365,29 +355,17 @@ impl Ctx {
             return Rollout::NotApplied;
         };
         let pods = self.plugin_pods(plugin);
-        let observed = d
-            .status
-            .as_ref()
-            .and_then(|s| s.observed_generation)
-            .zip(d.metadata.generation)
-            .is_some_and(|(o, g)| o >= g);
-        let updated = if observed {
-            d.status
-                .as_ref()
-                .and_then(|s| s.updated_replicas)
-                .unwrap_or(0)
-        } else {
-            0
+        // The ReplicaSets of the live Deployment (the one passed may be what was just applied).
+        let sets: Vec<Arc<ReplicaSet>> = match self
+            .own_deployment(plugin)
+            .and_then(|live| live.metadata.uid.clone())
+        {
+            Some(uid) => self
+                .replicasets
+                .state_filter(|rs| controlled_by(&rs.metadata, &uid)),
+            None => vec![],
         };
-        let mut waiting: Vec<String> = pods.iter().flat_map(|p| waiting_reasons(p)).collect();
-        waiting.sort();
-        waiting.dedup();
-        Rollout::Pods {
-            desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-            updated,
-            ready: i32::try_from(pods.iter().filter(|p| pod_ready(p)).count()).unwrap_or(i32::MAX),
-            waiting,
-        }
+        Rollout::Pods(rollout::observe(d, &sets, &pods))
     }
 
     /// Missing Secrets or Secret keys, as the kubelet reports them for the plugin's Pods
@@ -730,7 +708,7 @@ impl Ctx {
     fn forget(&self, plugin: &HectorPlugin) {
         let key = key_of(plugin);
         self.shared.prober.forget(&key);
-        self.shared.metrics.set_phase(&key, None);
+        self.shared.metrics.forget_plugin(&key);
         lock(&self.shared.written).remove(&key);
         lock(&self.shared.left_out).remove(&key);
         let _ = self.publish.send(key.namespace);
@@ -863,9 +841,22 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         configmap: &ctx.shared.configmap,
         failure,
         publication,
+        replicas: spec.replicas,
+        selector: (!external).then(|| build::selector_string(plugin)),
     };
     let desired = status::compute(&inputs, current.as_ref(), Timestamp::now());
-    ctx.shared.metrics.set_phase(&key, desired.phase);
+    ctx.shared.metrics.set_plugin(
+        &key,
+        PluginState {
+            phase: desired.phase,
+            desired_endpoints: if external {
+                1
+            } else {
+                usize::try_from(spec.replicas).unwrap_or(0)
+            },
+            ready_endpoints: desired.endpoints.len(),
+        },
+    );
     // The publisher renders from the same index, in its own task: agents learn of a change
     // without waiting for the status write and its Events.
     let _ = ctx.publish.send(key.namespace.clone());
@@ -950,7 +941,7 @@ impl Retries {
 async fn publish_loop(
     ctx: Arc<Ctx>,
     scope: Scope,
-    mut dirty: mpsc::UnboundedReceiver<String>,
+    mut dirty: mpsc::UnboundedReceiver<(String, Instant)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !ctx.caches_ready().await {
@@ -959,13 +950,18 @@ async fn publish_loop(
     let mut written = publish::WrittenByNamespace::new();
     let mut retries = Retries::default();
     let mut tick = tokio::time::interval(PUBLISH_RESYNC);
+    // The first request of each namespace not yet served by a publication.
+    let mut asked: HashMap<String, Instant> = HashMap::new();
     loop {
         let mut namespaces = BTreeSet::new();
         let retry_at = retries.next();
         tokio::select! {
             _ = shutdown.changed() => return,
             ns = dirty.recv() => match ns {
-                Some(ns) => { namespaces.insert(ns); }
+                Some((ns, at)) => {
+                    asked.entry(ns.clone()).or_insert(at);
+                    namespaces.insert(ns);
+                }
                 None => return,
             },
             _ = tick.tick() => {
@@ -986,7 +982,8 @@ async fn publish_loop(
                 }
             } => {}
         }
-        while let Ok(ns) = dirty.try_recv() {
+        while let Ok((ns, at)) = dirty.try_recv() {
+            asked.entry(ns.clone()).or_insert(at);
             namespaces.insert(ns);
         }
         namespaces.extend(retries.ready());
@@ -1000,7 +997,14 @@ async fn publish_loop(
                 continue;
             }
             match publish_namespace(&ctx, &ns, &mut written).await {
-                Ok(()) => retries.succeeded(&ns),
+                Ok(wrote) => {
+                    retries.succeeded(&ns);
+                    if let Some(at) = asked.remove(&ns)
+                        && wrote
+                    {
+                        ctx.shared.metrics.published_after(at.elapsed());
+                    }
+                }
                 Err(e) if e.to_string().contains("leader lease") => return,
                 Err(e) => {
                     let wait = retries.failed(&ns);
@@ -1020,6 +1024,9 @@ fn collect_garbage(ctx: &Ctx, scope: &Scope) {
             ctx.shared.prober.forget(&key);
         }
     }
+    ctx.shared
+        .metrics
+        .retain_plugins(|key| !scope.covers(&key.namespace) || present.contains(key));
 }
 
 /// Labels that mark the endpoints ConfigMap as the operator's own.
@@ -1067,11 +1074,12 @@ fn set_left_out(
     }
 }
 
+/// Renders `ns`'s endpoints ConfigMap and writes it when it changed; true when it wrote.
 async fn publish_namespace(
     ctx: &Ctx,
     ns: &str,
     written: &mut publish::WrittenByNamespace,
-) -> Result<(), kube::Error> {
+) -> Result<bool, kube::Error> {
     let name = &ctx.shared.configmap;
     let plugins: Vec<Arc<HectorPlugin>> = ctx
         .plugins
@@ -1086,7 +1094,7 @@ async fn publish_namespace(
         .get(&ObjectRef::new(name).within(ns))
         .filter(|c| is_our_endpoints(c));
     if plugins.is_empty() && current.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     if current.is_none() {
         // Not in the cache (which holds only our labelled objects): someone else's ConfigMap
@@ -1102,7 +1110,7 @@ async fn publish_namespace(
                     .map(|p| (p.name_any(), ("NameConflict", message.clone())))
                     .collect();
                 set_left_out(ctx, ns, &plugins, left);
-                return Ok(());
+                return Ok(false);
             }
             current = Some(Arc::new(other));
         }
@@ -1125,7 +1133,7 @@ async fn publish_namespace(
         &sources,
         previous.as_ref(),
         Timestamp::now(),
-        &ctx.shared.remote_path,
+        &ctx.shared.plugin_dir,
     );
     let left: BTreeMap<String, (&'static str, String)> = left_out
         .iter()
@@ -1141,7 +1149,14 @@ async fn publish_namespace(
         .collect();
     set_left_out(ctx, ns, &plugins, left);
     let published: usize = file.plugins.values().map(|p| p.endpoints.len()).sum();
-    ctx.shared.metrics.set_published(ns, published);
+    ctx.shared.metrics.set_published(
+        ns,
+        plugins.iter().map(|p| {
+            let name = p.name_any();
+            let count = file.plugins.get(&name).map_or(0, |e| e.endpoints.len());
+            (name, count)
+        }),
+    );
     let empty = BTreeMap::new();
     let live = current.as_deref().map(|c| {
         (
@@ -1150,7 +1165,7 @@ async fn publish_namespace(
         )
     });
     if !publish::needs_write(&data, live, written.get_mut(ns)) {
-        return Ok(());
+        return Ok(false);
     }
     let cm = ConfigMap {
         metadata: ObjectMeta {
@@ -1193,7 +1208,7 @@ async fn publish_namespace(
             caught_up: false,
         },
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Records in `/readyz`, the log and the metrics whether a watch lists and watches; a
@@ -1267,7 +1282,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         network_policies,
         configmaps,
         mount_events,
-        publish: publish_tx,
+        publish: PublishRequests(publish_tx),
         synced,
     });
 
@@ -1466,6 +1481,32 @@ mod tests {
         let (verdict, resolved) = resolve_config(&fixtures::plugin(fixtures::LLM));
         assert!(matches!(verdict, ConfigVerdict::Valid(_)), "{verdict:?}");
         assert!(resolved.is_some());
+    }
+
+    /// A refused `spec.podTemplate` is a configuration verdict naming the field, and nothing
+    /// is built from it.
+    #[test]
+    fn an_invalid_pod_template_is_a_config_verdict_with_field_paths() {
+        let yaml = fixtures::LLM.replace(
+            "  image:",
+            "  podTemplate: {metadata: {annotations: {hector.dev/config-hash: x}}, container: {volumeMounts: [{name: nope, mountPath: /x}]}}\n  image:",
+        );
+        let (verdict, resolved) = resolve_config(&fixtures::plugin(&yaml));
+        assert!(resolved.is_none(), "nothing is applied");
+        let ConfigVerdict::Invalid(reason, message) = verdict else {
+            panic!("an invalid overlay must not be valid: {verdict:?}");
+        };
+        assert_eq!(reason, "InvalidPodTemplate");
+        assert!(
+            message.contains(
+                "spec.podTemplate.metadata.annotations[\"hector.dev/config-hash\"]: reserved"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("spec.podTemplate.container.volumeMounts[0].name: \"nope\""),
+            "{message}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -54,9 +54,10 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_pull_policy, default_value = "IfNotPresent")]
     pub launcher_pull_policy: ImagePullPolicy,
 
-    /// Path of the agent-side remote-plugin executable, as written into `plugins.yaml`.
-    #[arg(long, default_value = "/usr/local/bin/hector-plugin-remote")]
-    pub remote_path: String,
+    /// Directory where agents lay out one copy of `hector-plugin-remote` per plugin, with its
+    /// manifest (`hector-plugin-remote install --into DIR`); `plugins.yaml` names `DIR/NAME`.
+    #[arg(long, default_value = crate::publish::DEFAULT_PLUGIN_DIR, value_parser = crate::publish::parse_plugin_dir)]
+    pub plugin_dir: String,
 
     /// File holding the operator's ServiceAccount token for audience `hector.dev/plugins`,
     /// which the prober presents to plugins (default: `HECTOR_PLUGIN_TOKEN_FILE`, else
@@ -326,7 +327,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             "/metrics",
             get(move || {
                 let m = Arc::clone(&m);
-                async move { m.render() }
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        m.render(),
+                    )
+                }
             }),
         ),
     )
@@ -416,7 +425,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             client: fenced.clone(),
             settings: settings.clone(),
             configmap: args.endpoints_configmap.clone(),
-            remote_path: args.remote_path.clone(),
+            plugin_dir: args.plugin_dir.clone(),
             prober: Arc::clone(&prober),
             metrics: Arc::clone(&metrics),
             recorder: recorder.clone(),
@@ -545,6 +554,28 @@ mod tests {
                 .get("app.kubernetes.io/instance")
                 .map(String::as_str),
             Some("y")
+        );
+    }
+
+    #[test]
+    fn the_plugin_dir_defaults_to_the_agent_recipes_and_refuses_relative_paths() {
+        let cli = Cli::try_parse_from(["hector-operator"]).expect("parses");
+        assert_eq!(cli.run.plugin_dir, "/opt/hector/plugins");
+        let cli =
+            Cli::try_parse_from(["hector-operator", "--plugin-dir=/srv/plugins/"]).expect("parses");
+        assert_eq!(cli.run.plugin_dir, "/srv/plugins");
+        let err = Cli::try_parse_from(["hector-operator", "--plugin-dir=plugins"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("--plugin-dir") && err.contains("not an absolute path"),
+            "{err}"
+        );
+        // The old flag named one shared executable, which Hector cannot load for several
+        // plugin types; it is gone rather than silently reinterpreted.
+        assert!(
+            Cli::try_parse_from(["hector-operator", "--remote-path=/usr/local/bin/x"]).is_err()
         );
     }
 

@@ -345,16 +345,16 @@ fn agent_container(agent: &Value, name: &str, command: &[&str]) -> Value {
 }
 
 /// (b) an agent Pod of the examples/agent shape — ConfigMap mounted, hector-plugin-remote
-/// copied in by an init container, a discovery directory laid out by another — finds and
-/// calls the published plugin from inside the cluster; (g) `hectorctl endpoints` and `call
-/// --plugin` from here.
+/// copied in and a copy per plugin with its manifest laid out by init containers, kept
+/// current by the sidecar — finds and calls the published plugin from inside the cluster;
+/// (g) `hectorctl endpoints` and `call --plugin` from here.
 ///
-/// The agent's containers run, in place of one Hector: a go-plugin host that loads plugins as
-/// Hector's loader does (from the go-llm test image) through `hector-plugin-remote` at the
-/// path the published plugins.yaml names and through the discovered copy; and `hectorctl`
-/// (from the operator's image): `call --plugin` through the Kubernetes API (the example's
-/// ServiceAccount and Role), `call --plugin` through the mounted endpoints.json, `endpoints`,
-/// `discover` on the laid-out directory.
+/// The agent's containers run, in place of one Hector: the Go host that loads plugins as
+/// Hector's component manager does (from the go-llm test image), from the published
+/// plugins.yaml and by discovery; and `hectorctl` (from the operator's image): `call
+/// --plugin` through the Kubernetes API (the example's ServiceAccount and Role), `call
+/// --plugin` through the mounted endpoints.json, `endpoints`, `discover` on the laid-out
+/// directory.
 #[tokio::test]
 async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
     let client = client().await;
@@ -454,23 +454,25 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
         agent_container(
             &agent,
             "remote",
-            &["/usr/local/bin/hector-plugin-remote", "--version"]
+            &["/opt/hector/bin/hector-plugin-remote", "--version"]
         ),
-        // A go-plugin host doing what Hector's loader does, inside the agent Pod: it executes
-        // hector-plugin-remote at the path the published plugins.yaml names, with that
-        // entry's remote_address (the Service's DNS name)...
+        // A host doing what Hector's component manager does, inside the agent Pod: it loads
+        // the published plugins.yaml (the copy at the path it names, after that copy's
+        // manifest)...
         hector_container(
             &agent,
             "hector",
-            &[
-                "-config",
-                &json!({"remote_address": format!("echo.{}.svc:50051", ns.name)}).to_string(),
-                "/usr/local/bin/hector-plugin-remote",
-            ]
+            &["-hector-config", "/etc/hector/plugins/plugins.yaml"],
+            &LLM_OPS,
         ),
-        // ...and the copy laid out for plugin discovery, which finds its plugin by its own name
-        // in the mounted endpoints.json.
-        hector_container(&agent, "hector-discovered", &["/opt/hector/plugins/echo"]),
+        // ...and what plugin discovery finds in the laid-out directory; each copy finds its
+        // plugin by its own name in the mounted endpoints.json.
+        hector_container(
+            &agent,
+            "hector-discovered",
+            &["-discover", "/opt/hector/plugins"],
+            &LLM_OPS,
+        ),
     ]);
     spec["restartPolicy"] = json!("Never");
     let pod: Pod = serde_json::from_value(json!({
@@ -495,6 +497,7 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
     for c in [
         "install-remote",
         "install-plugins",
+        "plugin-installer",
         "agent",
         "mounted",
         "endpoints",
@@ -517,6 +520,10 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
     assert!(
         logs["install-plugins"].contains("installed /opt/hector/plugins/echo"),
         "{logs:#?}"
+    );
+    assert!(
+        logs["plugin-installer"].contains("up to date /opt/hector/plugins/echo"),
+        "the sidecar found the directory current: {logs:#?}"
     );
     let agent_log = &logs["agent"];
     assert_eq!(
@@ -554,29 +561,303 @@ async fn an_agent_pod_finds_and_calls_published_plugins() -> TestResult {
         "{logs:#?}"
     );
     for host in ["hector", "hector-discovered"] {
-        let lines: Vec<Value> = logs[host]
-            .lines()
-            .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect();
-        assert_llm_session(&lines, &logs[host], "agent: hello from the agent pod");
+        let lines = json_lines(&logs[host]);
+        assert_hector_llm_session(
+            &lines,
+            &logs[host],
+            "echo",
+            "agent: hello from the agent pod",
+        );
     }
     Ok(())
 }
 
-/// A container of the agent Pod running the go-plugin host from the go-llm test image (it
-/// loads plugins exactly as Hector's loader does) on an LLM session, then `Kill`.
-fn hector_container(agent: &Value, name: &str, args: &[&str]) -> Value {
-    let mut command = vec![
-        "/usr/local/bin/go-loader",
-        "-op",
-        "generate:hello from the agent pod",
-        "-op",
-        "stream:hello from the agent pod",
-        "-op",
-        "health",
-    ];
-    command.extend(args);
+/// The calls of an LLM session in the agent Pod (Hector mode: `PLUGIN/OP`).
+const LLM_OPS: [&str; 3] = [
+    "echo/generate:hello from the agent pod",
+    "echo/stream:hello from the agent pod",
+    "echo/health",
+];
+
+/// The JSON lines of a host's log.
+fn json_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// The Hector-mode host's line for `op` of `plugin`.
+fn plugin_line<'a>(lines: &'a [Value], plugin: &str, op: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["op"] == op && l["plugin"] == plugin)
+        .unwrap_or_else(|| panic!("no {op} line of {plugin} in {lines:#?}"))
+}
+
+/// Checks a Hector-mode LLM session of `plugin`: loaded as an llm_provider from
+/// `/opt/hector/plugins/PLUGIN`, Generate, GenerateStreaming, Health, Kill.
+fn assert_hector_llm_session(lines: &[Value], log: &str, plugin: &str, expect: &str) {
+    let load = plugin_line(lines, plugin, "load");
+    assert_eq!(load["ok"], true, "{lines:#?}\n{log}");
+    assert_eq!(load["type"], "llm_provider");
+    assert_eq!(load["path"], format!("/opt/hector/plugins/{plugin}"));
+    assert_eq!(plugin_line(lines, plugin, "generate")["text"], expect);
+    let stream = plugin_line(lines, plugin, "stream");
+    assert_eq!(stream["text"], expect, "the chunks add up to the answer");
+    assert_eq!(
+        stream["chunks"],
+        expect.split(' ').count() + 1,
+        "a chunk per word and DONE: {stream}"
+    );
+    assert_eq!(plugin_line(lines, plugin, "health")["healthy"], true);
+    assert_eq!(
+        plugin_line(lines, plugin, "kill")["exited"],
+        true,
+        "go-plugin's Kill ends the process"
+    );
+    assert!(!log.contains("[ERROR]"), "{log}");
+}
+
+fn database_spec() -> Value {
+    json!({
+        "manifest": {"name": "memory-db", "version": "0.1.0", "type": "database_provider"},
+        "image": format!("hector.dev/memory-db:{IMAGE_TAG}"),
+        "imagePullPolicy": "Never",
+        "command": ["/plugin/memory-db"],
+        "health": {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2},
+    })
+}
+
+/// The calls each host of the three-plugin Pod makes; `C` is its own collection (the hosts
+/// run side by side against the same database).
+fn three_type_ops(collection: &str) -> Vec<String> {
+    [
+        "echo/generate:three of a kind",
+        "echo/health",
+        "embed/embed:remote vectors",
+        "embed/info",
+        "vectors/create:C:3",
+        "vectors/upsert:C:east:1,0,0:content=alpha",
+        "vectors/upsert:C:north:0,1,0:content=beta",
+        "vectors/search:C:0.9,0.1,0:1",
+        "vectors/upsert:C:bad:1",
+        "vectors/health",
+    ]
+    .iter()
+    .map(|op| op.replace(":C:", &format!(":{collection}:")))
+    .collect()
+}
+
+/// Checks a Hector-mode session of the three-plugin Pod over `collection`.
+fn assert_three_types(lines: &[Value], log: &str, collection: &str) {
+    for (name, kind) in [
+        ("echo", "llm_provider"),
+        ("embed", "embedder_provider"),
+        ("vectors", "database_provider"),
+    ] {
+        let load = plugin_line(lines, name, "load");
+        assert_eq!(load["ok"], true, "{lines:#?}\n{log}");
+        assert_eq!(load["type"], kind, "dispensed by its manifest's type");
+        assert_eq!(load["path"], format!("/opt/hector/plugins/{name}"));
+        assert_eq!(plugin_line(lines, name, "kill")["exited"], true);
+    }
+    assert_eq!(
+        plugin_line(lines, "echo", "generate")["text"],
+        "pod: three of a kind"
+    );
+    assert_eq!(plugin_line(lines, "echo", "health")["healthy"], true);
+    let embedded = plugin_line(lines, "embed", "embed");
+    assert_eq!(embedded["vector"].as_array().map(Vec::len), Some(8));
+    assert_eq!(plugin_line(lines, "embed", "info")["dimension"], 8);
+    assert_eq!(plugin_line(lines, "vectors", "create")["ok"], true);
+    let found = plugin_line(lines, "vectors", "search");
+    assert_eq!(found["ok"], true, "{found}");
+    assert_eq!(found["results"][0]["id"], "east");
+    assert_eq!(found["results"][0]["metadata"]["content"], "alpha");
+    let refused = lines
+        .iter()
+        .find(|l| l["op"] == "upsert" && l["ok"] == false)
+        .unwrap_or_else(|| panic!("no refused upsert in {lines:#?}"));
+    assert_eq!(
+        refused["error"],
+        format!("collection \"{collection}\": vector has 1 dimensions, the collection 3")
+    );
+    assert_eq!(plugin_line(lines, "vectors", "health")["healthy"], true);
+}
+
+/// (h) Three plugins of three types in one namespace, published by the operator, loaded in an
+/// agent Pod built from examples/agent/agent.yaml exactly as Hector's component manager loads
+/// them: from the published plugins.yaml (each entry's `<path>.plugin.yaml` first, dispensed
+/// by its type, held to its section) and by discovery of /opt/hector/plugins. Then a fourth
+/// plugin is published while the Pod runs: the recipe's sidecar lays out its copy and
+/// manifest, and the mounted plugins.yaml names it.
+#[tokio::test]
+async fn an_agent_pod_loads_llm_embedder_and_database_plugins_as_hector_does() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "agent-types").await;
+    apply_plugin(&client, &ns.name, "echo", echo_spec(1, "pod: ")).await;
+    apply_plugin(&client, &ns.name, "embed", embedder_spec(8)).await;
+    apply_plugin(&client, &ns.name, "vectors", database_spec()).await;
+    for name in ["echo", "embed", "vectors"] {
+        wait_published(&client, &ns.name, name, 1).await;
+    }
+
+    // The published fragment: one path per plugin, in its type's section.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let fragment = cms
+        .get(ENDPOINTS_CM)
+        .await?
+        .data
+        .and_then(|mut d| d.remove(hector_plugin_sdk::endpoints::PLUGINS_YAML_KEY))
+        .ok_or("no plugins.yaml")?;
+    let parsed: Value = serde_norway::from_str(&fragment)?;
+    for (section, name) in [
+        ("llm_providers", "echo"),
+        ("embedder_providers", "embed"),
+        ("database_providers", "vectors"),
+    ] {
+        assert_eq!(
+            parsed["plugins"][section][name],
+            json!({"name": name, "type": "grpc", "path": format!("/opt/hector/plugins/{name}"),
+                   "enabled": true}),
+            "{fragment}"
+        );
+    }
+
+    // The recipe's objects; its agent container becomes the Go host, twice, and a shell that
+    // waits for the plugin published later.
+    let example = agent_example();
+    let pp = PostParams::default();
+    let sa: ServiceAccount = serde_json::from_value(example["ServiceAccount"].clone())?;
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .create(&pp, &sa)
+        .await?;
+    let deployment: Deployment = serde_json::from_value(example["Deployment"].clone())?;
+    let template = serde_json::to_value(deployment.spec.ok_or("spec")?.template)?;
+    let mut spec = template["spec"].clone();
+    let agent = spec["containers"][0].clone();
+    assert_eq!(
+        spec["initContainers"][2]["restartPolicy"], "Always",
+        "the recipe's installer is a sidecar"
+    );
+    let fragment_ops = three_type_ops("from-fragment");
+    let discovery_ops = three_type_ops("from-discovery");
+    let fragment_ops: Vec<&str> = fragment_ops.iter().map(String::as_str).collect();
+    let discovery_ops: Vec<&str> = discovery_ops.iter().map(String::as_str).collect();
+    let mut waiter = agent_container(
+        &agent,
+        "late",
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 300 ]; do \
+           if [ -f /opt/hector/plugins/late.plugin.yaml ] && \
+              busybox grep -q 'path: /opt/hector/plugins/late' /etc/hector/plugins/plugins.yaml; then \
+             cat /opt/hector/plugins/late.plugin.yaml; exit 0; fi; \
+           sleep 1; i=$((i+1)); done; echo 'late was never laid out'; exit 1",
+        ],
+    );
+    waiter["image"] = json!(format!("hector.dev/busybox:{IMAGE_TAG}"));
+    waiter["imagePullPolicy"] = json!("Never");
+    spec["containers"] = json!([
+        hector_container(
+            &agent,
+            "fragment",
+            &["-hector-config", "/etc/hector/plugins/plugins.yaml"],
+            &fragment_ops,
+        ),
+        hector_container(
+            &agent,
+            "discovery",
+            &["-discover", "/opt/hector/plugins"],
+            &discovery_ops,
+        ),
+        waiter,
+    ]);
+    spec["restartPolicy"] = json!("Never");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "agent", "labels": template["metadata"]["labels"]},
+        "spec": spec,
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&pp, &pod).await?;
+
+    // Once both hosts are done, a fourth plugin is published.
+    eventually("both hosts to finish", Duration::from_secs(120), || async {
+        let statuses = pods.get("agent").await.ok()?.status?.container_statuses?;
+        let done = |name: &str| {
+            statuses.iter().any(|s| {
+                s.name == name && s.state.as_ref().is_some_and(|st| st.terminated.is_some())
+            })
+        };
+        (done("fragment") && done("discovery")).then_some(())
+    })
+    .await;
+    apply_plugin(&client, &ns.name, "late", echo_spec(1, "late: ")).await;
+    wait_published(&client, &ns.name, "late", 1).await;
+    // kubelet brings the ConfigMap volume up to date at its next sync (up to about a minute
+    // and a half), then the sidecar lays the copy out within its interval.
+    let phase = eventually(
+        "the agent Pod to finish",
+        Duration::from_secs(330),
+        || async {
+            let phase = pods.get("agent").await.ok()?.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        },
+    )
+    .await;
+    let mut logs = BTreeMap::new();
+    for c in [
+        "install-plugins",
+        "plugin-installer",
+        "fragment",
+        "discovery",
+        "late",
+    ] {
+        let lp = LogParams {
+            container: Some(c.to_string()),
+            ..Default::default()
+        };
+        logs.insert(c, pods.logs("agent", &lp).await.unwrap_or_default());
+    }
+    assert_eq!(phase, "Succeeded", "{logs:#?}");
+    for name in ["echo", "embed", "vectors"] {
+        assert!(
+            logs["install-plugins"].contains(&format!("installed /opt/hector/plugins/{name}")),
+            "{logs:#?}"
+        );
+    }
+    assert_three_types(
+        &json_lines(&logs["fragment"]),
+        &logs["fragment"],
+        "from-fragment",
+    );
+    assert_three_types(
+        &json_lines(&logs["discovery"]),
+        &logs["discovery"],
+        "from-discovery",
+    );
+    assert!(
+        logs["plugin-installer"].contains("installed /opt/hector/plugins/late"),
+        "{logs:#?}"
+    );
+    assert!(
+        logs["late"].contains("name: late") && logs["late"].contains("type: llm_provider"),
+        "{logs:#?}"
+    );
+    Ok(())
+}
+
+/// A container of the agent Pod running the Go host from the go-llm test image in Hector
+/// mode (it loads plugins as Hector's component manager does) with `args` and `ops`.
+fn hector_container(agent: &Value, name: &str, args: &[&str], ops: &[&str]) -> Value {
+    let mut command = vec!["/usr/local/bin/go-loader".to_string()];
+    command.extend(args.iter().map(|a| a.to_string()));
+    command.extend(ops.iter().map(|op| format!("-op={op}")));
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
     let mut c = agent_container(agent, name, &command);
     c["image"] = json!(format!("hector.dev/go-llm:{IMAGE_TAG}"));
     c["imagePullPolicy"] = json!("Never");

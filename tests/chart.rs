@@ -1,6 +1,9 @@
 //! The Helm chart (`charts/hector-operator`), checked with a real Helm (built from its Go
 //! module by `tests/setup/deps.d/40-helm`; `HELM` overrides): lint, the values schema, what the
-//! templates render — the same Deployment and RBAC as `deploy/` by default — and, with the
+//! templates render — the same Deployment and RBAC as `deploy/` by default —, the monitoring kit
+//! (the PrometheusRule checked and unit-tested by promtool, built by
+//! `tests/setup/deps.d/45-promtool`, `PROMTOOL` overrides; the Grafana dashboard's queries
+//! against the metrics the operator exports) and, with the
 //! `e2e` feature, on a live cluster: the API server's validation, a release's whole life
 //! (install, `helm test`, a plugin published and called, an upgrade that rolls the operator
 //! without unpublishing it, uninstall) and the RBAC of a namespaced install.
@@ -13,6 +16,7 @@
 #[cfg(feature = "e2e")]
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -177,6 +181,28 @@ fn lint_is_strict_clean() {
             "--set",
             "replicas=1",
         ],
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
+        ],
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.namespace=monitoring",
+            "--set",
+            "prometheusRule.additionalLabels.release=prometheus",
+            "--set",
+            "prometheusRule.alerts.HectorOperatorNoLeader.enabled=false",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.namespace=monitoring",
+        ],
     ] {
         let out = run(Command::new(helm())
             .args(["lint", "--strict"])
@@ -257,6 +283,50 @@ fn values_schema_rejects_typos_and_wrong_types() {
             "at '/securityContext': additional properties 'runAsRoot' not allowed",
         ),
         (&["--set", "metrics.port=0"], "at '/metrics/port'"),
+        (
+            &["--set", "prometheusRule.enabled=on"],
+            "at '/prometheusRule/enabled': got string, want boolean",
+        ),
+        (
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginNotReady.for=ten",
+            ],
+            "at '/prometheusRule/alerts/HectorPluginNotReady/for'",
+        ),
+        (
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginNotReady.severity=",
+            ],
+            "at '/prometheusRule/alerts/HectorPluginNotReady/severity'",
+        ),
+        (
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginProbeFailures.threshold=20",
+            ],
+            "at '/prometheusRule/alerts/HectorPluginProbeFailures/threshold'",
+        ),
+        (
+            &[
+                "--set",
+                "prometheusRule.alerts.HectorPluginDown.enabled=true",
+            ],
+            "at '/prometheusRule/alerts': additional properties 'HectorPluginDown' not allowed",
+        ),
+        (
+            &["--set-json", r#"prometheusRule.selector="{job=\"x\"}""#],
+            "at '/prometheusRule/selector'",
+        ),
+        (
+            &["--set", "grafanaDashboard.label.grafana_dashboard=1"],
+            "at '/grafanaDashboard': additional properties 'label' not allowed",
+        ),
+        (
+            &["--set", "grafanaDashboard.labels.grafana_dashboard=1"],
+            "at '/grafanaDashboard/labels/grafana_dashboard': got number, want string",
+        ),
     ] {
         let out = template("hector-operator", "hector-system", args);
         assert!(
@@ -405,7 +475,7 @@ fn values_reach_the_pod() {
         "leaderElection.leaseDurationSeconds=30",
         "metrics.port=9090",
         "health.port=9091",
-        "extraArgs={--remote-path=/opt/remote}",
+        "extraArgs={--plugin-dir=/opt/remote}",
         "extraEnv[0].name=RUST_BACKTRACE",
         "nodeSelector.pool=system",
         "tolerations[0].key=dedicated",
@@ -445,7 +515,7 @@ fn values_reach_the_pod() {
             "--lease-duration=30",
             // Another release name, other selector labels: plugin NetworkPolicies follow.
             "--operator-pod-labels=app.kubernetes.io/name=hector-operator,app.kubernetes.io/instance=ops",
-            "--remote-path=/opt/remote",
+            "--plugin-dir=/opt/remote",
         ]
     );
     assert_eq!(c["env"][3], json!({"name": "RUST_BACKTRACE", "value": "1"}));
@@ -648,6 +718,11 @@ fn optional_objects_render_when_enabled() {
     let docs = render("hector-operator", "hector-system", &[]);
     assert!(kinds(&docs, "ServiceMonitor").is_empty());
     assert!(kinds(&docs, "PodDisruptionBudget").is_empty());
+    assert!(kinds(&docs, "PrometheusRule").is_empty());
+    assert!(
+        kinds(&docs, "ConfigMap").is_empty(),
+        "no dashboard ConfigMap by default"
+    );
 
     let docs = render(
         "hector-operator",
@@ -666,6 +741,10 @@ fn optional_objects_render_when_enabled() {
     assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["honorLabels"], true,
+        "per-plugin series keep their namespace label"
+    );
     let svc = find(&docs, "Service", "hector-operator-metrics");
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
         assert_eq!(
@@ -715,6 +794,552 @@ fn test_hook_checks_the_metrics_service() {
         !selected,
         "the metrics Service must not select the test Pod"
     );
+}
+
+// The monitoring kit: the PrometheusRule and the Grafana dashboard, checked against what
+// the operator really exports and, for the rules, by Prometheus's own promtool.
+
+/// promtool: `PROMTOOL`, else the one `tests/setup/deps.d/45-promtool` builds and caches.
+fn promtool() -> PathBuf {
+    if let Ok(p) = std::env::var("PROMTOOL") {
+        return p.into();
+    }
+    let out = Command::new(Path::new(ROOT).join("tests/setup/deps.d/45-promtool"))
+        .arg("path")
+        .output()
+        .expect("run tests/setup/deps.d/45-promtool path");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        path.is_file(),
+        "promtool is not built at {}: run tests/setup/deps (or make deps), or set PROMTOOL",
+        path.display()
+    );
+    path
+}
+
+/// The operator's exposition with every metric touched once.
+fn exposition() -> String {
+    use hector_operator::crd::Phase;
+    use hector_operator::index::PluginKey;
+    use hector_operator::metrics::{Metrics, PluginState};
+    use std::time::Duration;
+
+    let m = Metrics::default();
+    let key = PluginKey {
+        namespace: "agents".into(),
+        name: "echo-llm".into(),
+    };
+    let took = Duration::from_millis(2);
+    m.set_leader(true);
+    m.reconciled("ok", took);
+    m.observe_probe(&key, took, Some("Unreachable"));
+    m.set_plugin(
+        &key,
+        PluginState {
+            phase: Some(Phase::Ready),
+            desired_endpoints: 1,
+            ready_endpoints: 1,
+        },
+    );
+    m.set_published("agents", [("echo-llm".to_string(), 1)]);
+    m.published_after(took);
+    m.configmap_written("agents");
+    m.api_write("deployments");
+    m.fenced_write();
+    m.watch_error("pods");
+    m.render()
+}
+
+/// Every series name the operator exports (histograms with `_bucket`, `_sum`, `_count`).
+fn exported_names() -> BTreeSet<String> {
+    exposition()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The metric names a PromQL expression selects: every identifier that is not inside a
+/// string, a label matcher, a range, a grouping clause, nor a function or keyword.
+fn selected_metrics(expr: &str) -> Vec<String> {
+    let strings = regex::Regex::new(r#""(\\.|[^"\\])*""#).unwrap();
+    let blocks = regex::Regex::new(r"\{[^}]*\}|\[[^\]]*\]").unwrap();
+    let groupings =
+        regex::Regex::new(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+            .unwrap();
+    let identifiers = regex::Regex::new(r"[A-Za-z_:][A-Za-z0-9_:]*(\s*\()?").unwrap();
+    let keywords = [
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "Inf",
+        "NaN",
+        "inf",
+        "nan",
+    ];
+    let expr = strings.replace_all(expr, "\"\"");
+    let expr = blocks.replace_all(&expr, "");
+    let expr = groupings.replace_all(&expr, "");
+    identifiers
+        .find_iter(&expr)
+        .map(|m| m.as_str())
+        .filter(|t| !t.ends_with('(') && !keywords.contains(t))
+        .filter(|t| {
+            // Not the exponent of a number such as 1e9.
+            !t.starts_with('e') || !t[1..].chars().all(|c| c.is_ascii_digit())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn selected_metrics_finds_the_names_and_only_them() {
+    assert_eq!(
+        selected_metrics(
+            r#"sum by (namespace, plugin) (rate(a_total{job="x", state=~"b|c"}[5m])) / on (plugin) group_left max(b_count) > 0.5 and vector(0) or absent(c{d="e"})"#
+        ),
+        ["a_total", "b_count", "c"]
+    );
+    assert_eq!(
+        selected_metrics(
+            r#"histogram_quantile(0.99, sum by (le) (rate(h_bucket[$__rate_interval])))"#
+        ),
+        ["h_bucket"]
+    );
+}
+
+/// Renders the chart with the rules on and returns the PrometheusRule.
+fn prometheus_rule(extra: &[&str]) -> Value {
+    let mut args = vec!["--set", "prometheusRule.enabled=true"];
+    args.extend(extra);
+    let docs = render("hector-operator", "hector-system", &args);
+    let rules = kinds(&docs, "PrometheusRule");
+    assert_eq!(rules.len(), 1, "one PrometheusRule");
+    rules[0].clone()
+}
+
+fn alerts(rule: &Value) -> Vec<&Value> {
+    rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .collect()
+}
+
+/// Writes the rule group as a Prometheus rule file, `rules.yaml`, into `dir`.
+fn write_rule_file(rule: &Value, dir: &Path) -> PathBuf {
+    let path = dir.join("rules.yaml");
+    let file = json!({"groups": rule["spec"]["groups"]});
+    std::fs::write(&path, serde_norway::to_string(&file).expect("YAML")).expect("write rules");
+    path
+}
+
+const ALERTS: [&str; 5] = [
+    "HectorPluginNotReady",
+    "HectorPluginEndpointsBelowDesired",
+    "HectorPluginProbeFailures",
+    "HectorOperatorNoLeader",
+    "HectorOperatorReconcileErrors",
+];
+
+/// The rendered rules load in promtool (a broken PromQL expression fails here), every alert
+/// has its annotations and a runbook section, selects only metrics the operator exports, and
+/// fires — or stays quiet — as tests/prometheus/alerts_test.yaml says (`promtool test rules`).
+#[test]
+fn prometheus_rules_load_in_promtool_and_fire_as_tested() {
+    let rule = prometheus_rule(&[]);
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "hector-system");
+    let exported = exported_names();
+    let runbooks =
+        std::fs::read_to_string(Path::new(ROOT).join("docs/alerts.md")).expect("docs/alerts.md");
+    let names: Vec<&str> = alerts(&rule)
+        .iter()
+        .map(|a| a["alert"].as_str().expect("an alert name"))
+        .collect();
+    assert_eq!(names, ALERTS);
+    for a in alerts(&rule) {
+        let name = a["alert"].as_str().unwrap();
+        let expr = a["expr"].as_str().expect("expr");
+        assert!(
+            expr.contains(r#"job="hector-operator-metrics""#),
+            "{name} selects this release's series: {expr}"
+        );
+        let selected = selected_metrics(expr);
+        assert!(!selected.is_empty(), "{name}: {expr}");
+        for metric in selected {
+            assert!(
+                exported.contains(&metric),
+                "{name} uses {metric}, which the operator does not export ({exported:?})"
+            );
+        }
+        for key in ["summary", "description", "runbook_url"] {
+            assert!(
+                a["annotations"][key]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "{name} lacks annotation {key}"
+            );
+        }
+        assert!(a["labels"]["severity"].is_string(), "{name}: severity");
+        let anchor = a["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('#')
+            .expect("an anchor")
+            .1;
+        assert_eq!(anchor, name.to_lowercase());
+        assert!(
+            runbooks.contains(&format!("\n## {name}\n")),
+            "docs/alerts.md has no section for {name}"
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = write_rule_file(&rule, dir.path());
+    let out = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(
+        out.ok,
+        "promtool check rules:\n{}{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains("SUCCESS: 5 rules found"),
+        "{}",
+        out.stdout
+    );
+
+    // Every alert has a promtool test case, and every case passes.
+    let cases = Path::new(ROOT).join("tests/prometheus/alerts_test.yaml");
+    let text = std::fs::read_to_string(&cases).expect("read alerts_test.yaml");
+    let tested: Value = serde_norway::from_str(&text).expect("alerts_test.yaml is YAML");
+    let tested: BTreeSet<&str> = tested["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().expect("alert_rule_test"))
+        .filter(|c| !c["exp_alerts"].as_array().expect("exp_alerts").is_empty())
+        .map(|c| c["alertname"].as_str().expect("alertname"))
+        .collect();
+    assert_eq!(
+        tested,
+        ALERTS.into_iter().collect(),
+        "every alert is shown firing in alerts_test.yaml"
+    );
+    std::fs::write(dir.path().join("alerts_test.yaml"), text).expect("copy the cases");
+    let out = run(Command::new(promtool())
+        .args(["test", "rules", "alerts_test.yaml"])
+        .current_dir(dir.path()));
+    assert!(out.ok, "promtool test rules:\n{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("SUCCESS"), "{}", out.stdout);
+}
+
+/// The check bites: an expression Prometheus cannot parse (here from a selector with a broken
+/// regular expression) fails `promtool check rules`, naming the alert's rule.
+#[test]
+fn a_broken_expression_fails_promtool() {
+    let rule = prometheus_rule(&["--set-json", r#"prometheusRule.selector="job=~\"(\"""#]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = write_rule_file(&rule, dir.path());
+    let out = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(
+        !out.ok,
+        "promtool accepted a broken expression:\n{}",
+        out.stdout
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("FAILED"), "{said}");
+    assert!(said.contains("error parsing regexp"), "{said}");
+}
+
+/// Per alert: off, another `for`, another severity, another threshold; labels on the object
+/// and on every alert; another namespace and selector.
+#[test]
+fn prometheus_rule_values_reach_each_alert() {
+    let rule = prometheus_rule(&[
+        "--set",
+        "prometheusRule.namespace=monitoring",
+        "--set",
+        "prometheusRule.additionalLabels.release=prometheus",
+        "--set",
+        "prometheusRule.alertLabels.team=platform",
+        "--set-json",
+        r#"prometheusRule.selector="job=\"ops\", cluster=\"eu-1\"""#,
+        "--set",
+        "prometheusRule.runbookUrl=https://runbooks.example.org/hector",
+        "--set",
+        "prometheusRule.alerts.HectorPluginNotReady.enabled=false",
+        "--set",
+        "prometheusRule.alerts.HectorOperatorNoLeader.for=2m",
+        "--set",
+        "prometheusRule.alerts.HectorOperatorNoLeader.severity=page",
+        // `--set` passes 0.05 as a string; the schema takes it.
+        "--set",
+        "prometheusRule.alerts.HectorPluginProbeFailures.threshold=0.05",
+    ]);
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/instance"],
+        "hector-operator"
+    );
+    let all = alerts(&rule);
+    let by_name = |n: &str| {
+        *all.iter()
+            .find(|a| a["alert"] == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+    };
+    assert!(
+        all.iter().all(|a| a["alert"] != "HectorPluginNotReady"),
+        "a disabled alert is left out"
+    );
+    assert_eq!(all.len(), 4);
+    let no_leader = by_name("HectorOperatorNoLeader");
+    assert_eq!(no_leader["for"], "2m");
+    assert_eq!(no_leader["labels"]["severity"], "page");
+    assert!(
+        no_leader["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("for 2m"),
+        "the description follows `for`"
+    );
+    assert_eq!(
+        no_leader["annotations"]["runbook_url"],
+        "https://runbooks.example.org/hector#hectoroperatornoleader"
+    );
+    let probes = by_name("HectorPluginProbeFailures");
+    let expr = probes["expr"].as_str().unwrap();
+    assert!(expr.trim_end().ends_with("> 0.05"), "{expr}");
+    assert!(
+        probes["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("more than 5% for 10m"),
+        "{}",
+        probes["annotations"]["description"]
+    );
+    for a in &all {
+        assert_eq!(a["labels"]["team"], "platform", "{}", a["alert"]);
+        let expr = a["expr"].as_str().unwrap();
+        assert!(
+            expr.contains(r#"job="ops", cluster="eu-1""#)
+                && !expr.contains("hector-operator-metrics"),
+            "{}: {expr}",
+            a["alert"]
+        );
+    }
+    // The defaults elsewhere.
+    assert_eq!(by_name("HectorPluginEndpointsBelowDesired")["for"], "15m");
+    assert_eq!(
+        by_name("HectorOperatorReconcileErrors")["labels"]["severity"],
+        "warning"
+    );
+    // Still valid PromQL with another selector.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = write_rule_file(&rule, dir.path());
+    let out = run(Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(
+        out.ok,
+        "promtool check rules:\n{}{}",
+        out.stdout, out.stderr
+    );
+}
+
+fn dashboard_file() -> Value {
+    let path = chart_dir().join("dashboards/hector-operator.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("read the dashboard"))
+        .expect("the dashboard is JSON")
+}
+
+/// Every panel of a dashboard, rows' nested panels included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().expect("panels") {
+        out.push(p);
+        if let Some(nested) = p["panels"].as_array() {
+            out.extend(nested);
+        }
+    }
+    out
+}
+
+/// The ConfigMap the Grafana sidecar loads: its label (configurable), the dashboard JSON as
+/// the chart ships it.
+#[test]
+fn dashboard_configmap_is_for_the_grafana_sidecar() {
+    let docs = render(
+        "hector-operator",
+        "hector-system",
+        &["--set", "grafanaDashboard.enabled=true"],
+    );
+    let cm = find(&docs, "ConfigMap", "hector-operator-dashboard");
+    assert_eq!(cm["metadata"]["namespace"], "hector-system");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "hector"
+    );
+    let data = cm["data"].as_object().expect("data");
+    assert_eq!(data.len(), 1);
+    let shipped: Value = serde_json::from_str(
+        data["hector-operator.json"]
+            .as_str()
+            .expect("the dashboard as a string"),
+    )
+    .expect("the ConfigMap holds valid JSON");
+    assert_eq!(shipped, dashboard_file());
+
+    let docs = render(
+        "ops",
+        "platform",
+        &[
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.namespace=monitoring",
+            "--set",
+            "grafanaDashboard.labels.grafana_dashboard=null",
+            "--set-string",
+            "grafanaDashboard.labels.dashboards=hector",
+            "--set",
+            "grafanaDashboard.annotations.grafana_folder=Hector",
+        ],
+    );
+    let cm = find(&docs, "ConfigMap", "ops-hector-operator-dashboard");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["dashboards"], "hector");
+    assert!(
+        cm["metadata"]["labels"].get("grafana_dashboard").is_none(),
+        "the default label can be dropped"
+    );
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Hector");
+}
+
+/// Every panel queries metrics the operator exports, through the dashboard's data source
+/// variable; the panels the dashboard promises are there.
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let dashboard = dashboard_file();
+    let exported = exported_names();
+    assert_eq!(dashboard["uid"], "hector-operator");
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .map(|v| v["name"].as_str().expect("a variable name"))
+        .collect();
+    assert_eq!(variables, ["datasource", "job", "namespace", "plugin"]);
+    let mut used = BTreeSet::new();
+    for v in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["definition"].as_str() {
+            let metric = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.split(['{', ',']).next())
+                .unwrap_or_else(|| panic!("variable {}: {q}", v["name"]));
+            assert!(
+                exported.contains(metric),
+                "variable {}: {metric}",
+                v["name"]
+            );
+        }
+    }
+    let mut ids = BTreeSet::new();
+    for p in panels(&dashboard) {
+        let title = p["title"].as_str().expect("a title");
+        assert!(
+            ids.insert(p["id"].as_i64().expect("an id")),
+            "{title}: id taken"
+        );
+        let grid = &p["gridPos"];
+        assert!(
+            grid["x"].as_i64().unwrap() + grid["w"].as_i64().unwrap() <= 24,
+            "{title}: wider than the grid"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(expr.contains(r#"job="$job""#), "{title}: {expr}");
+            let selected = selected_metrics(expr);
+            assert!(!selected.is_empty(), "{title}: {expr}");
+            for metric in selected {
+                assert!(
+                    exported.contains(&metric),
+                    "panel {title:?} queries {metric}, which the operator does not export"
+                );
+                used.insert(metric);
+            }
+        }
+    }
+    for wanted in [
+        "hector_operator_plugins",
+        "hector_operator_plugin_endpoints",
+        "hector_operator_plugin_ready",
+        "hector_operator_probe_duration_seconds_bucket",
+        "hector_operator_probe_failures_total",
+        "hector_operator_reconciles_total",
+        "hector_operator_reconcile_duration_seconds_bucket",
+        "hector_operator_publication_duration_seconds_bucket",
+        "hector_operator_leader",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(used.contains(wanted), "no panel shows {wanted}");
+    }
+}
+
+/// Prometheus's own OpenMetrics parser reads the exposition (what a scrape of `/metrics`,
+/// served as OpenMetrics, goes through): promtool imports it, stamped with a time, into a TSDB
+/// block. A malformed line, a histogram out of order or a family typed twice fails here.
+#[test]
+fn exposition_parses_as_openmetrics_in_promtool() {
+    let stamped: String = exposition()
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} 1700000000\n")
+            }
+        })
+        .collect();
+    assert!(stamped.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("metrics.om");
+    std::fs::write(&input, &stamped).expect("write the exposition");
+    let out = run(Command::new(promtool())
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.path().join("blocks")));
+    assert!(
+        out.ok,
+        "promtool could not read the exposition:\n{}{}\n{stamped}",
+        out.stdout, out.stderr
+    );
+    let samples = stamped.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(samples > 40, "{samples} samples");
 }
 
 #[cfg(feature = "e2e")]
@@ -1364,6 +1989,31 @@ mod cluster {
             Ok("chart: after the upgrade")
         );
 
+        // The leader exports the plugin's own series.
+        let ready_series = format!(
+            "hector_operator_plugin_ready{{namespace=\"{}\",plugin=\"{PLUGIN}\"}}",
+            ns.name
+        );
+        eventually(
+            "the leader to report echo-llm Ready with its endpoint ready",
+            Duration::from_secs(30),
+            || async {
+                let ready = pod_metric(&client, &ns.name, &new_leader, &ready_series).await?;
+                let endpoints = pod_metric(
+                    &client,
+                    &ns.name,
+                    &new_leader,
+                    &format!(
+                        "hector_operator_plugin_endpoints{{namespace=\"{}\",plugin=\"{PLUGIN}\",state=\"ready\"}}",
+                        ns.name
+                    ),
+                )
+                .await?;
+                (ready == 1.0 && endpoints >= 1.0).then_some(())
+            },
+        )
+        .await;
+
         // The plugin is the user's: delete it (its Pods, Service and config go with it), then
         // uninstall the release.
         plugins
@@ -1377,6 +2027,22 @@ mod cluster {
                 let left = plugin_pods(client.clone(), ns.name.clone()).await;
                 let hp = plugins.get_opt(PLUGIN).await.ok()?;
                 (hp.is_none() && left.is_empty()).then_some(())
+            },
+        )
+        .await;
+        // With it, every series that named it.
+        let named = format!("namespace=\"{}\",plugin=\"{PLUGIN}\"", ns.name);
+        eventually(
+            "no series of the deleted plugin on the leader",
+            Duration::from_secs(30),
+            || async {
+                let uri = format!(
+                    "/api/v1/namespaces/{}/pods/{new_leader}:8080/proxy/metrics",
+                    ns.name
+                );
+                let request = http::Request::get(uri).body(Vec::new()).ok()?;
+                let text = client.request_text(request).await.ok()?;
+                (text.contains("hector_operator_leader 1") && !text.contains(&named)).then_some(())
             },
         )
         .await;

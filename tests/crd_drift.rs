@@ -13,8 +13,7 @@ fn crds_file_matches_the_types() {
 
 #[test]
 fn crd_has_the_promised_shape() {
-    use kube::CustomResourceExt;
-    let crd = hector_operator::crd::HectorPlugin::crd();
+    let crd = hector_operator::crd::crd();
     assert_eq!(crd.spec.group, "hector.dev");
     assert_eq!(crd.spec.scope, "Namespaced");
     assert_eq!(
@@ -37,9 +36,48 @@ fn crd_has_the_promised_shape() {
         .additional_printer_columns
         .iter()
         .flatten()
-        .map(|c| c.name.as_str())
+        .map(|c| (c.name.as_str(), c.priority.unwrap_or(0)))
         .collect();
-    assert_eq!(columns, ["Type", "Phase", "Address", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            ("Ready", 0),
+            ("Endpoints", 0),
+            ("Version", 0),
+            ("Age", 0),
+            ("Type", 1),
+            ("Address", 1),
+            ("Reason", 1),
+        ],
+        "the last three only with -o wide"
+    );
+    let path = |name: &str| {
+        v.additional_printer_columns
+            .iter()
+            .flatten()
+            .find(|c| c.name == name)
+            .map(|c| c.json_path.clone())
+    };
+    assert_eq!(
+        path("Ready").as_deref(),
+        Some(".status.conditions[?(@.type==\"Ready\")].status")
+    );
+    assert_eq!(
+        path("Endpoints").as_deref(),
+        Some(".status.endpointsSummary")
+    );
+    // `kubectl scale` and HorizontalPodAutoscalers go through the scale subresource.
+    let scale = v
+        .subresources
+        .as_ref()
+        .and_then(|s| s.scale.as_ref())
+        .expect("scale subresource");
+    assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+    assert_eq!(scale.status_replicas_path, ".status.replicas");
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.selector")
+    );
     // Every spec field carries a description for `kubectl explain`.
     let schema = serde_json::to_value(&v.schema).expect("schema json");
     let spec = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"];

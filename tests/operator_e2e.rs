@@ -148,9 +148,12 @@ async fn applied_plugin_is_ready_published_and_called() -> TestResult {
     let yaml = cms.get(ENDPOINTS_CM).await?.data.unwrap_or_default()[PLUGINS_YAML_KEY].clone();
     let parsed: serde_json::Value = serde_norway::from_str(&yaml)?;
     let hector = &parsed["plugins"]["llm_providers"]["echo"];
-    assert_eq!(hector["type"], "grpc");
-    assert_eq!(hector["path"], "/usr/local/bin/hector-plugin-remote");
-    assert_eq!(hector["config"]["remote_address"], entry.address.as_str());
+    // The default --plugin-dir: the copy and manifest examples/agent lays out for it.
+    assert_eq!(
+        hector,
+        &serde_json::json!({"name": "echo", "type": "grpc",
+                            "path": "/opt/hector/plugins/echo", "enabled": true})
+    );
 
     // The published address works from here.
     let answer = generate_text(&entry.endpoints[0], "hello operator").await?;
@@ -459,6 +462,17 @@ async fn replicas_are_reflected_in_the_published_endpoints() -> TestResult {
         condition(&zero, "Published").map(|c| c.reason.as_str()),
         Some("ScaledToZero")
     );
+    // A deliberate scale to zero is no failure: not Ready (nothing serves), but reconciled
+    // and not stalled, which kstatus reads as Current.
+    let zero = wait_for(&api, "scale", "reconciled at zero", 90, |p| {
+        condition_is(p, "Reconciling", "False", "Reconciled")
+    })
+    .await;
+    assert!(condition_is(&zero, "Ready", "False", "ScaledToZero"));
+    assert!(condition_is(&zero, "Stalled", "False", "AsExpected"));
+    let status = zero.status.expect("status");
+    assert_eq!(status.endpoints_summary.as_deref(), Some("0/0"));
+    assert_eq!(status.replicas, Some(0));
     Ok(())
 }
 
@@ -575,5 +589,621 @@ async fn external_endpoint_is_probed_and_published_without_pods() -> TestResult 
         "an external plugin is reached in plaintext"
     );
     let _ = server.0.kill();
+    Ok(())
+}
+
+// --- Ready, kstatus conditions, columns and the scale subresource -----------------------------
+
+fn condition_is(p: &HectorPlugin, type_: &str, status: &str, reason: &str) -> bool {
+    condition(p, type_).is_some_and(|c| c.status == status && c.reason == reason)
+}
+
+fn kubectl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(kubectl_path())
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The plugin's Pods (by its label; these tests make no look-alikes).
+async fn plugin_pods(client: &Client, ns: &str, name: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("hector.dev/plugin={name}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn restarts(p: &Pod) -> i32 {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn ready_is_the_summary_and_kubectl_shows_it_in_columns() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-ready").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("echo", echo_spec(json!({"prefix": "r: "})))).await;
+    // What a person (and the demo) waits on.
+    kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "hp/echo",
+        "--for=condition=Ready",
+        "--timeout=180s",
+    ]);
+    let p = api.get("echo").await?;
+    assert!(condition_is(&p, "Ready", "True", "Ready"), "{:?}", p.status);
+    assert!(condition_is(&p, "Reconciling", "False", "Reconciled"));
+    assert!(condition_is(&p, "Stalled", "False", "AsExpected"));
+    let status = p.status.clone().expect("status");
+    assert_eq!(status.observed_generation, p.metadata.generation);
+    assert_eq!(status.endpoints_summary.as_deref(), Some("1/1"));
+    assert_eq!(status.replicas, Some(1));
+    assert_eq!(status.selector.as_deref(), Some("hector.dev/plugin=echo"));
+    // kstatus-aware tools see it Current: reconciled and not stalled.
+    kubectl_ok(&[
+        "-n",
+        &ns.name,
+        "wait",
+        "hp/echo",
+        "--for=condition=Reconciling=False",
+        "--timeout=10s",
+    ]);
+
+    let table = kubectl_ok(&["-n", &ns.name, "get", "hp", "echo"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "READY", "ENDPOINTS", "VERSION", "AGE"]);
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["echo", "True", "1/1", "0.1.0"], "{table}");
+    let wide = kubectl_ok(&["-n", &ns.name, "get", "hp", "echo", "-o", "wide"]);
+    let mut lines = wide.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "ENDPOINTS",
+            "VERSION",
+            "AGE",
+            "TYPE",
+            "ADDRESS",
+            "REASON"
+        ]
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[5..],
+        [
+            "llm_provider",
+            format!("echo.{}.svc:50051", ns.name).as_str(),
+            "Ready"
+        ],
+        "{wide}"
+    );
+
+    // A change of spec: Reconciling until the new Pod serves, then Ready again.
+    api.patch(
+        "echo",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"config": {"prefix": "r2: "}}})),
+    )
+    .await?;
+    let generation = api.get("echo").await?.metadata.generation;
+    wait_for(
+        &api,
+        "echo",
+        "Ready again at the new generation",
+        180,
+        |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == generation)
+                && condition_is(p, "Ready", "True", "Ready")
+        },
+    )
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_scale_changes_the_deployment_through_the_scale_subresource() -> TestResult {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-kscale").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("sc", echo_spec(json!({})))).await;
+    wait_phase(&api, "sc", Phase::Ready).await;
+
+    let out = kubectl_ok(&["-n", &ns.name, "scale", "hp/sc", "--replicas=2"]);
+    assert!(out.contains("scaled"), "{out}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        "the Deployment at 2 replicas",
+        Duration::from_secs(30),
+        || async {
+            let d = deployments.get("sc").await.ok()?;
+            (d.spec?.replicas == Some(2)).then_some(())
+        },
+    )
+    .await;
+    let p = wait_for(&api, "sc", "2/2 endpoints and 2 replicas", 120, |p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.replicas == Some(2) && s.endpoints_summary.as_deref() == Some("2/2"))
+            && condition_is(p, "Ready", "True", "Ready")
+    })
+    .await;
+    assert_eq!(p.spec.replicas, 2);
+    let scale = api.get_scale("sc").await?;
+    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(2));
+    let scale_status = scale.status.expect("scale status");
+    assert_eq!(scale_status.replicas, 2);
+    assert_eq!(
+        scale_status.selector.as_deref(),
+        Some("hector.dev/plugin=sc")
+    );
+
+    // Bad input is refused by the API server, naming the field.
+    let refused = kubectl(&["-n", &ns.name, "scale", "hp/sc", "--replicas=101"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("spec.replicas"), "{message}");
+    assert_eq!(api.get("sc").await?.spec.replicas, 2);
+
+    // The operator itself can never scale a plugin: it holds no permission on the scale
+    // subresource, so it cannot fight whoever does (a person, an HPA).
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    for verb in ["update", "patch"] {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(format!(
+                    "system:serviceaccount:{OPERATOR_NS}:hector-operator"
+                )),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("hector.dev".into()),
+                    resource: Some("hectorplugins".into()),
+                    subresource: Some("scale".into()),
+                    verb: Some(verb.into()),
+                    namespace: Some(ns.name.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = reviews.create(&Default::default(), &review).await?;
+        assert!(
+            !answer.status.is_some_and(|s| s.allowed),
+            "the operator may {verb} hectorplugins/scale"
+        );
+    }
+    Ok(())
+}
+
+/// Whether the cluster serves the resource-metrics API that HPAs read.
+async fn metrics_api_available(client: &Client) -> bool {
+    let request = match http::Request::get(
+        "/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io",
+    )
+    .body(Vec::new())
+    {
+        Ok(r) => r,
+        Err(_) => return false,
+    };
+    let Ok(service) = client.request::<serde_json::Value>(request).await else {
+        return false;
+    };
+    service["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Available" && c["status"] == "True")
+}
+
+#[tokio::test]
+async fn an_hpa_scales_the_plugin_and_the_operator_never_resets_it() -> TestResult {
+    use futures::StreamExt;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let client = client().await;
+    let served = tokio::time::timeout(Duration::from_secs(60), async {
+        while !metrics_api_available(&client).await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    })
+    .await;
+    assert!(
+        served.is_ok(),
+        "metrics.k8s.io is not served: start metrics-server with tests/cluster/cluster metrics-up"
+    );
+    let ns = TestNamespace::new(&client, "op-hpa").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut spec = echo_spec(json!({"prefix": "hpa: "}));
+    // A small request, so that a modest load is far above the target.
+    spec["resources"] = json!({"requests": {"cpu": "20m", "memory": "32Mi"}});
+    apply(&api, plugin("auto", spec)).await;
+    let ready = wait_for(&api, "auto", "Ready", 180, |p| {
+        condition_is(p, "Ready", "True", "Ready")
+    })
+    .await;
+    let endpoint = ready
+        .status
+        .and_then(|s| s.endpoints.first().cloned())
+        .expect("an endpoint");
+
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "auto"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "hector.dev/v1alpha1", "kind": "HectorPlugin", "name": "auto"},
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                         "target": {"type": "Utilization", "averageUtilization": 50}}}],
+            // No scale-down within the test, whatever the load does after it stops.
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}},
+        },
+    }))?;
+    hpas.create(&Default::default(), &hpa).await?;
+
+    // Load: a few callers in a loop on the plugin's one Pod, until the HPA has scaled (or at
+    // most 240 s): bounded in count and time, to a Pod of this test's namespace.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..3 {
+        let (stop, calls, endpoint) = (stop.clone(), calls.clone(), endpoint.clone());
+        callers.push(tokio::spawn(async move {
+            use hector_plugin_sdk::proto::{
+                GenerateRequest, Message, llm_provider_client::LlmProviderClient,
+            };
+            let Ok(channel) = plugin_channel(&endpoint).await else {
+                return;
+            };
+            let mut llm = LlmProviderClient::with_interceptor(channel, authorize);
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let request = GenerateRequest {
+                    messages: vec![Message {
+                        role: "user".into(),
+                        content: "load ".repeat(200),
+                        ..Default::default()
+                    }],
+                    tools: vec![],
+                };
+                if llm.generate(request).await.is_ok() {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let scaled = wait_for(
+        &api,
+        "auto",
+        "spec.replicas 2, written by the HPA",
+        240,
+        |p| p.spec.replicas == 2,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.await?;
+    }
+    assert!(
+        calls.load(Ordering::Relaxed) > 0,
+        "the load reached the plugin"
+    );
+    assert_eq!(scaled.spec.replicas, 2);
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        "the Deployment at 2 replicas",
+        Duration::from_secs(30),
+        || async {
+            let d = deployments.get("auto").await.ok()?;
+            (d.spec?.replicas == Some(2)).then_some(())
+        },
+    )
+    .await;
+    // For 30 s, every version of the Deployment keeps 2 replicas: nobody resets them.
+    let mut seen = Vec::new();
+    let events = watcher(
+        deployments.clone(),
+        watcher::Config::default().fields("metadata.name=auto"),
+    )
+    .applied_objects();
+    let watch = tokio::time::timeout(Duration::from_secs(30), async {
+        futures::pin_mut!(events);
+        while let Some(Ok(d)) = events.next().await {
+            seen.push(d.spec.and_then(|s| s.replicas));
+        }
+    })
+    .await;
+    assert!(watch.is_err(), "the watch ran the whole 30 s");
+    assert!(!seen.is_empty(), "the watch saw the Deployment");
+    assert!(
+        seen.iter().all(|r| *r == Some(2)),
+        "replicas while watching: {seen:?}"
+    );
+    assert_eq!(api.get("auto").await?.spec.replicas, 2);
+    let p = wait_for(&api, "auto", "status.replicas 2", 120, |p| {
+        p.status.as_ref().is_some_and(|s| s.replicas == Some(2))
+    })
+    .await;
+    assert_eq!(
+        p.status.and_then(|s| s.selector),
+        Some("hector.dev/plugin=auto".to_string())
+    );
+    let hpa = hpas.get("auto").await?;
+    assert_eq!(hpa.status.map(|s| s.desired_replicas), Some(2));
+    Ok(())
+}
+
+// --- scheduling and admission failures as reasons ----------------------------------------------
+
+#[tokio::test]
+async fn pods_that_cannot_be_created_or_placed_are_named_as_such() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-blocked").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    // No node has this label, so no Pod can be placed.
+    let mut nowhere = echo_spec(json!({}));
+    nowhere["podTemplate"] = json!({"topologySpreadConstraints": [{
+        "maxSkew": 1, "topologyKey": "example.org/no-such-zone", "whenUnsatisfiable": "DoNotSchedule"}]});
+    apply(&api, plugin("nowhere", nowhere)).await;
+    let p = wait_for(&api, "nowhere", "Deployed=False Unschedulable", 90, |p| {
+        condition_is(p, "Deployed", "False", "Unschedulable")
+    })
+    .await;
+    let deployed = condition(&p, "Deployed").expect("Deployed");
+    assert!(
+        deployed.message.contains("topology spread") && deployed.message.contains("0/1 Pods"),
+        "the scheduler's words and the counts: {}",
+        deployed.message
+    );
+    assert!(condition_is(&p, "Ready", "False", "Unschedulable"));
+    assert!(condition_is(&p, "Stalled", "True", "Unschedulable"));
+    assert!(condition_is(&p, "Reconciling", "False", "Stalled"));
+
+    // A quota that admits no Pod: the ReplicaSet cannot create one.
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(client.clone(), &ns.name);
+    quotas
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "no-pods"},
+                "spec": {"hard": {"pods": "0"}},
+            }))?,
+        )
+        .await?;
+    eventually("the quota counted", Duration::from_secs(30), || async {
+        let q = quotas.get("no-pods").await.ok()?;
+        q.status?.hard?.contains_key("pods").then_some(())
+    })
+    .await;
+    apply(&api, plugin("capped", echo_spec(json!({})))).await;
+    let p = wait_for(&api, "capped", "Deployed=False FailedCreate", 90, |p| {
+        condition_is(p, "Deployed", "False", "FailedCreate")
+    })
+    .await;
+    let deployed = condition(&p, "Deployed").expect("Deployed");
+    assert!(
+        deployed.message.contains("exceeded quota"),
+        "the API's message: {}",
+        deployed.message
+    );
+    assert!(condition_is(&p, "Stalled", "True", "FailedCreate"));
+    assert!(condition_is(&p, "Ready", "False", "FailedCreate"));
+    assert_eq!(phase(&p), Some(Phase::Failed));
+    let event = eventually(
+        "a Warning Event FailedCreate",
+        Duration::from_secs(10),
+        || async {
+            events_of(&client, &ns.name, "capped")
+                .await
+                .into_iter()
+                .find(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("FailedCreate")
+                })
+        },
+    )
+    .await;
+    assert!(event.note.is_some_and(|n| n.contains("exceeded quota")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_security_refusal_is_failed_create() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-psa").await;
+    kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns.name,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut root = echo_spec(json!({}));
+    root["podTemplate"] = json!({"securityContext": {"runAsNonRoot": false, "runAsUser": 0}});
+    apply(&api, plugin("root", root)).await;
+    let p = wait_for(&api, "root", "Deployed=False FailedCreate", 90, |p| {
+        condition_is(p, "Deployed", "False", "FailedCreate")
+    })
+    .await;
+    let message = &condition(&p, "Deployed").expect("Deployed").message;
+    assert!(message.contains("PodSecurity"), "{message}");
+    assert!(condition_is(&p, "Stalled", "True", "FailedCreate"));
+    Ok(())
+}
+
+// --- spec.podTemplate ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_pod_template_overlay_lands_on_the_pods() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-overlay").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut spec = echo_spec(json!({"prefix": "o: "}));
+    spec["podTemplate"] = json!({
+        "metadata": {
+            "labels": {"team": "search"},
+            "annotations": {"sidecar.example.org/inject": "false"},
+        },
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}],
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
+        "container": {"volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]},
+    });
+    apply(&api, plugin("dressed", spec)).await;
+    wait_for(&api, "dressed", "Ready", 180, |p| {
+        condition_is(p, "Ready", "True", "Ready")
+    })
+    .await;
+    let pods = plugin_pods(&client, &ns.name, "dressed").await;
+    assert_eq!(pods.len(), 1);
+    let pod = &pods[0];
+    assert_eq!(
+        pod.annotations()
+            .get("sidecar.example.org/inject")
+            .map(String::as_str),
+        Some("false"),
+        "a webhook-style annotation reaches the Pod"
+    );
+    assert_eq!(pod.labels().get("team").map(String::as_str), Some("search"));
+    let spec = pod.spec.as_ref().expect("pod spec");
+    let spread = spec
+        .topology_spread_constraints
+        .as_ref()
+        .expect("topology spread applied");
+    assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        spread[0]
+            .label_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|l| l.get("hector.dev/plugin"))
+            .map(String::as_str),
+        Some("dressed")
+    );
+    let plugin_container = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "plugin")
+        .expect("plugin container");
+    assert!(
+        plugin_container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "scratch" && m.mount_path == "/scratch")
+    );
+
+    // A refused overlay: nothing applied, the field named, stalled.
+    let mut bad = echo_spec(json!({}));
+    bad["podTemplate"] = json!({"metadata": {"labels": {"hector.dev/plugin": "dressed"}}});
+    apply(&api, plugin("impostor", bad)).await;
+    let p = wait_for(
+        &api,
+        "impostor",
+        "ConfigValid=False InvalidPodTemplate",
+        60,
+        |p| condition_is(p, "ConfigValid", "False", "InvalidPodTemplate"),
+    )
+    .await;
+    let message = &condition(&p, "Stalled").expect("Stalled").message;
+    assert!(
+        message.starts_with("spec.podTemplate.metadata.labels[\"hector.dev/plugin\"]: reserved"),
+        "{message}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(deployments.get_opt("impostor").await?.is_none());
+    assert_eq!(plugin_pods(&client, &ns.name, "dressed").await.len(), 1);
+    Ok(())
+}
+
+/// A plugin whose Initialize takes 200 s (echo-llm's `load_seconds`) starts without a restart
+/// when its startup window is raised to 300 s, and is restarted with a 30 s one. Slow by
+/// nature (about 4 minutes); both plugins start at once.
+#[tokio::test]
+async fn a_slow_plugin_within_a_raised_startup_window_is_not_restarted() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-slow").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    let mut slow = echo_spec(json!({"load_seconds": "200"}));
+    slow["health"]["startupTimeoutSeconds"] = json!(300);
+    let mut hasty = echo_spec(json!({"load_seconds": "200"}));
+    hasty["health"]["startupTimeoutSeconds"] = json!(30);
+    apply(&api, plugin("slow", slow)).await;
+    apply(&api, plugin("hasty", hasty)).await;
+    let started = Instant::now();
+
+    // The control: a 30 s window is too short, so the kubelet restarts that plugin.
+    eventually("hasty restarted", Duration::from_secs(150), || async {
+        let pods = plugin_pods(&client, &ns.name, "hasty").await;
+        pods.iter().any(|p| restarts(p) > 0).then_some(())
+    })
+    .await;
+    // The slow plugin, meanwhile and until it serves, never restarts.
+    let p = eventually(
+        "slow Ready without a restart",
+        Duration::from_secs(300),
+        || async {
+            let pods = plugin_pods(&client, &ns.name, "slow").await;
+            assert!(
+                pods.iter().all(|p| restarts(p) == 0),
+                "restarted within its window after {:?}",
+                started.elapsed()
+            );
+            let p = api.get("slow").await.ok()?;
+            condition_is(&p, "Ready", "True", "Ready").then_some(p)
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(200),
+        "Ready only once it had loaded"
+    );
+    let pods = plugin_pods(&client, &ns.name, "slow").await;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(restarts(&pods[0]), 0);
+    assert!(!condition_is(&p, "Stalled", "True", "PodsFailing"));
     Ok(())
 }

@@ -336,6 +336,7 @@ async fn connect(
     pins: Option<&PluginTls>,
     slot: Weak<Slot>,
 ) -> Result<Conn, AttemptError> {
+    let started = tokio::time::Instant::now();
     let stream = how
         .tcp
         .connect(&addr.ip().to_string(), addr.port(), None)
@@ -353,6 +354,7 @@ async fn connect(
     let socket = stream.peer();
     let Some(pins) = pins else {
         let (sender, life) = start_h2(stream, addr, id, socket.clone(), how.clone(), slot).await?;
+        answered(&socket, started, how.timeout).await?;
         return Ok(Conn {
             id,
             sender,
@@ -392,6 +394,27 @@ async fn connect(
         fingerprint: Some(fingerprint.unwrap_or_default()),
         life,
     })
+}
+
+/// Waits, until `timeout` after `started`, for the server to have sent something: its
+/// SETTINGS, which every HTTP/2 server sends first, at once (as gRPC's own clients, this
+/// takes a connection as open only then). The kernel of a frozen process, or a black hole
+/// that accepts connections, completes the TCP handshake; a call sent on such a connection
+/// could not be retried elsewhere, where a connect that fails can.
+async fn answered(
+    socket: &Socket,
+    started: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<(), AttemptError> {
+    tokio::time::timeout_at(started + timeout, socket.heard_from())
+        .await
+        .map_err(|_| AttemptError {
+            failure: Failure::NoConnection,
+            detail: format!(
+                "connected, but no HTTP/2 answer within {}ms",
+                timeout.as_millis()
+            ),
+        })
 }
 
 /// Starts HTTP/2 on an open stream and runs its connection task, which also sends the

@@ -21,7 +21,7 @@
 //! ([`hector_plugin_sdk::net`]), which finds a dead host or network; a frozen process is
 //! found by the PING of the next call.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use h2::{Ping, PingPong};
@@ -58,10 +58,11 @@ impl Default for Keepalive {
     }
 }
 
-/// What a connection's calls tell its keepalive: how many are in flight, and how many answer
-/// frames (response heads and data) have arrived so far.
+/// What a connection's calls tell its keepalive: whether it has carried a call, how many are
+/// in flight, and how many answer frames (response heads and data) have arrived so far.
 #[derive(Debug, Default)]
 pub struct Activity {
+    carried: AtomicBool,
     in_flight: AtomicUsize,
     answers: AtomicU64,
 }
@@ -70,6 +71,14 @@ impl Activity {
     /// A call went out on the connection.
     pub fn call_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if !self.carried.load(Ordering::Relaxed) {
+            self.carried.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the connection has carried a call.
+    pub fn carried(&self) -> bool {
+        self.carried.load(Ordering::Relaxed)
     }
 
     /// A call on the connection ended (answered, failed or dropped).
@@ -115,9 +124,14 @@ impl Pinger {
         }
     }
 
-    /// Whether a PING goes out at `now`, given the answer frames counted so far and the calls
-    /// in flight; when it does, it is counted as sent.
-    pub fn due(&mut self, now: Instant, answers: u64, in_flight: usize) -> bool {
+    /// Whether a PING goes out at `now`, given whether the connection has carried a call, the
+    /// answer frames counted so far and the calls in flight; when it does, it is counted as
+    /// sent. A connection that has carried no call gets none: a launcher routes a connection
+    /// by its first request, and answers nothing on it before.
+    pub fn due(&mut self, now: Instant, carried: bool, answers: u64, in_flight: usize) -> bool {
+        if !carried {
+            return false;
+        }
         if answers != self.seen_answers {
             self.seen_answers = answers;
             self.unanswered = 0;
@@ -150,7 +164,13 @@ pub async fn watch(mut pings: PingPong, settings: Keepalive, activity: &Activity
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        if !pinger.due(Instant::now(), activity.answers(), activity.in_flight()) {
+        let now = Instant::now();
+        if !pinger.due(
+            now,
+            activity.carried(),
+            activity.answers(),
+            activity.in_flight(),
+        ) {
             continue;
         }
         match tokio::time::timeout(settings.timeout, pings.ping(Ping::opaque())).await {
@@ -178,19 +198,19 @@ mod tests {
         let mut p = Pinger::new(settings(true));
         let t = Instant::now();
         let at = |s: u64| t + Duration::from_secs(s);
-        assert!(p.due(at(10), 0, 0), "idle: one");
-        assert!(!p.due(at(20), 0, 0), "and no more");
-        assert!(!p.due(at(400), 0, 0), "however long it stays idle");
-        assert!(p.due(at(410), 0, 1), "the spare one is for a call");
+        assert!(p.due(at(10), true, 0, 0), "idle: one");
+        assert!(!p.due(at(20), true, 0, 0), "and no more");
+        assert!(!p.due(at(400), true, 0, 0), "however long it stays idle");
+        assert!(p.due(at(410), true, 0, 1), "the spare one is for a call");
         assert!(
-            !p.due(at(420), 0, 1),
+            !p.due(at(420), true, 0, 1),
             "a third would get the connection closed"
         );
         // An answer frame arrived: the budget is back.
-        assert!(p.due(at(430), 1, 1));
-        assert!(p.due(at(440), 1, 1));
-        assert!(!p.due(at(450), 1, 1));
-        assert!(!p.due(at(460), 1, 0));
+        assert!(p.due(at(430), true, 1, 1));
+        assert!(p.due(at(440), true, 1, 1));
+        assert!(!p.due(at(450), true, 1, 1));
+        assert!(!p.due(at(460), true, 1, 0));
     }
 
     #[test]
@@ -198,25 +218,34 @@ mod tests {
         let mut p = Pinger::new(settings(true));
         let t = Instant::now();
         let at = |s: u64| t + Duration::from_secs(s);
-        assert!(p.due(at(10), 5, 1));
-        assert!(p.due(at(20), 5, 1));
-        assert!(!p.due(at(30), 5, 1));
+        assert!(p.due(at(10), true, 5, 1));
+        assert!(p.due(at(20), true, 5, 1));
+        assert!(!p.due(at(30), true, 5, 1));
         assert!(
-            !p.due(at(20 + 300), 5, 1),
+            !p.due(at(20 + 300), true, 5, 1),
             "five minutes exactly is too close"
         );
-        assert!(p.due(at(20 + 310), 5, 1));
-        assert!(!p.due(at(20 + 320), 5, 1));
-        assert!(!p.due(at(20 + 620), 5, 0), "none when idle");
-        assert!(p.due(at(20 + 630), 5, 1));
+        assert!(p.due(at(20 + 310), true, 5, 1));
+        assert!(!p.due(at(20 + 320), true, 5, 1));
+        assert!(!p.due(at(20 + 620), true, 5, 0), "none when idle");
+        assert!(p.due(at(20 + 630), true, 5, 1));
+    }
+
+    #[test]
+    fn a_connection_that_carried_no_call_gets_no_ping() {
+        let mut p = Pinger::new(settings(true));
+        let t = Instant::now();
+        assert!(!p.due(t, false, 0, 0));
+        assert!(!p.due(t + Duration::from_secs(60), false, 0, 0));
+        assert!(p.due(t + Duration::from_secs(70), true, 0, 1));
     }
 
     #[test]
     fn without_while_idle_only_connections_with_calls_are_pinged() {
         let mut p = Pinger::new(settings(false));
         let t = Instant::now();
-        assert!(!p.due(t, 0, 0));
-        assert!(p.due(t + Duration::from_secs(10), 0, 2));
-        assert!(!p.due(t + Duration::from_secs(20), 0, 0));
+        assert!(!p.due(t, true, 0, 0));
+        assert!(p.due(t + Duration::from_secs(10), true, 0, 2));
+        assert!(!p.due(t + Duration::from_secs(20), true, 0, 0));
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! Dead and slow endpoints are found and avoided: connections are watched by HTTP/2
 //! keepalive PINGs ([`crate::keepalive`]) and TCP keepalive ([`hector_plugin_sdk::net`]);
-//! one connect per endpoint serves every call waiting for it ([`crate::connect`]); calls keep
+//! one connect per endpoint serves every call waiting for it (`connect.rs`); calls keep
 //! their deadline to the last message; and an endpoint whose calls keep timing out or failing
 //! is ejected for a while ([`Ejection`]).
 
@@ -323,11 +323,13 @@ fn record_failure(endpoints: &Mutex<Endpoints>, slot: &Slot, ejection: &Ejection
     if !ejection.due(failures) {
         return;
     }
+    // Counted afresh whether or not the ejection happens: an endpoint that was out, or the
+    // last one up, needs as many failures again.
+    slot.failures.store(0, Ordering::Relaxed);
     let ejected = lock(endpoints)
         .set
         .eject(slot.addr, reason, Instant::now(), ejection);
     if let Some(period) = ejected {
-        slot.failures.store(0, Ordering::Relaxed);
         tracing::warn!(
             endpoint = %slot.addr,
             failures,

@@ -6,17 +6,22 @@
 //! socket. A call sent in between would go out on a connection the peer had already closed
 //! and fail as "lost after sending" although no plugin could have received it. Peeking at the
 //! socket itself sees the close the moment the kernel has it.
+//!
+//! The stream also tells when the peer has first sent something ([`Socket::heard_from`]): an
+//! HTTP/2 server starts with its SETTINGS, and a connection is only taken as open once it
+//! has (a frozen process's kernel still accepts the TCP connection).
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// The most one read initializes and fills (reads come as the data arrives anyway).
 const READ_CHUNK: usize = 16 * 1024;
@@ -26,6 +31,9 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct Socket {
     stream: TcpStream,
     open: Option<Arc<AtomicUsize>>,
+    /// Whether anything was read from the peer yet, and a wake-up for who waits for it.
+    heard: AtomicBool,
+    first: Notify,
 }
 
 impl Socket {
@@ -34,7 +42,23 @@ impl Socket {
         if let Some(count) = &open {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        Self { stream, open }
+        Self {
+            stream,
+            open,
+            heard: AtomicBool::new(false),
+            first: Notify::new(),
+        }
+    }
+
+    /// Returns once the peer has sent something (read through the [`SharedStream`]).
+    pub async fn heard_from(&self) {
+        let first = self.first.notified();
+        let mut first = std::pin::pin!(first);
+        first.as_mut().enable();
+        if self.heard.load(Ordering::Acquire) {
+            return;
+        }
+        first.await;
     }
 
     /// Closes both directions now, whoever still holds the socket: the peer sees the close
@@ -100,6 +124,10 @@ impl AsyncRead for SharedStream {
             match self.0.stream.try_read(buf.initialize_unfilled_to(want)) {
                 Ok(n) => {
                     buf.advance(n);
+                    if n > 0 && !self.0.heard.load(Ordering::Relaxed) {
+                        self.0.heard.store(true, Ordering::Release);
+                        self.0.first.notify_waiters();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -172,12 +200,20 @@ mod tests {
         let mut got = [0u8; 4];
         server.read_exact(&mut got).await?;
         assert_eq!(&got, b"ping");
+        let heard = {
+            let peer = peer.clone();
+            tokio::spawn(async move { peer.heard_from().await })
+        };
+        assert!(!heard.is_finished(), "nothing sent yet");
         server.write_all(b"pong").await?;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!peer_closed(&peer), "data waiting is not a close");
         let mut got = [0u8; 4];
         shared.read_exact(&mut got).await?;
         assert_eq!(&got, b"pong");
+        heard.await?;
+        // Once heard from, at once.
+        peer.heard_from().await;
 
         drop(server);
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

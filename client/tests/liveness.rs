@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use support::{
-    BlackHole, Proxy, Server, TestResult, ask, ask_within, eventually, generate_call, status_of,
+    BlackHole, Mute, Proxy, Server, TestResult, ask, ask_within, eventually, generate_call,
+    status_of,
 };
 
 /// Fast keepalive, so that a test sees it act within a second.
@@ -174,6 +175,42 @@ async fn callers_go_to_the_endpoint_that_connects_rather_than_wait_for_one_that_
         "every caller went to the endpoint that connected"
     );
     assert_eq!(good.calls(), 50);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_that_accepts_but_never_speaks_http2_is_a_failed_connect_not_a_lost_call()
+-> TestResult {
+    let mute = Mute::start().await;
+    let good = Server::start("good").await;
+    let options = ChannelOptions::new().connect_timeout(Duration::from_millis(500));
+    let channel = channel(&[mute.addr, good.addr], &options).await;
+    let mut llm = channel.llm()?;
+    for i in 0..20 {
+        let r = llm
+            .generate(ask_within(&format!("call {i}"), Duration::from_secs(5)))
+            .await?;
+        assert_eq!(served(&r).map(|s| s.endpoint), Some(good.addr));
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || channel.down() == [mute.addr]).await,
+        "{:?}",
+        channel.down()
+    );
+
+    // Alone, it fails the call as unreachable: nothing was sent.
+    let channel = self::channel(&[mute.addr], &options).await;
+    let status = channel
+        .llm()?
+        .generate(ask_within("x", Duration::from_secs(5)))
+        .await
+        .expect_err("mute");
+    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    assert!(
+        status.message().contains("cannot reach")
+            && status.message().contains("no HTTP/2 answer within 500ms"),
+        "{status}"
+    );
     Ok(())
 }
 

@@ -85,6 +85,25 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = crate::listener::ForwardMode::Connection)]
     pub forward: crate::listener::ForwardMode,
 
+    /// The most client connections spliced to the plugin at once (each costs two threads).
+    /// A connection over it is refused with an HTTP/2 GOAWAY (last stream 0, REFUSED_STREAM)
+    /// and closed; health probes and other connections the launcher serves itself are not
+    /// counted.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536), env = "HECTOR_LAUNCHER_MAX_CONNECTIONS")]
+    pub max_connections: u32,
+
+    /// Seconds without a byte either way after which a spliced connection gets an HTTP/2
+    /// GOAWAY; it is closed if it stays unused as long again (at most 5 s more). 0 turns it
+    /// off.
+    #[arg(long, default_value_t = 300.0, value_parser = parse_non_negative_seconds, env = "HECTOR_LAUNCHER_IDLE_TIMEOUT")]
+    pub idle_timeout: f64,
+
+    /// TCP keepalive on client and plugin connections: seconds without traffic before the
+    /// first probe, then a probe every 10 s (every SECONDS, if shorter); 6 unanswered probes
+    /// close the connection. 0 turns keepalive off.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(0..=32_767), env = "HECTOR_LAUNCHER_TCP_KEEPALIVE")]
+    pub tcp_keepalive: u32,
+
     /// Serve TLS with a key made in memory at start; plaintext connections get only
     /// `grpc.health.v1` (the kubelet's probe). The certificate names the Pod whose UID is in
     /// `HECTOR_POD_UID`; its fingerprint is logged and pinned by agents.
@@ -161,6 +180,16 @@ impl Args {
         Duration::from_secs_f64(seconds)
     }
 
+    /// The idle timeout of spliced connections, if on.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout > 0.0).then(|| Self::duration(self.idle_timeout))
+    }
+
+    /// TCP keepalive timings, if on.
+    pub fn keepalive(&self) -> Option<crate::keepalive::Keepalive> {
+        crate::keepalive::Keepalive::after_seconds(self.tcp_keepalive)
+    }
+
     /// Prefix for the plugin's relayed output: `[name]`, from the executable's file name, and
     /// `[name#N]` for the Nth plugin started after configuration changes, so that the old and
     /// the new plugin can be told apart while both run.
@@ -225,6 +254,54 @@ mod tests {
         assert_eq!(a.output_prefix(3), "[p#3]");
         assert_eq!((a.drain_delay, a.drain_timeout), (5.0, 20.0));
         assert_eq!(a.config_poll_interval, 2.0);
+        assert_eq!(a.max_connections, 1024);
+        assert_eq!(a.idle_timeout(), Some(Duration::from_secs(300)));
+        assert_eq!(a.keepalive().map(|k| k.idle), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["l", "--type", "llm_provider"];
+            argv.extend_from_slice(flags);
+            argv.extend(["--", "/p"]);
+            Args::try_parse_from(argv)
+        };
+        let a = parse(&[
+            "--max-connections",
+            "2",
+            "--idle-timeout",
+            "1.5",
+            "--tcp-keepalive",
+            "30",
+        ])
+        .expect("valid");
+        assert_eq!(a.max_connections, 2);
+        assert_eq!(a.idle_timeout(), Some(Duration::from_millis(1500)));
+        assert_eq!(a.keepalive().map(|k| k.idle), Some(Duration::from_secs(30)));
+        let off = parse(&["--idle-timeout", "0", "--tcp-keepalive", "0"]).expect("off");
+        assert_eq!((off.idle_timeout(), off.keepalive()), (None, None));
+        for (flag, bad) in [
+            ("--max-connections", "0"),
+            ("--max-connections", "-1"),
+            ("--max-connections", "65537"),
+            ("--max-connections", "many"),
+            ("--max-connections", "1.5"),
+            ("--idle-timeout", "-1"),
+            ("--idle-timeout", "nan"),
+            ("--idle-timeout", "300s"),
+            ("--idle-timeout", "1e300"),
+            ("--tcp-keepalive", "-1"),
+            ("--tcp-keepalive", "32768"),
+            ("--tcp-keepalive", "2.5"),
+        ] {
+            let arg = format!("{flag}={bad}");
+            let err = parse(&[&arg]).expect_err(&arg).to_string();
+            assert!(
+                err.contains(flag) && err.contains(bad),
+                "{flag} {bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -46,14 +46,16 @@ pub fn spawn(
     // If the launcher itself is killed (OOM, SIGKILL), take the plugin down with it instead of
     // leaving an orphan holding its socket. The launcher runs a single-threaded runtime, so
     // the thread that spawns the child lives as long as the launcher.
-    // SAFETY: only async-signal-safe prctl(2) runs between fork and exec.
+    // The plugin also gets the open-files limit the launcher was given, not the one it
+    // raised for its own connections.
+    // SAFETY: only async-signal-safe prctl(2), getrlimit(2) and setrlimit(2) run between
+    // fork and exec.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
+            crate::limit::restore_open_files_limit()
         });
     }
     let mut child = cmd.spawn()?;

@@ -24,6 +24,22 @@ pub const GOAWAY: [u8; 17] = [
     0, 0, 0, 0, // NO_ERROR
 ];
 
+/// GOAWAY's frame type.
+pub const GOAWAY_TYPE: u8 = 0x7;
+/// Error code REFUSED_STREAM: refused before any processing, safe to send again
+/// (RFC 9113 §7).
+pub const ERROR_REFUSED_STREAM: u32 = 0x7;
+
+/// A GOAWAY frame: streams above `last_stream` were not processed; `code` and `debug` say
+/// why.
+pub fn goaway(last_stream: u32, code: u32, debug: &[u8]) -> Vec<u8> {
+    let mut frame = frame_header(8 + debug.len(), GOAWAY_TYPE, 0, 0).to_vec();
+    frame.extend_from_slice(&(last_stream & 0x7fff_ffff).to_be_bytes());
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(debug);
+    frame
+}
+
 /// The length of a frame header.
 pub const HEADER_LEN: usize = 9;
 /// Frame types (RFC 9113 §6).
@@ -549,6 +565,73 @@ mod tests {
                 let mut without = got.clone();
                 without.remove(at);
                 assert_eq!(without, frames, "the plugin's frames are intact");
+            }
+        }
+    }
+
+    #[test]
+    fn goaway_frames_carry_the_last_stream_the_code_and_the_reason() {
+        assert_eq!(goaway(0x7fff_ffff, 0, b""), GOAWAY);
+        let refused = goaway(0, ERROR_REFUSED_STREAM, b"full");
+        assert_eq!(
+            refused,
+            [
+                &frame_header(12, GOAWAY_TYPE, 0, 0)[..],
+                &[0, 0, 0, 0, 0, 0, 0, 7],
+                b"full"
+            ]
+            .concat()
+        );
+    }
+
+    /// The drain's GOAWAY, asked for at any point of a response whose header blocks span
+    /// several frames (and a PUSH_PROMISE block), goes out at the first point between two
+    /// header blocks, whole, and the plugin's frames pass intact: whether it is sent by the
+    /// copier with the plugin's next output or on its own when the plugin is quiet.
+    #[test]
+    fn goaway_never_goes_between_headers_and_continuation() {
+        let frames = vec![
+            frame(0x4, 0, 6),
+            frame_with(HEADERS, 0, 1, 300),
+            frame_with(CONTINUATION, 0, 1, 20),
+            frame_with(CONTINUATION, END_HEADERS, 1, 5),
+            frame_with(PUSH_PROMISE, 0, 1, 40),
+            frame_with(CONTINUATION, END_HEADERS, 1, 8),
+            frame(DATA, 1, 10),
+            frame_with(HEADERS, END_STREAM, 1, 30),
+            frame_with(CONTINUATION, END_HEADERS, 1, 3),
+        ];
+        let stream = frames.concat();
+        let ends = boundaries(&frames);
+        let allowed = [0, ends[0], ends[3], ends[5], ends[6], ends[8]];
+        for chunk in [1, 4, 9, 10, 64, 1000] {
+            for ask in 0..stream.len() {
+                for on_its_own in [true, false] {
+                    let d = Downstream::new(Vec::new(), false);
+                    let mut cuts: Vec<usize> = (0..stream.len()).step_by(chunk).collect();
+                    cuts.extend([ask, stream.len()]);
+                    cuts.sort_unstable();
+                    cuts.dedup();
+                    for piece in cuts.windows(2) {
+                        if piece[0] == ask {
+                            if on_its_own {
+                                d.goaway_now().expect("write to a Vec");
+                            } else {
+                                d.ask_goaway();
+                            }
+                        }
+                        d.write(&stream[piece[0]..piece[1]])
+                            .expect("write to a Vec");
+                    }
+                    let got = parse(&d.lock().out);
+                    let at = got.iter().position(|f| f[..] == GOAWAY[..]).expect("sent");
+                    let point = allowed.iter().find(|&&a| a >= ask).expect("an end");
+                    let expected = ends.iter().filter(|&&e| e <= *point).count();
+                    assert_eq!(at, expected, "chunk {chunk}, ask {ask}, {on_its_own}");
+                    let mut without = got.clone();
+                    without.remove(at);
+                    assert_eq!(without, frames, "the plugin's frames are intact");
+                }
             }
         }
     }

@@ -168,7 +168,7 @@ pub async fn start(
             )));
         }
         tracing::info!(generation, "plugin initialized");
-        let forward = Forward::connect(&address)
+        let forward = Forward::connect(&address, args.keepalive())
             .await
             .map_err(StartError::Forward)?;
         Ok((address, channel, lifecycle, forward))

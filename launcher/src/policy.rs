@@ -56,6 +56,9 @@ pub enum Refusal {
     Denied(String, Denial),
     /// A plugin call over plaintext where the plugin is served over TLS: `service/method`.
     Plaintext(String),
+    /// A connection over the cap on spliced connections, refused whole with every call it
+    /// carries (see [`crate::limit`]): the cap.
+    ConnectionLimit(usize),
 }
 
 impl Refusal {
@@ -81,6 +84,10 @@ impl Refusal {
                 "{m}: this plugin is served over TLS only (agents pin the certificate the operator \
                  publishes); plaintext connections reach only grpc.health.v1"
             ),
+            Refusal::ConnectionLimit(max) => format!(
+                "connection limit reached: this launcher splices at most {max} client connections \
+                 at once; nothing sent on this connection was processed"
+            ),
         }
     }
 
@@ -90,7 +97,7 @@ impl Refusal {
             Refusal::Denied(_, Denial::Unauthenticated(_)) | Refusal::Plaintext(_) => {
                 UNAUTHENTICATED
             }
-            Refusal::Denied(_, Denial::Unavailable(_)) => UNAVAILABLE,
+            Refusal::Denied(_, Denial::Unavailable(_)) | Refusal::ConnectionLimit(_) => UNAVAILABLE,
             _ => PERMISSION_DENIED,
         }
     }
@@ -105,6 +112,7 @@ impl Refusal {
             Refusal::Denied(_, Denial::NotAllowed(_)) => 4,
             Refusal::Denied(_, Denial::Unavailable(_)) => 5,
             Refusal::Plaintext(_) => 6,
+            Refusal::ConnectionLimit(_) => 7,
         }
     }
 
@@ -116,6 +124,7 @@ impl Refusal {
             | Refusal::Denied(m, _)
             | Refusal::Plaintext(m) => m,
             Refusal::NotAMethod => "(not a gRPC method path)",
+            Refusal::ConnectionLimit(_) => "(a whole connection)",
         }
     }
 }
@@ -168,7 +177,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// Metrics labels of the kinds of refusal, in [`Refusal::kind`] order.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "lifecycle",
     "go_plugin",
     "not_a_method",
@@ -176,10 +185,11 @@ const KINDS: [&str; 7] = [
     "not_allowed",
     "keys_unavailable",
     "plaintext",
+    "connection_limit",
 ];
 
 /// Refusals since the launcher started, in every connection and mode, by kind.
-static REFUSED: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static REFUSED: [AtomicU64; KINDS.len()] = [const { AtomicU64::new(0) }; KINDS.len()];
 /// Refusals of every kind, for the log line.
 static REFUSED_ALL: AtomicU64 = AtomicU64::new(0);
 /// Calls admitted by the caller check since the launcher started.
@@ -200,6 +210,13 @@ pub fn record(refusal: &Refusal, peer: Option<SocketAddr>) {
             message = %refusal.message(),
             "refused a call from the network"
         ),
+        Refusal::ConnectionLimit(_) => tracing::warn!(
+            %peer,
+            reason = KINDS[refusal.kind()],
+            refused_total,
+            message = %refusal.message(),
+            "refused a connection to the plugin (HTTP/2 GOAWAY, REFUSED_STREAM)"
+        ),
         _ => tracing::warn!(
             method = refusal.method(),
             %peer,
@@ -217,7 +234,7 @@ pub fn record_admitted() {
 /// The counters in the Prometheus text format.
 pub fn render_metrics() -> String {
     let mut out = String::from(
-        "# HELP hector_launcher_refused_total Calls refused by the launcher, by reason.\n\
+        "# HELP hector_launcher_refused_total Calls refused by the launcher, by reason (connection_limit: whole connections).\n\
          # TYPE hector_launcher_refused_total counter\n",
     );
     for (kind, counter) in KINDS.iter().zip(REFUSED.iter()) {

@@ -49,8 +49,12 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// Opens one HTTP/2 connection to `address` (`HOST:PORT` or `unix:/path`).
-    pub async fn connect(address: &str) -> Result<Self, ConnectError> {
+    /// Opens one HTTP/2 connection to `address` (`HOST:PORT` or `unix:/path`), with TCP
+    /// keepalive where it is TCP and `keepalive` is on.
+    pub async fn connect(
+        address: &str,
+        keepalive: Option<crate::keepalive::Keepalive>,
+    ) -> Result<Self, ConnectError> {
         let io_err = |source| ConnectError::Io {
             address: address.to_string(),
             source,
@@ -78,10 +82,9 @@ impl Forward {
                 .map_err(io_err)?;
             start(&builder, stream).await.map_err(handshake_err)?
         } else {
-            let stream = tokio::net::TcpStream::connect(address)
+            let stream = crate::keepalive::connect(address, keepalive)
                 .await
                 .map_err(io_err)?;
-            stream.set_nodelay(true).map_err(io_err)?;
             start(&builder, stream).await.map_err(handshake_err)?
         };
         Ok(Self { sender })

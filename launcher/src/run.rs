@@ -27,6 +27,7 @@ use crate::args::Args;
 use crate::backend::{Backend, Backends};
 use crate::config_dir::{self, Config};
 use crate::drain::Drain;
+use crate::limit::{ConnectionLimit, FILES_PER_CONNECTION};
 use crate::plugin::{self, EXIT_UNAVAILABLE, StartError, Started};
 use crate::reload::{Event, KeyChanges, Watcher};
 
@@ -98,6 +99,19 @@ pub async fn run(args: Args) -> i32 {
         }
     };
 
+    match crate::limit::raise_open_files_limit() {
+        Ok(files) => {
+            let room = files / FILES_PER_CONNECTION;
+            if room < u64::from(args.max_connections) {
+                tracing::warn!(
+                    open_files_limit = files,
+                    max_connections = args.max_connections,
+                    "the open-files limit leaves room for about {room} spliced connections, fewer than --max-connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let started = match plugin::start(&args, 1, config.clone(), None).await {
         Ok(s) => s,
         Err(e) => {
@@ -128,11 +142,22 @@ pub async fn run(args: Args) -> i32 {
         }
     };
     let drain = Drain::default();
+    let limits = crate::listener::Limits {
+        connections: ConnectionLimit::new(
+            usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        ),
+        idle_timeout: args.idle_timeout(),
+        keepalive: args.keepalive(),
+    };
+    let metrics = limits.connections.clone();
     let router = tonic::service::Routes::new(health_service)
         .into_axum_router()
         .route(
             "/metrics",
-            axum::routing::get(|| async { crate::policy::render_metrics() }),
+            axum::routing::get(move || {
+                let gauges = metrics.render_metrics();
+                async move { crate::policy::render_metrics() + &gauges }
+            }),
         )
         .fallback_service(crate::proxy::Switch::new(
             backends.clone(),
@@ -148,6 +173,7 @@ pub async fn run(args: Args) -> i32 {
         args.forward,
         drain.clone(),
         gate,
+        limits,
     ));
     let mut signals = Signals::new();
     tracing::info!(listen = %args.listen, service, "launcher serving");

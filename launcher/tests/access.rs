@@ -48,6 +48,16 @@ struct Launcher {
 
 impl Launcher {
     fn start(issuer: SocketAddr, credentials: &std::path::Path, forward: &str) -> Self {
+        Self::start_with(issuer, credentials, forward, &[])
+    }
+
+    /// Started with `extra` flags too.
+    fn start_with(
+        issuer: SocketAddr,
+        credentials: &std::path::Path,
+        forward: &str,
+        extra: &[&str],
+    ) -> Self {
         let config = tempfile::tempdir().expect("dir");
         std::fs::write(config.path().join("prefix"), "echo: ").expect("config");
         let addr = format!(
@@ -77,6 +87,7 @@ impl Launcher {
             .arg(format!("https://{issuer}"))
             .arg("--apiserver-credentials")
             .arg(credentials)
+            .args(extra)
             .arg("--config-dir")
             .arg(config.path())
             .arg("--")
@@ -346,6 +357,11 @@ async fn callers_are_checked(forward: &str) -> TestResult {
 
 /// The launcher's count of admitted calls, read from its plaintext metrics.
 async fn admitted_count(addr: &str) -> u64 {
+    metric(addr, "hector_launcher_admitted_total").await
+}
+
+/// One sample of the launcher's plaintext metrics, by its whole name (labels included).
+async fn metric(addr: &str, name: &str) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"GET /metrics HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n")
@@ -354,9 +370,9 @@ async fn admitted_count(addr: &str) -> u64 {
     let mut text = String::new();
     s.read_to_string(&mut text).await.expect("read");
     text.lines()
-        .find_map(|l| l.strip_prefix("hector_launcher_admitted_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .expect("admitted counter")
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -367,4 +383,84 @@ async fn callers_are_checked_on_spliced_connections() -> TestResult {
 #[tokio::test(flavor = "multi_thread")]
 async fn callers_are_checked_request_by_request() -> TestResult {
     callers_are_checked("request").await
+}
+
+/// With TLS and the caller check, `--max-connections 1`: a second TLS connection to the
+/// plugin is refused as a whole (GOAWAY REFUSED_STREAM over TLS, UNAVAILABLE for the call)
+/// before its caller's token is even looked at; plaintext health still answers; once the
+/// first connection has gone, a new one is admitted and checked as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_connections_over_the_cap_are_refused_before_any_check() -> TestResult {
+    let keys = Keys::new(&["k1"]);
+    let (issuer, credentials) = fake_issuer(keys.clone()).await;
+    let launcher = Launcher::start_with(
+        issuer,
+        credentials.path(),
+        "connection",
+        &["--max-connections", "1"],
+    );
+    let pin = launcher.fingerprint().await;
+    let agent = keys.token(0, "agents", "planner", AUDIENCE, now() + 3600);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Ok((ch, _)) = tls_channel(&launcher.addr, &pin).await
+            && generate(&ch, Some(&agent)).await.is_ok()
+        {
+            break ch;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served:\n{}",
+            launcher.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let admitted = admitted_count(&launcher.addr).await;
+
+    let (second, _) = tls_channel(&launcher.addr, &pin).await?;
+    let status = generate(&second, Some(&agent))
+        .await
+        .expect_err("over the cap");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        format!("{status:?}").contains("connection limit reached"),
+        "{status:?}"
+    );
+    assert_eq!(
+        admitted_count(&launcher.addr).await,
+        admitted,
+        "the refused connection's call was never checked"
+    );
+    assert_eq!(
+        metric(
+            &launcher.addr,
+            "hector_launcher_refused_total{reason=\"connection_limit\"}"
+        )
+        .await,
+        1
+    );
+    // The kubelet's probe: plaintext, served by the launcher itself.
+    let plain = hector_plugin_sdk::connect(&launcher.addr, Duration::from_secs(5)).await?;
+    let health = tonic_health::pb::health_client::HealthClient::new(plain)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+    assert_eq!(generate(&first, Some(&agent)).await?, "echo: hello");
+
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&launcher.addr, "hector_launcher_spliced_connections").await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first connection never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (third, _) = tls_channel(&launcher.addr, &pin).await?;
+    assert_eq!(generate(&third, Some(&agent)).await?, "echo: hello");
+    let denied = generate(&third, None).await.expect_err("no token");
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    Ok(())
 }

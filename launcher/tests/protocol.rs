@@ -834,7 +834,20 @@ async fn drain_fails_health_then_finishes_in_flight_calls() -> TestResult {
         "go-plugin",
         &[("prefix", "go says: "), ("shutdown_file", "$DIR/shutdown")],
         &[bin.to_str().ok_or("path")?],
-        &["--drain-delay", "2", "--drain-timeout", "20"],
+        // The in-flight call and the connection opened during the delay fill the cap; the
+        // call is silent for 3 s, well within the idle timeout.
+        &[
+            "--drain-delay",
+            "2",
+            "--drain-timeout",
+            "20",
+            "--max-connections",
+            "2",
+            "--idle-timeout",
+            "10",
+            "--tcp-keepalive",
+            "5",
+        ],
         &[],
     );
     let ch = l.channel().await;
@@ -872,6 +885,11 @@ async fn drain_fails_health_then_finishes_in_flight_calls() -> TestResult {
     assert_eq!(answer, "go says: still here");
     let probe = hector_plugin_sdk::connect(&l.addr, Duration::from_secs(2)).await?;
     assert_eq!(health(&probe, "").await, Some(ServingStatus::NotServing));
+    assert_eq!(
+        metric(&l.addr, "hector_launcher_spliced_connections").await,
+        2
+    );
+    assert_eq!(metric(&l.addr, REFUSED_FOR_LIMIT).await, 0);
     assert!(
         signalled.elapsed() < drain_delay,
         "the checks above must run during the drain delay"
@@ -1923,6 +1941,18 @@ struct RawClient {
     streams: std::collections::HashMap<u32, RawStream>,
     /// A header block being received: stream and fragment.
     block: Option<(u32, Vec<u8>)>,
+    /// The GOAWAY frames received, in order.
+    goaways: Vec<RawGoaway>,
+    /// The server closed the connection (end of stream).
+    closed: bool,
+}
+
+/// A GOAWAY as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RawGoaway {
+    last_stream: u32,
+    code: u32,
+    debug: String,
 }
 
 #[derive(Debug, Default)]
@@ -2042,6 +2072,7 @@ const H2_HEADERS: u8 = 0x1;
 const H2_RST_STREAM: u8 = 0x3;
 const H2_SETTINGS: u8 = 0x4;
 const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
 const H2_CONTINUATION: u8 = 0x9;
 const H2_END_STREAM: u8 = 0x1;
 const H2_END_HEADERS: u8 = 0x4;
@@ -2061,6 +2092,8 @@ impl RawClient {
             buffer: Vec::new(),
             streams: Default::default(),
             block: None,
+            goaways: Vec::new(),
+            closed: false,
         };
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         hello.extend(raw_frame(H2_SETTINGS, 0, 0, &[]));
@@ -2076,6 +2109,12 @@ impl RawClient {
     /// A unary call on `stream`: its header block in `parts` frames (the first padded and
     /// with priority fields when split), then its message with END_STREAM.
     fn call(&mut self, stream: u32, path: &str, body: &[u8], parts: usize) -> std::io::Result<()> {
+        let frames = self.call_frames(stream, path, body, parts).concat();
+        self.send(&frames)
+    }
+
+    /// The frames of [`RawClient::call`]: HEADERS, CONTINUATION frames, DATA.
+    fn call_frames(&mut self, stream: u32, path: &str, body: &[u8], parts: usize) -> Vec<Vec<u8>> {
         let id = stream.to_string();
         let block = self.encoder.encode(&[
             (b":method", b"POST"),
@@ -2093,19 +2132,61 @@ impl RawClient {
             let last = i + 1 == chunks.len();
             let end = if last { H2_END_HEADERS } else { 0 };
             if i > 0 {
-                frames.extend(raw_frame(H2_CONTINUATION, end, stream, chunk));
+                frames.push(raw_frame(H2_CONTINUATION, end, stream, chunk));
             } else if parts > 1 {
                 let mut payload = vec![2u8, 0, 0, 0, 0, 15];
                 payload.extend_from_slice(chunk);
                 payload.extend([0, 0]);
                 let flags = H2_PADDED | H2_PRIORITY | end;
-                frames.extend(raw_frame(H2_HEADERS, flags, stream, &payload));
+                frames.push(raw_frame(H2_HEADERS, flags, stream, &payload));
             } else {
-                frames.extend(raw_frame(H2_HEADERS, end, stream, chunk));
+                frames.push(raw_frame(H2_HEADERS, end, stream, chunk));
             }
         }
-        frames.extend(raw_frame(H2_DATA, H2_END_STREAM, stream, body));
-        self.send(&frames)
+        frames.push(raw_frame(H2_DATA, H2_END_STREAM, stream, body));
+        frames
+    }
+
+    /// Reads one more piece from the socket into the buffer; the end of the stream is
+    /// noted in `closed`.
+    fn read_more(&mut self) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut buf = [0u8; 16 * 1024];
+        let n = self.socket.read(&mut buf)?;
+        if n == 0 {
+            self.closed = true;
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buffer.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+
+    /// Reads frames (answering SETTINGS and PING) until a GOAWAY has arrived.
+    fn wait_goaway(&mut self) -> std::io::Result<RawGoaway> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.goaways.is_empty() {
+            assert!(Instant::now() < deadline, "no GOAWAY");
+            if !self.parse_one()? {
+                self.read_more()?;
+            }
+        }
+        Ok(self.goaways[0].clone())
+    }
+
+    /// Reads frames until the server closes the connection.
+    fn wait_closed(&mut self) -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "the connection stayed open");
+            if self.parse_one()? {
+                continue;
+            }
+            match self.read_more() {
+                Ok(()) => {}
+                Err(_) if self.closed => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads frames until `stream` has ended (END_STREAM or RST_STREAM), answering SETTINGS
@@ -2115,13 +2196,7 @@ impl RawClient {
         while !self.streams.get(&stream).is_some_and(|s| s.ended) {
             assert!(Instant::now() < deadline, "stream {stream} never ended");
             if !self.parse_one()? {
-                use std::io::Read;
-                let mut buf = [0u8; 16 * 1024];
-                let n = self.socket.read(&mut buf)?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                self.buffer.extend_from_slice(&buf[..n]);
+                self.read_more()?;
             }
         }
         Ok(&self.streams[&stream])
@@ -2142,7 +2217,29 @@ impl RawClient {
         let (kind, flags) = (frame[3], frame[4]);
         let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
         let payload = &frame[9..];
+        // RFC 9113 §6.10: a header block's frames follow one another with nothing between.
+        if let Some((id, _)) = &self.block {
+            assert!(
+                kind == H2_CONTINUATION && stream == *id,
+                "a frame of type {kind} on stream {stream} inside the header block of stream {id}"
+            );
+        }
         match kind {
+            H2_GOAWAY => {
+                let word = |at: usize| {
+                    u32::from_be_bytes([
+                        payload[at],
+                        payload[at + 1],
+                        payload[at + 2],
+                        payload[at + 3],
+                    ])
+                };
+                self.goaways.push(RawGoaway {
+                    last_stream: word(0) & 0x7fff_ffff,
+                    code: word(4),
+                    debug: String::from_utf8_lossy(&payload[8..]).into_owned(),
+                });
+            }
             H2_SETTINGS if flags & 1 == 0 => self.send(&raw_frame(H2_SETTINGS, 1, 0, &[]))?,
             H2_PING if flags & 1 == 0 => self.send(&raw_frame(H2_PING, 1, 0, payload))?,
             H2_HEADERS | H2_CONTINUATION => {
@@ -2300,4 +2397,449 @@ async fn raw_http2_streams_per_request() -> TestResult {
 #[tokio::test]
 async fn raw_http2_streams_go_grpc_plugin_spliced() -> TestResult {
     raw_http2_streams("go-plugin", "connection", go_plugin()).await
+}
+
+/// GOAWAY, NO_ERROR, every stream allowed to finish: the drain's.
+const DRAIN_GOAWAY: RawGoaway = RawGoaway {
+    last_stream: 0x7fff_ffff,
+    code: 0,
+    debug: String::new(),
+};
+
+/// The drain starts while clients are in the middle of sending a header block (HEADERS
+/// without END_HEADERS, its CONTINUATION not sent yet): on a spliced connection, and on
+/// one whose first request is still being read to route it. Each gets the GOAWAY in the
+/// gap, never inside a header block of the launcher's or the plugin's (the raw client fails
+/// on any frame between a HEADERS and its CONTINUATION), completes its block afterwards,
+/// and its call is answered; the launcher then exits cleanly, every connection closed.
+#[tokio::test]
+async fn drain_in_the_middle_of_a_header_block_finishes_the_call() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "network",
+        &[("prefix", "drained: ")],
+        &[bin.to_str().ok_or("path")?],
+        // The two connections fill the cap: the one routed after the drain began still
+        // gets its place.
+        &[
+            "--drain-delay",
+            "0",
+            "--drain-timeout",
+            "20",
+            "--max-connections",
+            "2",
+        ],
+        &[],
+    );
+    let _ = l.channel().await;
+    let generate = "/hector.plugin.LLMProvider/Generate";
+    let addr = l.addr.clone();
+    // Both clients stop after their HEADERS frame; the rest goes once the GOAWAY is in.
+    let (spliced, spliced_rest, routing, routing_rest) =
+        tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let mut spliced = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+            spliced
+                .call(1, generate, &generate_body("first"), 1)
+                .map_err(|e| e.to_string())?;
+            let first = spliced.wait(1).map_err(|e| e.to_string())?.text();
+            assert_eq!(first, "drained: first");
+            let mut frames = spliced.call_frames(3, generate, &generate_body("second"), 3);
+            spliced.send(&frames.remove(0)).map_err(|e| e.to_string())?;
+
+            let mut routing = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+            let mut routing_frames = routing.call_frames(1, generate, &generate_body("routed"), 2);
+            routing
+                .send(&routing_frames.remove(0))
+                .map_err(|e| e.to_string())?;
+            Ok((spliced, frames.concat(), routing, routing_frames.concat()))
+        })
+        .await??;
+    l.signal_term();
+    l.wait_for_log("asked every open one to go away", Duration::from_secs(10))
+        .await;
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        for (mut client, rest, stream, text) in [
+            (spliced, spliced_rest, 3, "drained: second"),
+            (routing, routing_rest, 1, "drained: routed"),
+        ] {
+            let goaway = client.wait_goaway().map_err(|e| e.to_string())?;
+            assert_eq!(goaway, DRAIN_GOAWAY, "stream {stream}");
+            client.send(&rest).map_err(|e| e.to_string())?;
+            let answer = client.wait(stream).map_err(|e| e.to_string())?;
+            assert_eq!(answer.field("grpc-status"), Some("0"), "{answer:?}");
+            assert_eq!(answer.text(), text);
+            assert_eq!(client.goaways, [DRAIN_GOAWAY], "one GOAWAY per connection");
+        }
+        Ok(())
+    })
+    .await??;
+    let status = l.wait_exit(Duration::from_secs(20)).await;
+    let out = l.output();
+    assert!(status.success(), "launcher exit: {status}\n{out}");
+    assert!(out.contains("all connections closed"), "{out}");
+    Ok(())
+}
+
+/// The launcher's metrics (plaintext HTTP/1.1, served locally).
+async fn metrics(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: l\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("read");
+    text
+}
+
+/// One sample of the launcher's metrics, by its whole name (labels included).
+async fn metric(addr: &str, name: &str) -> u64 {
+    let text = metrics(addr).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Waits until the launcher reports `open` spliced connections.
+async fn wait_spliced(addr: &str, open: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(addr, "hector_launcher_spliced_connections").await != open {
+        assert!(
+            Instant::now() < deadline,
+            "spliced connections never became {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const REFUSED_FOR_LIMIT: &str = "hector_launcher_refused_total{reason=\"connection_limit\"}";
+/// RST_STREAM / GOAWAY error code REFUSED_STREAM.
+const H2_REFUSED_STREAM: u32 = 0x7;
+
+/// `--max-connections 2`: a third connection to the plugin is refused before anything
+/// reaches the plugin (GOAWAY, last stream 0, REFUSED_STREAM, with the reason; then closed),
+/// counted, and logged; health probes, which the launcher serves itself, still work; once
+/// one of the two closes, a new connection is admitted.
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_and_health_keeps_working() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "network",
+        &[("prefix", "capped: ")],
+        &[bin.to_str().ok_or("path")?],
+        &["--max-connections", "2"],
+        &[],
+    );
+    let ch = l.channel().await;
+    let addr = l.addr.clone();
+    let generate = "/hector.plugin.LLMProvider/Generate";
+    let (first, second, refused) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let mut spliced = Vec::new();
+        for text in ["one", "two"] {
+            let mut c = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+            c.call(1, generate, &generate_body(text), 1)
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                c.wait(1).map_err(|e| e.to_string())?.text(),
+                format!("capped: {text}")
+            );
+            spliced.push(c);
+        }
+        let mut over = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+        over.call(1, generate, &generate_body("three"), 1)
+            .map_err(|e| e.to_string())?;
+        let goaway = over.wait_goaway().map_err(|e| e.to_string())?;
+        over.wait_closed().map_err(|e| e.to_string())?;
+        assert!(
+            !over.streams.contains_key(&1),
+            "not answered: {:?}",
+            over.streams
+        );
+        let second = spliced.pop().ok_or("second")?;
+        let first = spliced.pop().ok_or("first")?;
+        Ok((first, second, goaway))
+    })
+    .await??;
+    assert_eq!((refused.last_stream, refused.code), (0, H2_REFUSED_STREAM));
+    assert!(
+        refused.debug.starts_with(
+            "connection limit reached: this launcher splices at most 2 client connections at once"
+        ),
+        "{refused:?}"
+    );
+
+    // A gRPC client over the cap: its call fails, and says why.
+    let mut over = LlmProviderClient::new(l.plugin_channel().await);
+    let status = generate_within(&mut over, "four")
+        .await
+        .expect_err("over the cap");
+    eprintln!("refused call: {status:?}");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // Probes: on the connection open before, and on a new one.
+    assert_eq!(health(&ch, "").await, Some(ServingStatus::Serving));
+    let probe = hector_plugin_sdk::connect(&l.addr, Duration::from_secs(5)).await?;
+    assert_eq!(health(&probe, "").await, Some(ServingStatus::Serving));
+    assert_eq!(metric(&l.addr, REFUSED_FOR_LIMIT).await, 2);
+    assert_eq!(
+        metric(&l.addr, "hector_launcher_spliced_connections").await,
+        2
+    );
+    assert_eq!(
+        metric(&l.addr, "hector_launcher_spliced_connections_max").await,
+        2
+    );
+
+    // One leaves: the next connection is admitted, and the other one still works.
+    drop(first);
+    wait_spliced(&l.addr, 1).await;
+    let addr = l.addr.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut second = second;
+        let mut next = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+        next.call(1, generate, &generate_body("four"), 1)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            next.wait(1).map_err(|e| e.to_string())?.text(),
+            "capped: four"
+        );
+        second
+            .call(3, generate, &generate_body("two again"), 1)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            second.wait(3).map_err(|e| e.to_string())?.text(),
+            "capped: two again"
+        );
+        assert!(next.goaways.is_empty() && second.goaways.is_empty());
+        Ok(())
+    })
+    .await??;
+    assert_eq!(metric(&l.addr, REFUSED_FOR_LIMIT).await, 2);
+    // Logged once per refused connection (the log is read as it comes).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while l
+        .log_so_far()
+        .matches("refused a connection to the plugin")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", l.log_so_far());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = l.log_so_far();
+    assert_eq!(
+        log.matches("refused a connection to the plugin").count(),
+        2,
+        "{log}"
+    );
+    Ok(())
+}
+
+/// `--idle-timeout 1`: a spliced connection left idle gets a GOAWAY (NO_ERROR, every
+/// stream may finish) after a second and is closed a second later; one whose call keeps
+/// sending (a request body sent slowly, for three times the timeout) is not; and a gRPC
+/// client whose connection was closed for idleness simply connects again.
+#[tokio::test]
+async fn idle_spliced_connections_are_closed_but_busy_ones_are_not() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    let mut l = Launched::start_with(
+        "llm_provider",
+        "network",
+        &[("prefix", "idle: ")],
+        &[bin.to_str().ok_or("path")?],
+        &["--idle-timeout", "1"],
+        &[],
+    );
+    let _ = l.channel().await;
+    let timeout = Duration::from_secs(1);
+    let generate = "/hector.plugin.LLMProvider/Generate";
+    let addr = l.addr.clone();
+    let idle = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut c = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+        // Before the launcher's last read on this connection (the plugin's answer).
+        let called = Instant::now();
+        c.call(1, generate, &generate_body("then nothing"), 1)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(
+            c.wait(1).map_err(|e| e.to_string())?.text(),
+            "idle: then nothing"
+        );
+        assert_eq!(c.wait_goaway().map_err(|e| e.to_string())?, DRAIN_GOAWAY);
+        assert!(called.elapsed() >= timeout, "{:?}", called.elapsed());
+        c.wait_closed().map_err(|e| e.to_string())?;
+        assert!(called.elapsed() >= timeout * 2, "{:?}", called.elapsed());
+        Ok(())
+    });
+    let addr = l.addr.clone();
+    let busy = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut c = RawClient::connect(&addr).map_err(|e| e.to_string())?;
+        let mut frames = c.call_frames(1, generate, &generate_body("slow sender"), 1);
+        let data = frames.pop().ok_or("DATA")?;
+        c.send(&frames.concat()).map_err(|e| e.to_string())?;
+        // The request's message, a few octets every 300 ms over three seconds.
+        let message = &data[9..];
+        let pieces: Vec<&[u8]> = message.chunks(message.len().div_ceil(10)).collect();
+        let started = Instant::now();
+        for (i, piece) in pieces.iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(300));
+            let end = if i + 1 == pieces.len() {
+                H2_END_STREAM
+            } else {
+                0
+            };
+            c.send(&raw_frame(H2_DATA, end, 1, piece))
+                .map_err(|e| e.to_string())?;
+        }
+        assert!(started.elapsed() > timeout * 2, "{:?}", started.elapsed());
+        assert_eq!(
+            c.wait(1).map_err(|e| e.to_string())?.text(),
+            "idle: slow sender"
+        );
+        assert!(c.goaways.is_empty(), "{:?}", c.goaways);
+        Ok(())
+    });
+    idle.await??;
+    busy.await??;
+
+    // tonic: its connection closed for idleness, the next call connects again.
+    let mut client = LlmProviderClient::new(l.plugin_channel().await);
+    assert_eq!(generate_within(&mut client, "a").await?, "idle: a");
+    wait_spliced(&l.addr, 0).await;
+    assert_eq!(generate_within(&mut client, "b").await?, "idle: b");
+    Ok(())
+}
+
+/// Established TCP connections of a process, from the kernel's table (`/proc/net/tcp`):
+/// (local port, remote port, timer kind, timer expiry in clock ticks). Timer kind 2 is
+/// keepalive.
+fn tcp_connections_of(pid: u32) -> Vec<(u16, u16, u8, u64)> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    link.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |address: &str| {
+        address
+            .split(':')
+            .nth(1)
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+            .unwrap_or(0)
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local remote st tx:rx tr:when retrnsmt uid timeout inode …
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                return None;
+            }
+            let (kind, when) = f[5].split_once(':')?;
+            Some((
+                port(f[1]),
+                port(f[2]),
+                u8::from_str_radix(kind, 16).ok()?,
+                u64::from_str_radix(when, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// `--tcp-keepalive 30`: the connections the launcher accepts and its connections to the
+/// plugin have keepalive on with 30 s of idleness before the first probe (a keepalive timer
+/// due within 30 s, where the kernel's default would be none); with 0, none has.
+#[tokio::test]
+async fn tcp_keepalive_on_client_and_plugin_connections() -> TestResult {
+    let bin = sibling_bin("echo-llm");
+    for (seconds, on) in [("30", true), ("0", false)] {
+        let mut l = Launched::start_with(
+            "llm_provider",
+            "network",
+            &[("prefix", "k: ")],
+            &[bin.to_str().ok_or("path")?],
+            &["--tcp-keepalive", seconds],
+            &[],
+        );
+        let _ = l.channel().await;
+        let launcher_port: u16 = l.addr.rsplit(':').next().ok_or("port")?.parse()?;
+        let plugin = only_child(&l, None, Duration::from_secs(10)).await;
+        let plugin_port = {
+            let table = std::fs::read_to_string("/proc/net/tcp")?;
+            let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{plugin}/fd"))?
+                .flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|l| {
+                    Some(
+                        l.to_str()?
+                            .strip_prefix("socket:[")?
+                            .strip_suffix(']')?
+                            .to_string(),
+                    )
+                })
+                .collect();
+            table
+                .lines()
+                .filter_map(|line| {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    (f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]))
+                        .then(|| u16::from_str_radix(f[1].split(':').nth(1)?, 16).ok())
+                        .flatten()
+                })
+                .next()
+                .ok_or("the plugin's listening port")?
+        };
+        let pid = l.child.id();
+        // (accepted, to the plugin) connections of the launcher with a keepalive timer due
+        // within 30 s.
+        let kept = move || {
+            let all = tcp_connections_of(pid);
+            let count = |port_of: fn(&(u16, u16, u8, u64)) -> u16, port: u16| {
+                all.iter()
+                    .filter(|c| port_of(c) == port && c.2 == 2 && c.3 > 0 && c.3 <= 3000)
+                    .count()
+            };
+            (count(|c| c.0, launcher_port), count(|c| c.1, plugin_port))
+        };
+        // Right after traffic a connection may show another timer (retransmission, loss
+        // probe) for a moment: the table is looked at until it shows what is expected.
+        let settled = |want: (usize, usize)| async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while kept() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "(accepted, to the plugin) {:?}, expected {want:?}: {:?}",
+                    kept(),
+                    tcp_connections_of(pid)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if on {
+            // The request forwarder's connection, from the start.
+            settled((0, 1)).await;
+        }
+        // A spliced connection: accepted from the client, and one more to the plugin.
+        let mut client = LlmProviderClient::new(l.plugin_channel().await);
+        assert_eq!(generate_within(&mut client, "x").await?, "k: x");
+        if on {
+            settled((1, 2)).await;
+        } else {
+            let all = tcp_connections_of(l.child.id());
+            assert!(all.len() >= 3, "accepted, forwarder, splice: {all:?}");
+            assert!(all.iter().all(|c| c.2 != 2), "{all:?}");
+        }
+    }
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! into a volume (what an agent Pod's init container does).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hector_plugin_sdk::endpoints::{DEFAULT_ENDPOINTS_PATH, ENDPOINTS_PATH_ENV};
@@ -22,16 +23,16 @@ token from the `token_file` config key, HECTOR_PLUGIN_TOKEN_FILE, or
 /var/run/secrets/hector.dev/token when it exists; a plugin published with certificates is
 reached over TLS pinned to them.")]
 #[command(after_help = "\
-Example Hector config:
+Hector reads PATH.plugin.yaml before it starts a plugin at PATH, so every plugin needs its own
+copy with its manifest: `install --into /opt/hector/plugins` lays them out, and the published
+plugins.yaml names them:
   plugins:
     llm_providers:
       echo:
         name: echo
         type: grpc
-        path: /usr/local/bin/hector-plugin-remote
-        enabled: true
-        config:
-          remote_address: \"echo-llm.agents.svc:50051\"")]
+        path: /opt/hector/plugins/echo
+        enabled: true")]
 pub struct Cli {
     /// What to do; none runs the plugin (as Hector does).
     #[command(subcommand)]
@@ -50,7 +51,12 @@ its remote plugin by its own name.
 
 Re-running brings DIR up to date: entries written earlier whose plugin is no longer
 published are removed. What was written is listed in DIR/.hector-plugin-remote; files this
-command did not write are never changed or removed.")]
+command did not write are never changed or removed.
+
+With --watch it keeps running (an agent Pod's sidecar): it reads the endpoints file every
+--interval seconds and brings DIR up to date whenever its content changed, so plugins
+published later get their copy and manifest, which the published plugins.yaml names. It
+exits 0 on SIGTERM or SIGINT.")]
     Install(InstallArgs),
     /// Copy this executable to DIR/hector-plugin-remote (for an init container that hands it
     /// to the agent's container through a shared volume).
@@ -80,6 +86,24 @@ pub struct InstallArgs {
     /// The published endpoints file.
     #[arg(long, value_name = "FILE", env = ENDPOINTS_PATH_ENV, default_value = DEFAULT_ENDPOINTS_PATH)]
     pub endpoints: PathBuf,
+    /// Keep running and install again whenever the endpoints file changes.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch reads the endpoints file, in seconds (0.1 to 3600).
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_interval, requires = "watch")]
+    pub interval: Duration,
+}
+
+/// The bounds of `--interval`: often enough to matter, rarely enough to cost nothing.
+const INTERVAL_RANGE: std::ops::RangeInclusive<f64> = 0.1..=3600.0;
+
+/// Parses `--interval` seconds.
+fn parse_interval(raw: &str) -> Result<Duration, String> {
+    raw.parse::<f64>()
+        .ok()
+        .filter(|s| INTERVAL_RANGE.contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{raw:?} is not a number of seconds from 0.1 to 3600"))
 }
 
 #[cfg(test)]
@@ -108,7 +132,39 @@ mod tests {
         };
         assert_eq!(args.into, PathBuf::from("/plugins"));
         assert_eq!(args.endpoints, PathBuf::from("/e.json"));
+        assert!(!args.watch, "one run unless asked");
         assert!(Cli::try_parse_from(["hector-plugin-remote", "install"]).is_err());
+    }
+
+    #[test]
+    fn install_watch_takes_an_interval_within_bounds() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["hector-plugin-remote", "install", "--into", "/p"];
+            argv.extend(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Some(Command::Install(args)) => (args.watch, args.interval),
+                _ => (false, Duration::ZERO),
+            })
+        };
+        assert_eq!(
+            parse(&["--watch"]).expect("watch"),
+            (true, Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse(&["--watch", "--interval", "0.5"]).expect("interval"),
+            (true, Duration::from_millis(500))
+        );
+        for bad in ["0", "0.05", "3601", "-1", "soon", "NaN", "inf"] {
+            let flag = format!("--interval={bad}");
+            let err = parse(&["--watch", &flag]).expect_err(bad);
+            assert!(
+                err.to_string()
+                    .contains("not a number of seconds from 0.1 to 3600"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse(&["--interval", "5"]).expect_err("interval without watch");
+        assert!(err.to_string().contains("--watch"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! `hector-plugin-remote install --into DIR`: for every published plugin, an executable
-//! `NAME` (this program, finding its plugin by that name) and `NAME.plugin.yaml` next to it,
-//! which is what Hector's plugin discovery looks for. What it wrote is listed in a marker file
-//! so that a later run removes entries that are no longer published, and nothing else.
+//! `NAME` (this program, finding its plugin by that name) and `NAME.plugin.yaml` next to it.
+//! Hector reads that manifest before it starts any `path:` plugin and dispenses the plugin by
+//! its type, and its discovery looks for the same pair, so `DIR/NAME` is what the published
+//! `plugins.yaml` names and what discovery finds. What it wrote is listed in a marker file so
+//! that a later run removes entries that are no longer published, and nothing else.
+//! `--watch` runs again whenever the endpoints file changes (an agent Pod's sidecar).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
@@ -76,8 +79,10 @@ pub fn plan(
 /// What a run did.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Names written (or already up to date).
+    /// Names written.
     pub written: Vec<String>,
+    /// Names already up to date.
+    pub unchanged: Vec<String>,
     /// Names removed.
     pub removed: Vec<String>,
     /// Names left alone, with the reason.
@@ -87,6 +92,7 @@ pub struct Report {
 }
 
 /// Runs `install` and returns the exit code: 0 done, 1 some entries failed, 2 nothing done.
+/// With `--watch` it runs until SIGTERM or SIGINT and returns 0 then.
 pub fn main(args: &InstallArgs) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
@@ -95,20 +101,12 @@ pub fn main(args: &InstallArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.watch {
+        return watch_main(args, &exe);
+    }
     match install(&args.into, &args.endpoints, &exe) {
         Ok(report) => {
-            for name in &report.written {
-                println!("installed {}", args.into.join(name).display());
-            }
-            for name in &report.removed {
-                println!("removed {}", args.into.join(name).display());
-            }
-            for (name, reason) in &report.skipped {
-                eprintln!("skipped {name}: {reason}");
-            }
-            for (name, error) in &report.failed {
-                eprintln!("failed {name}: {error}");
-            }
+            print_report(&args.into, &report);
             if report.failed.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -120,6 +118,149 @@ pub fn main(args: &InstallArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn print_report(dir: &Path, report: &Report) {
+    for name in &report.written {
+        println!("installed {}", dir.join(name).display());
+    }
+    for name in &report.unchanged {
+        println!("up to date {}", dir.join(name).display());
+    }
+    for name in &report.removed {
+        println!("removed {}", dir.join(name).display());
+    }
+    for (name, reason) in &report.skipped {
+        eprintln!("skipped {name}: {reason}");
+    }
+    for (name, error) in &report.failed {
+        eprintln!("failed {name}: {error}");
+    }
+}
+
+/// What one look at the endpoints file under `--watch` came to.
+#[derive(Debug)]
+pub enum Tick {
+    /// Nothing new: the content was installed already, or the same failure was reported.
+    Nothing,
+    /// The content changed and this run brought the directory up to date (or tried to).
+    Ran(Report),
+    /// The file could not be used; the directory stays as it was.
+    Failed(String),
+}
+
+/// The state of `install --watch` between looks at the endpoints file.
+#[derive(Debug, Default)]
+pub struct Watcher {
+    /// The content last installed without failures.
+    installed: Option<Vec<u8>>,
+    /// What the last failure said, so a lasting failure is reported once.
+    last_failure: Option<String>,
+}
+
+impl Watcher {
+    /// Reads the endpoints file and installs when its content differs from what was last
+    /// installed without failures (so a failed entry is tried again at the next look).
+    pub fn tick(&mut self, dir: &Path, endpoints: &Path, exe: &Path) -> Tick {
+        let bytes = match std::fs::read(endpoints) {
+            Ok(b) => b,
+            Err(source) => {
+                return self.failure(
+                    TargetError::ReadEndpoints {
+                        path: endpoints.to_path_buf(),
+                        source,
+                    }
+                    .to_string(),
+                );
+            }
+        };
+        if self.installed.as_deref() == Some(bytes.as_slice()) {
+            return Tick::Nothing;
+        }
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return self.failure(format!("{}: not UTF-8 text", endpoints.display()));
+        };
+        match install_text(dir, endpoints, text, exe) {
+            Ok(report) if report.failed.is_empty() => {
+                self.installed = Some(bytes);
+                self.last_failure = None;
+                Tick::Ran(report)
+            }
+            Ok(report) => {
+                // Tried again at every look; shown again only when the failures change.
+                let failures = format!("{:?}", report.failed);
+                if self.last_failure.as_deref() == Some(failures.as_str()) {
+                    return Tick::Nothing;
+                }
+                self.last_failure = Some(failures);
+                Tick::Ran(report)
+            }
+            Err(e) => self.failure(e.to_string()),
+        }
+    }
+
+    fn failure(&mut self, message: String) -> Tick {
+        if self.last_failure.as_deref() == Some(message.as_str()) {
+            return Tick::Nothing;
+        }
+        self.last_failure = Some(message.clone());
+        Tick::Failed(message)
+    }
+}
+
+/// Runs `install --watch`: 0 on SIGTERM or SIGINT, 2 when it cannot start.
+fn watch_main(args: &InstallArgs, exe: &Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hector-plugin-remote install: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(watch(args, exe))
+}
+
+async fn watch(args: &InstallArgs, exe: &Path) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    // As a container's first process, a signal without a handler would be ignored.
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("hector-plugin-remote install: cannot handle signals: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "watching {} every {:?}, installing into {}",
+        args.endpoints.display(),
+        args.interval,
+        args.into.display()
+    );
+    let mut watcher = Watcher::default();
+    loop {
+        match watcher.tick(&args.into, &args.endpoints, exe) {
+            Tick::Nothing => {}
+            Tick::Ran(report) => print_report(&args.into, &report),
+            Tick::Failed(message) => {
+                eprintln!(
+                    "hector-plugin-remote install: {message} (the directory is left as it is)"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    println!("stopped watching {}", args.endpoints.display());
+    ExitCode::SUCCESS
 }
 
 /// The executable's name in the directory `install-binary` copies it into.
@@ -161,7 +302,17 @@ pub fn install(dir: &Path, endpoints: &Path, exe: &Path) -> Result<Report, Insta
         path: endpoints.to_path_buf(),
         source,
     })?;
-    let file = EndpointsFile::parse(&text).map_err(|source| TargetError::ParseEndpoints {
+    install_text(dir, endpoints, &text, exe)
+}
+
+/// [`install`] from the endpoints file's `text` (read from `endpoints`).
+fn install_text(
+    dir: &Path,
+    endpoints: &Path,
+    text: &str,
+    exe: &Path,
+) -> Result<Report, InstallError> {
+    let file = EndpointsFile::parse(text).map_err(|source| TargetError::ParseEndpoints {
         path: endpoints.to_path_buf(),
         source,
     })?;
@@ -188,7 +339,8 @@ pub fn install(dir: &Path, endpoints: &Path, exe: &Path) -> Result<Report, Insta
         // Listed before writing, so a half-written entry is still cleaned up later.
         ours.insert(name.clone());
         match write_entry(dir, name, text, exe) {
-            Ok(()) => report.written.push(name.clone()),
+            Ok(true) => report.written.push(name.clone()),
+            Ok(false) => report.unchanged.push(name.clone()),
             Err(e) => report.failed.push((name.clone(), e.to_string())),
         }
     }
@@ -237,7 +389,7 @@ fn write_marker(dir: &Path, names: &BTreeSet<String>) -> Result<(), InstallError
         text.push_str(name);
         text.push('\n');
     }
-    write_atomically(&dir.join(MARKER), text.as_bytes())
+    write_atomically(&dir.join(MARKER), text.as_bytes()).map(|_| ())
 }
 
 /// A temporary path next to `path`, hidden from discovery (it starts with a dot).
@@ -249,30 +401,34 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Writes by rename, so Hector never reads half a file.
-fn write_atomically(path: &Path, content: &[u8]) -> Result<(), InstallError> {
+/// Writes by rename, so Hector never reads half a file. Returns whether anything changed.
+fn write_atomically(path: &Path, content: &[u8]) -> Result<bool, InstallError> {
     if std::fs::read(path).is_ok_and(|old| old == content) {
-        return Ok(());
+        return Ok(false);
     }
     let tmp = temporary(path);
     std::fs::write(&tmp, content).map_err(io("cannot write", &tmp))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io("cannot replace", path)(e)
-    })
+    })?;
+    Ok(true)
 }
 
-fn write_entry(dir: &Path, name: &str, manifest: &str, exe: &Path) -> Result<(), InstallError> {
-    install_executable(exe, &dir.join(name))?;
-    write_atomically(
+/// Writes `NAME` and `NAME.plugin.yaml`; returns whether either changed.
+fn write_entry(dir: &Path, name: &str, manifest: &str, exe: &Path) -> Result<bool, InstallError> {
+    let executable = install_executable(exe, &dir.join(name))?;
+    let manifest = write_atomically(
         &dir.join(format!("{name}{MANIFEST_SUFFIX}")),
         manifest.as_bytes(),
-    )
+    )?;
+    Ok(executable || manifest)
 }
 
 /// Puts this executable at `target`: a hard link when possible (no copy), else a copy; by
-/// rename in both cases, because a running executable cannot be written over.
-fn install_executable(exe: &Path, target: &Path) -> Result<(), InstallError> {
+/// rename in both cases, because a running executable cannot be written over. Returns
+/// whether it changed anything (a link to `exe` already there is left alone).
+fn install_executable(exe: &Path, target: &Path) -> Result<bool, InstallError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let source = std::fs::metadata(exe).map_err(io("cannot read", exe))?;
     if let Ok(existing) = std::fs::symlink_metadata(target)
@@ -280,7 +436,7 @@ fn install_executable(exe: &Path, target: &Path) -> Result<(), InstallError> {
         && existing.dev() == source.dev()
         && existing.ino() == source.ino()
     {
-        return Ok(());
+        return Ok(false);
     }
     let tmp = temporary(target);
     let _ = std::fs::remove_file(&tmp);
@@ -292,7 +448,8 @@ fn install_executable(exe: &Path, target: &Path) -> Result<(), InstallError> {
     std::fs::rename(&tmp, target).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         io("cannot replace", target)(e)
-    })
+    })?;
+    Ok(true)
 }
 
 fn remove_entry(dir: &Path, name: &str) -> Result<(), InstallError> {
@@ -369,6 +526,71 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         let err = install_binary(&exe, &target.join("below-a-file")).expect_err("not a dir");
         assert!(err.to_string().contains("below-a-file"), "{err}");
+    }
+
+    fn endpoints(plugins: &[(&str, &str)]) -> String {
+        EndpointsFile {
+            schema_version: hector_plugin_sdk::endpoints::SCHEMA_VERSION,
+            namespace: "agents".into(),
+            plugins: plugins
+                .iter()
+                .map(|(n, t)| (n.to_string(), plugin(t)))
+                .collect(),
+        }
+        .render()
+    }
+
+    #[test]
+    fn watching_installs_each_new_content_once_and_reports_a_lasting_failure_once() {
+        let work = tempfile::tempdir().expect("temp dir");
+        let exe = work.path().join("exe");
+        std::fs::write(&exe, b"#!binary").expect("write");
+        let dir = work.path().join("plugins");
+        let file = work.path().join("endpoints.json");
+        let mut w = Watcher::default();
+
+        // Not there yet (the ConfigMap does not exist): said once, then quiet.
+        let Tick::Failed(message) = w.tick(&dir, &file, &exe) else {
+            panic!("missing file");
+        };
+        assert!(message.contains("endpoints.json"), "{message}");
+        assert!(matches!(w.tick(&dir, &file, &exe), Tick::Nothing));
+
+        std::fs::write(&file, endpoints(&[("echo", "llm_provider")])).expect("write");
+        let Tick::Ran(report) = w.tick(&dir, &file, &exe) else {
+            panic!("installs");
+        };
+        assert_eq!(report.written, ["echo"]);
+        assert!(dir.join("echo.plugin.yaml").is_file());
+        assert!(
+            matches!(w.tick(&dir, &file, &exe), Tick::Nothing),
+            "same content"
+        );
+
+        // A plugin published later gets its copy; the first is left as it is.
+        std::fs::write(
+            &file,
+            endpoints(&[("echo", "llm_provider"), ("vectors", "database_provider")]),
+        )
+        .expect("write");
+        let Tick::Ran(report) = w.tick(&dir, &file, &exe) else {
+            panic!("installs the new one");
+        };
+        assert_eq!(report.written, ["vectors"]);
+        assert_eq!(report.unchanged, ["echo"]);
+        let manifest = std::fs::read_to_string(dir.join("vectors.plugin.yaml")).expect("read");
+        assert!(manifest.contains("type: database_provider"), "{manifest}");
+
+        // Unpublished: removed. Unparsable: the directory stays as it is.
+        std::fs::write(&file, endpoints(&[("vectors", "database_provider")])).expect("write");
+        let Tick::Ran(report) = w.tick(&dir, &file, &exe) else {
+            panic!("removes");
+        };
+        assert_eq!(report.removed, ["echo"]);
+        std::fs::write(&file, "{not json").expect("write");
+        assert!(matches!(w.tick(&dir, &file, &exe), Tick::Failed(_)));
+        assert!(matches!(w.tick(&dir, &file, &exe), Tick::Nothing));
+        assert!(dir.join("vectors").is_file());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::config_map::{CONFIG_HASH_ANNOTATION, config_hash};
+use super::pod_template;
 use super::{
     BuildError, CONFIG_DIR, LAUNCHER_DIR, LAUNCHER_IN_IMAGE, Settings, callers, config_map_name,
     labels, owned_meta, selector,
@@ -41,6 +42,9 @@ pub const API_SERVER_CREDENTIALS_DIR: &str = "/var/run/secrets/hector.dev/apiser
 const POD_UID_ENV: &str = "HECTOR_POD_UID";
 /// Lifetime of the projected API server token; the kubelet renews it well before.
 const TOKEN_SECONDS: i64 = 3600;
+/// Seconds between the kubelet's startup probes; `spec.health.startupTimeoutSeconds` is
+/// turned into a number of them.
+const STARTUP_PERIOD_SECONDS: i32 = 2;
 
 /// The Deployment for `plugin`, or `None` for a plugin given by `spec.endpoint`.
 pub fn deployment(
@@ -52,6 +56,10 @@ pub fn deployment(
         return Ok(None);
     };
     let spec = &plugin.spec;
+    pod_template::check(&spec.pod_template).map_err(|errors| {
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        BuildError::InvalidPodTemplate(text.join("; "))
+    })?;
     let launcher = format!("{LAUNCHER_DIR}/hector-plugin-launcher");
     let mut command = vec![
         launcher,
@@ -63,6 +71,11 @@ pub fn deployment(
         format!("--listen=0.0.0.0:{}", spec.port),
         format!("--config-dir={CONFIG_DIR}"),
     ];
+    // A raised startup window also lets the launcher wait that long for the plugin to serve
+    // (its own default is 60 s); unset, the command stays as it was, so nothing rolls.
+    if let Some(seconds) = spec.health.startup_timeout_seconds {
+        command.push(format!("--start-timeout={seconds}"));
+    }
     // In the command, not the args: `spec.access` changes the Pod template, so it rolls the
     // Pods like any other change of the command line.
     command.extend(callers(plugin)?.launcher_args(&settings.operator));
@@ -92,8 +105,12 @@ pub fn deployment(
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        // Generous: the launcher waits for the plugin to start and accept Initialize.
-        startup_probe: Some(grpc_probe(2, 60)),
+        // The launcher serves once the plugin has started and accepted Initialize (a model
+        // may load there): the window is the plugin's to set.
+        startup_probe: Some(grpc_probe(
+            STARTUP_PERIOD_SECONDS,
+            startup_failure_threshold(spec.health.startup_timeout()),
+        )),
         // Health as the plugin reports it takes the Pod out of the Service while unhealthy...
         readiness_probe: Some(grpc_probe(
             spec.health.period_seconds,
@@ -200,6 +217,19 @@ pub fn deployment(
         ..Default::default()
     };
 
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(plugin)),
+            annotations: Some(BTreeMap::from([(
+                CONFIG_HASH_ANNOTATION.to_string(),
+                config_hash(config),
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    pod_template::merge(&spec.pod_template, &selector(plugin), &mut template);
+
     Ok(Some(Deployment {
         metadata: owned_meta(plugin, plugin.name_any())?,
         spec: Some(DeploymentSpec {
@@ -216,21 +246,16 @@ pub fn deployment(
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(plugin)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash(config),
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
+            template,
             ..Default::default()
         }),
         status: None,
     }))
+}
+
+/// Startup probes (one every [`STARTUP_PERIOD_SECONDS`]) that fit in a window of `seconds`.
+fn startup_failure_threshold(seconds: i32) -> i32 {
+    (seconds.max(1) + STARTUP_PERIOD_SECONDS - 1) / STARTUP_PERIOD_SECONDS
 }
 
 fn mount(volume: &str, path: &str) -> VolumeMount {
@@ -675,6 +700,263 @@ mod tests {
                 {"serviceAccountToken": {"expirationSeconds": 3600, "path": "token"}},
                 {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
             ]})
+        );
+    }
+
+    fn with_overlay(overlay: &str) -> String {
+        fixtures::LLM.replace("  image:", &format!("  podTemplate: {overlay}\n  image:"))
+    }
+
+    fn template_meta(d: &Deployment) -> &ObjectMeta {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .expect("template metadata")
+    }
+
+    #[test]
+    fn the_startup_window_sets_the_startup_probe_and_the_launchers_wait() {
+        let d = build(fixtures::LLM).expect("image given");
+        let startup = pod(&d).containers[0]
+            .startup_probe
+            .clone()
+            .expect("startup probe");
+        assert_eq!(
+            (startup.period_seconds, startup.failure_threshold),
+            (Some(2), Some(60)),
+            "120 s by default, as before"
+        );
+        assert!(
+            !launcher_flags(&d)
+                .iter()
+                .any(|f| f.starts_with("--start-timeout")),
+            "unset, the command is unchanged"
+        );
+        let yaml = fixtures::LLM.replace(
+            "  image:",
+            "  health: {startupTimeoutSeconds: 301}\n  image:",
+        );
+        let d = build(&yaml).expect("image given");
+        let startup = pod(&d).containers[0]
+            .startup_probe
+            .clone()
+            .expect("startup probe");
+        assert_eq!(
+            (startup.period_seconds, startup.failure_threshold),
+            (Some(2), Some(151)),
+            "rounded up: never shorter than asked"
+        );
+        assert!(launcher_flags(&d).contains(&"--start-timeout=301".to_string()));
+        assert_eq!(startup_failure_threshold(2), 1);
+    }
+
+    #[test]
+    fn an_empty_overlay_changes_nothing() {
+        let plain = build(fixtures::LLM).expect("image given");
+        let empty = build(&with_overlay("{}")).expect("image given");
+        assert_eq!(plain, empty);
+        let p = pod(&plain);
+        assert!(p.affinity.is_none() && p.topology_spread_constraints.is_none());
+        assert!(p.priority_class_name.is_none() && p.containers[0].env_from.is_none());
+    }
+
+    #[test]
+    fn annotations_and_labels_land_on_the_pod_template_beside_the_operators() {
+        let d = build(&with_overlay(
+            "{metadata: {labels: {team: search}, annotations: {sidecar.example.org/inject: \"true\"}}}",
+        ))
+        .expect("image given");
+        let meta = template_meta(&d);
+        let annotations = meta.annotations.as_ref().expect("annotations");
+        assert_eq!(
+            annotations
+                .get("sidecar.example.org/inject")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("search"));
+        assert_eq!(
+            labels.get("hector.dev/plugin").map(String::as_str),
+            Some("my-llm")
+        );
+        // Not on the Deployment itself, and the selector is untouched.
+        assert!(
+            !d.metadata
+                .labels
+                .as_ref()
+                .expect("labels")
+                .contains_key("team")
+        );
+        let spec = d.spec.as_ref().expect("spec");
+        assert_eq!(
+            spec.selector.match_labels.as_ref().map(|l| l.len()),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn topology_spread_gets_the_plugins_selector_unless_it_has_one() {
+        let d = build(&with_overlay(
+            "{topologySpreadConstraints: [\
+             {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule},\
+             {maxSkew: 2, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {team: search}}}],\
+             affinity: {podAntiAffinity: {}}, priorityClassName: plugins}",
+        ))
+        .expect("image given");
+        let p = pod(&d);
+        let spread = p
+            .topology_spread_constraints
+            .as_ref()
+            .expect("topology spread applied");
+        assert_eq!(spread.len(), 2);
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(
+            spread[0]
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(BTreeMap::from([(
+                "hector.dev/plugin".to_string(),
+                "my-llm".to_string()
+            )]))
+        );
+        assert_eq!(
+            spread[1]
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .and_then(|l| l.get("team"))
+                .map(String::as_str),
+            Some("search"),
+            "a given selector is kept"
+        );
+        assert!(
+            p.affinity
+                .as_ref()
+                .is_some_and(|a| a.pod_anti_affinity.is_some())
+        );
+        assert_eq!(p.priority_class_name.as_deref(), Some("plugins"));
+    }
+
+    #[test]
+    fn volumes_mounts_env_from_and_security_contexts_merge_with_the_operators_winning() {
+        let d = build(&with_overlay(
+            "{volumes: [{name: models, emptyDir: {}}],\
+             securityContext: {runAsUser: 1000, supplementalGroups: [5]},\
+             container: {volumeMounts: [{name: models, mountPath: /models}],\
+                         envFrom: [{secretRef: {name: extra}, prefix: X_}, {configMapRef: {name: more}}],\
+                         securityContext: {readOnlyRootFilesystem: false}}}",
+        ))
+        .expect("image given");
+        let p = pod(&d);
+        let volumes: Vec<&str> = p
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(
+            volumes,
+            ["launcher", "tmp", "config", "apiserver", "models"]
+        );
+        let c = &p.containers[0];
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts.last(), Some(&"/models"));
+        assert_eq!(mounts.len(), 5, "the operator's four, then the overlay's");
+        assert!(
+            p.init_containers.iter().flatten().all(|i| i
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "models")),
+            "mounted into the plugin container only"
+        );
+        let env_from = c.env_from.as_ref().expect("envFrom");
+        assert_eq!(env_from.len(), 2);
+        assert_eq!(
+            env_from[0].secret_ref.as_ref().map(|r| r.name.as_str()),
+            Some("extra")
+        );
+        // The operator's variable is in env, which wins over envFrom in Kubernetes.
+        assert!(c.env.iter().flatten().any(|e| e.name == "HECTOR_POD_UID"));
+        let psc = p.security_context.as_ref().expect("pod security");
+        assert_eq!(
+            psc.run_as_user,
+            Some(1000),
+            "the overlay's field replaces the default"
+        );
+        assert_eq!(
+            psc.run_as_non_root,
+            Some(true),
+            "defaults it does not set stay"
+        );
+        assert_eq!(psc.fs_group, Some(RUN_AS_USER));
+        assert_eq!(psc.supplemental_groups.as_deref(), Some(&[5][..]));
+        let csc = c.security_context.as_ref().expect("container security");
+        assert_eq!(csc.read_only_root_filesystem, Some(false));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            csc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_string()])
+        );
+        // The init container keeps the restricted context.
+        let init = &p.init_containers.as_ref().expect("init")[0];
+        assert_eq!(
+            init.security_context
+                .as_ref()
+                .and_then(|s| s.read_only_root_filesystem),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn every_operator_volume_is_reserved() {
+        let d = build(fixtures::LLM).expect("image given");
+        let c = &pod(&d).containers[0];
+        let mut built: Vec<(String, String)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect();
+        built.sort();
+        let mut reserved: Vec<(String, String)> = pod_template::OPERATOR_VOLUMES
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.to_string()))
+            .collect();
+        reserved.sort();
+        assert_eq!(built, reserved);
+    }
+
+    #[test]
+    fn an_invalid_overlay_builds_nothing_and_names_the_field() {
+        let p = fixtures::plugin(&with_overlay(
+            "{metadata: {labels: {hector.dev/plugin: other}}, volumes: [{name: tmp, emptyDir: {}}]}",
+        ));
+        let config = resolve(
+            &p.spec.manifest.config_schema,
+            &p.spec.config,
+            &p.spec.secret_config,
+        )
+        .expect("valid");
+        let err = deployment(&p, &config, &fixtures::settings()).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("spec.podTemplate.metadata.labels[\"hector.dev/plugin\"]: reserved"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "spec.podTemplate.volumes[0].name: \"tmp\" is one of the operator's own volumes"
+            ),
+            "{text}"
         );
     }
 

@@ -5,11 +5,13 @@
 mod config_map;
 mod deployment;
 mod network_policy;
+mod pod_template;
 mod service;
 
 pub use config_map::{CONFIG_HASH_ANNOTATION, config_map};
 pub use deployment::{API_SERVER_CREDENTIALS_DIR, deployment};
 pub use network_policy::network_policy;
+pub use pod_template::{OverlayError, check as check_pod_template};
 pub use service::service;
 
 use std::collections::BTreeMap;
@@ -49,6 +51,9 @@ pub enum BuildError {
     /// `spec.access` is invalid (the reconciler reports this earlier, as ConfigValid=False).
     #[error("{0}")]
     InvalidAccess(String),
+    /// `spec.podTemplate` is invalid (reported earlier too, as ConfigValid=False).
+    #[error("{0}")]
+    InvalidPodTemplate(String),
 }
 
 /// Name of the plugin's configuration ConfigMap.
@@ -79,6 +84,16 @@ pub fn labels(plugin: &HectorPlugin) -> BTreeMap<String, String> {
 /// The Pod selector: only the owning resource's name, so it never has to change.
 pub fn selector(plugin: &HectorPlugin) -> BTreeMap<String, String> {
     BTreeMap::from([(PLUGIN_LABEL.to_string(), plugin.name_any())])
+}
+
+/// The Pod selector as a label selector string (`hector.dev/plugin=NAME`), as the scale
+/// subresource reports it.
+pub fn selector_string(plugin: &HectorPlugin) -> String {
+    selector(plugin)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Metadata for an object named `name`, owned by `plugin` (garbage-collected with it).

@@ -1,10 +1,13 @@
 //! `hectorctl discover`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use super::manifest::{RunArgs, print_report};
-use super::output;
+use serde::Serialize;
+
+use super::cluster::ClusterArgs;
+use super::error::Exit;
+use super::manifest::{ReportOut, RunArgs, print_report, resources};
+use super::output::{self, Format};
 use crate::{convert, discover, manifest};
 
 /// Arguments of `hectorctl discover`.
@@ -27,16 +30,36 @@ pub struct DiscoverArgs {
     pub run: RunArgs,
 }
 
+/// What `discover` found, as documents carry it.
+#[derive(Serialize)]
+struct FoundOut {
+    /// Each manifest with its report.
+    manifests: Vec<ReportOut>,
+    /// Paths passed over, with why.
+    skipped: Vec<SkippedOut>,
+}
+
+#[derive(Serialize)]
+struct SkippedOut {
+    path: String,
+    reason: String,
+}
+
 /// Runs `hectorctl discover`.
-pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: DiscoverArgs, cluster: &ClusterArgs, format: Format) -> anyhow::Result<Exit> {
+    cluster.refuse_all_but_namespace("discover")?;
     let found = discover::discover(&args.paths, args.recursive);
-    for (path, reason) in &found.skipped {
-        output::note(format_args!("skipped {}: {reason}", path.display()));
+    let listing = !args.emit && format == Format::Text;
+    if format == Format::Text {
+        for (path, reason) in &found.skipped {
+            output::note(format_args!("skipped {}: {reason}", path.display()));
+        }
     }
     let mut invalid = 0;
-    let mut docs = Vec::new();
+    let mut items = Vec::new();
+    let mut reports = Vec::new();
     let mut out = output::stdout();
-    if !args.emit {
+    if listing {
         writeln!(
             out,
             "{:<40} {:<24} {:<10} {:<20} STATUS",
@@ -45,7 +68,7 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     }
     for path in &found.manifests {
         let report = manifest::load(path);
-        let bad = print_report(&report);
+        let bad = print_report(&report, format);
         match (&report.manifest, bad) {
             (Some(m), false) => {
                 if args.emit {
@@ -53,9 +76,9 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
                         t.replace("{name}", &m.resource_name())
                             .replace("{version}", &m.version.to_string())
                     });
-                    let r = convert::to_resource(m, &args.run.options(image, None));
-                    docs.push(serde_norway::to_string(&r)?);
-                } else {
+                    let options = args.run.options(image, None, cluster.namespace.clone());
+                    items.push(args.run.apply(convert::to_resource(m, &options)));
+                } else if listing {
                     writeln!(
                         out,
                         "{:<40} {:<24} {:<10} {:<20} ok",
@@ -68,7 +91,7 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
             }
             _ => {
                 invalid += 1;
-                if !args.emit {
+                if listing {
                     writeln!(
                         out,
                         "{:<40} {:<24} {:<10} {:<20} invalid",
@@ -80,18 +103,28 @@ pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        reports.push(ReportOut::from(&report));
     }
     if args.emit {
-        out.write_str(&docs.join("---\n"))?;
-    } else {
+        out.write_str(&resources(format, &items, true)?)?;
+    } else if listing {
         output::note(format_args!(
             "{} manifest(s) found, {invalid} invalid",
             found.manifests.len()
         ));
-    }
-    Ok(if invalid > 0 {
-        ExitCode::from(1)
     } else {
-        ExitCode::SUCCESS
-    })
+        let doc = FoundOut {
+            manifests: reports,
+            skipped: found
+                .skipped
+                .iter()
+                .map(|(path, reason)| SkippedOut {
+                    path: path.display().to_string(),
+                    reason: reason.to_string(),
+                })
+                .collect(),
+        };
+        out.write_str(&output::document(format, &doc, false)?)?;
+    }
+    Ok(if invalid > 0 { Exit::Failed } else { Exit::Ok })
 }

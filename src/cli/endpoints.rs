@@ -1,80 +1,43 @@
 //! `hectorctl endpoints`: the plugins the operator published in a namespace, read from its
 //! `hector-plugins` ConfigMap through the Kubernetes API (or from a mounted file).
 
-use std::path::PathBuf;
-use std::process::ExitCode;
-
 use anyhow::Context;
-use hector_plugin_sdk::endpoints::{
-    DEFAULT_CONFIGMAP, ENDPOINTS_KEY, EndpointsFile, PublishedPlugin, SCHEMA_VERSION,
-};
+use hector_plugin_sdk::endpoints::{ENDPOINTS_KEY, EndpointsFile, SCHEMA_VERSION};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
-use super::output;
+use super::cluster::ClusterArgs;
+use super::error::{CliError, Exit};
+use super::output::{self, Format};
 
-/// Output formats of `hectorctl endpoints`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Output {
-    /// One line per plugin.
-    #[default]
-    Table,
-    /// The published `endpoints.json` document.
-    Json,
-    /// The same document as YAML.
-    Yaml,
-}
-
-/// Where published plugins are read from, shared by `endpoints` and `call --plugin`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct SourceArgs {
-    /// Namespace whose plugins to use (default: the kubeconfig context's, or the Pod's own
-    /// namespace inside a cluster).
-    #[arg(long, short = 'n')]
-    pub namespace: Option<String>,
-    /// Name of the operator's endpoints ConfigMap.
-    #[arg(long, default_value = DEFAULT_CONFIGMAP)]
-    pub configmap: String,
-    /// Read a mounted endpoints.json instead of the ConfigMap (no Kubernetes API needed).
-    #[arg(long, value_name = "FILE", conflicts_with = "namespace")]
-    pub endpoints_file: Option<PathBuf>,
-}
-
-/// Arguments of `hectorctl endpoints`.
+/// Arguments of `hectorctl endpoints`: none of its own; the cluster flags and `-o` are global.
 #[derive(clap::Args)]
-pub struct EndpointsArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-}
-
-/// A Kubernetes client and the namespace to use: the one asked for, else the default of the
-/// kubeconfig context (or, inside a Pod, of its service account).
-pub async fn kube_client(namespace: Option<&str>) -> anyhow::Result<(kube::Client, String)> {
-    let config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster)")?;
-    let namespace = namespace
-        .map(str::to_string)
-        .unwrap_or_else(|| config.default_namespace.clone());
-    let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
-    Ok((client, namespace))
-}
+pub struct EndpointsArgs {}
 
 /// Reads the published document once.
-pub async fn read(source: &SourceArgs) -> anyhow::Result<(EndpointsFile, String)> {
-    if let Some(file) = &source.endpoints_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
-        let doc = EndpointsFile::parse(&text).with_context(|| file.display().to_string())?;
+pub async fn read(cluster: &ClusterArgs) -> anyhow::Result<(EndpointsFile, String)> {
+    cluster.refuse_api_flags_with_file()?;
+    if let Some(file) = &cluster.endpoints_file {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            CliError::Config(format!(
+                "cannot read the endpoints file {}: {}",
+                file.display(),
+                super::error::reason_text(&e)
+            ))
+        })?;
+        let doc = EndpointsFile::parse(&text).map_err(|e| {
+            CliError::Config(format!(
+                "{}: {}",
+                file.display(),
+                super::error::reason_text(&e)
+            ))
+        })?;
         return Ok((doc, file.display().to_string()));
     }
-    let (client, namespace) = kube_client(source.namespace.as_deref()).await?;
-    let place = format!("configmap {namespace}/{}", source.configmap);
+    let (client, namespace) = cluster.client().await?;
+    let place = format!("configmap {namespace}/{}", cluster.configmap());
     let cm = Api::<ConfigMap>::namespaced(client, &namespace)
-        .get_opt(&source.configmap)
+        .get_opt(cluster.configmap())
         .await
         .with_context(|| format!("cannot read {place}"))?;
     let doc = match cm
@@ -82,7 +45,8 @@ pub async fn read(source: &SourceArgs) -> anyhow::Result<(EndpointsFile, String)
         .and_then(|c| c.data.as_ref())
         .and_then(|d| d.get(ENDPOINTS_KEY))
     {
-        Some(text) => EndpointsFile::parse(text).with_context(|| place.clone())?,
+        Some(text) => EndpointsFile::parse(text)
+            .map_err(|e| anyhow::anyhow!("{place}: {}", super::error::reason_text(&e)))?,
         // The operator creates the ConfigMap with the namespace's first HectorPlugin.
         None => EndpointsFile {
             schema_version: SCHEMA_VERSION,
@@ -95,56 +59,46 @@ pub async fn read(source: &SourceArgs) -> anyhow::Result<(EndpointsFile, String)
 
 /// The table: one line per plugin.
 pub fn table(doc: &EndpointsFile) -> String {
-    let rows: Vec<[String; 6]> = doc.plugins.values().map(row).collect();
-    let header = ["NAME", "TYPE", "VERSION", "ENDPOINTS", "ADDRESS", "CHANGED"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn row(p: &PublishedPlugin) -> [String; 6] {
-    [
-        p.name.clone(),
-        p.plugin_type.clone(),
-        p.version.clone(),
-        p.endpoints.join(","),
-        p.address.clone(),
-        p.last_changed.clone(),
-    ]
+    let rows = doc
+        .plugins
+        .values()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.plugin_type.clone(),
+                p.version.clone(),
+                p.endpoints.join(","),
+                p.address.clone(),
+                p.last_changed.clone(),
+            ]
+        })
+        .collect();
+    super::answer::table(
+        &["NAME", "TYPE", "VERSION", "ENDPOINTS", "ADDRESS", "CHANGED"],
+        rows,
+    )
 }
 
 /// Runs `hectorctl endpoints`.
-pub async fn run(args: EndpointsArgs) -> anyhow::Result<ExitCode> {
-    let (doc, place) = read(&args.source).await?;
+pub async fn run(_: EndpointsArgs, cluster: &ClusterArgs, format: Format) -> anyhow::Result<Exit> {
+    let (doc, place) = read(cluster).await?;
     let mut out = output::stdout();
-    match args.output {
-        Output::Json => out.write_str(&doc.render())?,
-        Output::Yaml => out.write_str(&serde_norway::to_string(&doc)?)?,
-        Output::Table if doc.plugins.is_empty() => {
+    match format {
+        // The document exactly as the operator publishes it.
+        Format::Json => out.write_str(&doc.render())?,
+        Format::Yaml => out.write_str(&output::document(format, &doc, false)?)?,
+        Format::Text if doc.plugins.is_empty() => {
             output::note(format_args!("no plugins published in {place}"));
         }
-        Output::Table => out.write_str(&table(&doc))?,
+        Format::Text => out.write_str(&table(&doc))?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Ok)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hector_plugin_sdk::endpoints::PublishedPlugin;
 
     #[test]
     fn the_table_lines_up_every_plugin() {

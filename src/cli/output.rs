@@ -1,6 +1,6 @@
 //! Writing what `hectorctl` prints: data on stdout without panicking when its reader has gone
-//! (`hectorctl … | head`), lines that never run into each other, and error chains without
-//! repeats.
+//! (`hectorctl … | head`), lines that never run into each other, and documents in the format
+//! asked for.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -79,82 +79,38 @@ pub fn note(message: impl fmt::Display) {
     let _ = writeln!(io::stderr().lock(), "{message}");
 }
 
-/// The messages of an error and its causes, outermost first, joined with `: `, each once: a
-/// cause whose text its parent already ends with (or repeats) is left out.
-pub fn chain_text<'a>(
-    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
-) -> String {
-    let mut text = String::new();
-    let mut last = String::new();
-    for e in chain {
-        let message = e.to_string();
-        let repeated = message.is_empty()
-            || message == last
-            || last.ends_with(&format!(": {message}"))
-            || last.ends_with(&format!(" ({message})"));
-        if !repeated {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&message);
-        }
-        last = message;
-    }
-    text
+/// What a command prints on stdout: text for people, or a document for programs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// For people: tables, answers as text (`table` is another name for it).
+    #[default]
+    #[value(alias = "table")]
+    Text,
+    /// JSON: one document; one line per answer for calls (JSON Lines).
+    Json,
+    /// YAML: one document; one document per answer for calls.
+    Yaml,
 }
 
-/// [`chain_text`] of an `anyhow` error.
-pub fn error_text(err: &anyhow::Error) -> String {
-    chain_text(err.chain())
+/// A document in `format` (JSON or YAML), ending its line: JSON pretty-printed, or on one
+/// line with `one_line` (each answer of a call a line of its own, JSON Lines).
+pub fn document<T: serde::Serialize + ?Sized>(
+    format: Format,
+    value: &T,
+    one_line: bool,
+) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Json if one_line => serde_json::to_string(value)? + "\n",
+        Format::Json => serde_json::to_string_pretty(value)? + "\n",
+        // Every answer of a call starts a YAML document of its own, so answers stream.
+        Format::Yaml if one_line => format!("---\n{}", serde_norway::to_string(value)?),
+        Format::Yaml | Format::Text => serde_norway::to_string(value)?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("{text}")]
-    struct E {
-        text: &'static str,
-        #[source]
-        source: Option<Box<E>>,
-    }
-
-    fn chain(texts: &[&'static str]) -> E {
-        let mut e: Option<Box<E>> = None;
-        for text in texts.iter().rev() {
-            e = Some(Box::new(E { text, source: e }));
-        }
-        *e.expect("one text")
-    }
-
-    #[test]
-    fn a_chain_names_each_cause_once() {
-        let e = chain(&[
-            "transport error",
-            "tcp connect error",
-            "tcp connect error",
-            "Connection refused (os error 111)",
-        ]);
-        assert_eq!(
-            chain_text(std::iter::successors(
-                Some(&e as &(dyn std::error::Error + 'static)),
-                |c| c.source()
-            )),
-            "transport error: tcp connect error: Connection refused (os error 111)"
-        );
-        let e = anyhow::Error::new(chain(&[
-            "endpoints file is not valid: missing field `x`",
-            "missing field `x`",
-        ]))
-        .context("/tmp/e.json");
-        assert_eq!(
-            error_text(&e),
-            "/tmp/e.json: endpoints file is not valid: missing field `x`"
-        );
-        let e = anyhow::Error::new(chain(&["a", "b"])).context("c");
-        assert_eq!(error_text(&e), "c: a: b");
-    }
 
     #[test]
     fn a_closed_stdout_is_told_apart() {

@@ -135,3 +135,18 @@ differs, so the default rendering runs the same command line as deploy/.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* An alert's `for`, labels and annotations. Takes name, alert (its values), summary,
+description, runbookUrl and alertLabels. */}}
+{{- define "hector-operator.alertMeta" -}}
+for: {{ index .alert "for" }}
+labels:
+  severity: {{ .alert.severity | quote }}
+  {{- range $k, $v := .alertLabels }}
+  {{ $k }}: {{ $v | quote }}
+  {{- end }}
+annotations:
+  summary: {{ .summary | quote }}
+  description: {{ .description | quote }}
+  runbook_url: {{ printf "%s#%s" .runbookUrl (lower .name) | quote }}
+{{- end }}

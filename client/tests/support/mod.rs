@@ -289,6 +289,38 @@ impl BlackHole {
     }
 }
 
+/// A listener that accepts connections and reads them, but never sends a byte: a process
+/// that stopped, whose kernel still completes TCP handshakes.
+pub struct Mute {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Mute {
+    /// A mute listener on loopback.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut stream, &mut sink).await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Mute {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A `Generate` request of `text`.
 pub fn ask(text: &str) -> GenerateRequest {
     GenerateRequest {

@@ -2,7 +2,9 @@
 //! prefix, streaming it word by word. It needs no model, so it proves the plumbing end to end.
 //!
 //! Listens on `HECTOR_PLUGIN_ADDR` (default `0.0.0.0:50051`). Config keys: `prefix`
-//! (default `"echo: "`), `model` (default `echo-1`), `max_tokens` (default 2048).
+//! (default `"echo: "`), `model` (default `echo-1`), `max_tokens` (default 2048), and
+//! `load_seconds` (default 0, at most 3600): how long Initialize takes, as if it loaded a
+//! model, which is how a slow-starting plugin is tried out.
 
 use std::sync::RwLock;
 
@@ -12,6 +14,9 @@ use hector_plugin_sdk::proto::{
 };
 use hector_plugin_sdk::{ChunkStream, Config, LlmPlugin, Plugin, ServeOptions, serve_llm};
 use tonic::Status;
+
+/// The longest `load_seconds` accepted.
+const MAX_LOAD_SECONDS: u64 = 3600;
 
 #[derive(Clone, Debug)]
 struct Settings {
@@ -84,6 +89,19 @@ impl Plugin for EchoLlm {
                 .parse()
                 .map_err(|_| format!("config key max_tokens: {t:?} is not an integer"))?;
         }
+        if let Some(l) = config.get("load_seconds") {
+            let seconds: u64 = l
+                .parse()
+                .ok()
+                .filter(|s| *s <= MAX_LOAD_SECONDS)
+                .ok_or_else(|| {
+                    format!(
+                        "config key load_seconds: {l:?} is not a whole number of seconds from 0 to {MAX_LOAD_SECONDS}"
+                    )
+                })?;
+            tracing::info!(seconds, "loading the model");
+            tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+        }
         let mut guard = self
             .settings
             .write()
@@ -153,5 +171,37 @@ async fn main() {
     if let Err(e) = result {
         eprintln!("echo-llm: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn load_seconds_is_bounded_and_refused_when_malformed() {
+        let plugin = EchoLlm::default();
+        for bad in ["-1", "1.5", "soon", "3601"] {
+            let err = plugin
+                .initialize(config(&[("load_seconds", bad)]))
+                .await
+                .expect_err(bad);
+            assert!(err.starts_with("config key load_seconds: "), "{err}");
+        }
+        // Paused time: the clock only moves by the plugin's own sleep.
+        let started = tokio::time::Instant::now();
+        plugin
+            .initialize(config(&[("load_seconds", "90"), ("model", "m")]))
+            .await
+            .expect("valid");
+        assert_eq!(started.elapsed().as_secs(), 90);
+        assert_eq!(plugin.settings().model, "m", "initialized after loading");
     }
 }

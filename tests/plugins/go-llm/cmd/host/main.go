@@ -3,6 +3,11 @@
 // -prefix, calls Generate and GenerateStreaming with -text, pings the plugin, and kills it
 // through go-plugin (which asks the plugin to exit). It prints what it saw, one fact per
 // line, and exits non-zero on the first failure.
+//
+// It starts a command line as given and reads no manifest: it checks the go-plugin level
+// (handshake, gRPC, Kill). Loading the way Hector's component manager does — the
+// `<path>.plugin.yaml` first, dispensed by its type, config sections and discovery — is the
+// loader's Hector mode (cmd/loader, package hectorhost).
 package main
 
 import (

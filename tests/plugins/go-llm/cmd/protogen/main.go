@@ -116,18 +116,54 @@ func run(protoRoot, out, goPkg, pluginDir string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(out); err != nil { // drop output of protos since removed
-		return err
-	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
+	written := map[string]bool{}
 	for _, gen := range generators {
-		if err := generate(filepath.Join(pluginDir, gen.name), in, out); err != nil {
+		if err := generate(filepath.Join(pluginDir, gen.name), in, out, written); err != nil {
 			return fmt.Errorf("%s: %w", gen.name, err)
 		}
 	}
+	// Drop the output of protos since removed.
+	old, err := filepath.Glob(filepath.Join(out, "*.go"))
+	if err != nil {
+		return err
+	}
+	for _, f := range old {
+		if !written[f] {
+			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+				return err
+			}
+		}
+	}
 	return nil
+}
+
+// writeIfChanged replaces path by rename, and only when its content differs: several builds
+// run this at once (tests build the plugin and the hosts in parallel), and a `go build` of one
+// must never see the package half written by another.
+func writeIfChanged(path string, content []byte) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, content) {
+		return nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".protogen-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(content); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // buildGenerators compiles the generator tools of go.mod into dir.
@@ -144,8 +180,9 @@ func buildGenerators(dir string) error {
 	return nil
 }
 
-// generate runs one protoc plugin binary on the encoded request and writes its files.
-func generate(bin string, req []byte, out string) error {
+// generate runs one protoc plugin binary on the encoded request and writes its files,
+// recording them in written.
+func generate(bin string, req []byte, out string, written map[string]bool) error {
 	cmd := exec.Command(bin)
 	cmd.Stdin = bytes.NewReader(req)
 	cmd.Stderr = os.Stderr
@@ -166,9 +203,10 @@ func generate(bin string, req []byte, out string) error {
 		}
 		// source_relative keeps the hector/plugin/ prefix; the package is one flat directory.
 		path := filepath.Join(out, filepath.Base(f.GetName()))
-		if err := os.WriteFile(path, []byte(f.GetContent()), 0o644); err != nil {
+		if err := writeIfChanged(path, []byte(f.GetContent())); err != nil {
 			return err
 		}
+		written[path] = true
 	}
 	return nil
 }
