@@ -2,9 +2,10 @@
 //!
 //! Replicas, all inside the scenario's network namespace (so that nothing outlives a killed
 //! run): r0 is frozen (SIGSTOP of the `echo-llm` process that serves it), r1 stays healthy, r2
-//! is black-holed (every packet to its port dropped). Phases: *before* the faults, *during* them, *recovery*
-//! (from SIGCONT and the rule's removal until every agent has had calls served by r0 and r2
-//! again) and *after*.
+//! is black-holed (every packet to its port dropped). Phases: *before* the faults, *during*
+//! them, *recovery* (from SIGCONT and the rule's removal until every agent has had calls served
+//! by r0 and r2 again) and *after*. A call belongs to the phase in which it ended: one in flight
+//! to r0 when it froze fails *during* the faults.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -144,6 +145,14 @@ impl Tally {
         self.timeouts + self.failures.values().sum::<usize>() + self.broken
     }
 
+    /// The counts in one line (for messages).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} calls, served by r0/r1/r2 {:?}, {} timeouts, other failures {:?}, {} hung or garbled",
+            self.calls, self.served, self.timeouts, self.failures, self.broken
+        )
+    }
+
     /// The `p`-quantile of the calls' latencies (`p` in 0..=1), failures included.
     pub fn quantile(&self, p: f64) -> Option<Duration> {
         let mut sorted = self.latencies.clone();
@@ -280,13 +289,14 @@ fn used_again(samples: &[Sample], since: Instant, agents: usize) -> usize {
 }
 
 impl Report {
-    /// The phase a call belongs to, by when it was sent.
+    /// The phase a call belongs to, by when it ended.
     pub fn phase(&self, s: &Sample) -> Phase {
-        if s.started < self.fault {
+        let ended = s.started + s.elapsed;
+        if ended < self.fault {
             Phase::Before
-        } else if s.started < self.recover {
+        } else if ended < self.recover {
             Phase::During
-        } else if self.recovered.is_none_or(|r| s.started < r) {
+        } else if self.recovered.is_none_or(|r| ended < r) {
             Phase::Recovery
         } else {
             Phase::After
