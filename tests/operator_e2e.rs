@@ -115,7 +115,12 @@ async fn applied_plugin_is_ready_published_and_called() -> TestResult {
         ),
     )
     .await;
-    let p = wait_phase(&api, "echo", Phase::Ready).await;
+    // The phase says it serves as soon as an endpoint is published; the Ready condition also
+    // waits for the Deployment's own status to count the Pod available.
+    let p = wait_for(&api, "echo", "Ready", 120, |p| {
+        phase(p) == Some(Phase::Ready) && condition_is(p, "Ready", "True", "Ready")
+    })
+    .await;
     let status = p.status.clone().expect("status");
     assert_eq!(
         status.address.as_deref(),

@@ -147,10 +147,28 @@ impl Remote {
         Frame::trailers(status_trailers(&status))
     }
 
+    /// The caller dropped the body: an answer still coming when its deadline (about) passed
+    /// counts against the endpoint, as if this side's deadline had fired first.
+    fn abandoned(&mut self) {
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        let deadline = self.deadline.as_ref().map(|d| d.deadline().into_std());
+        if crate::pool::near_deadline(deadline) {
+            report.stalled();
+        }
+    }
+
     fn end(&mut self) {
         self.phase = Phase::Done;
         self.stream = None;
         self.deadline = None;
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.abandoned();
     }
 }
 

@@ -313,6 +313,37 @@ impl Report {
     }
 }
 
+/// How close to its deadline a caller must give up for the endpoint to be blamed: callers
+/// compute their deadline before sending, this side on receipt, so theirs passes first.
+pub(crate) const CANCEL_MARGIN: Duration = Duration::from_millis(100);
+
+/// Whether a call given up on now had (about) reached `deadline`.
+pub(crate) fn near_deadline(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|at| Instant::now() + CANCEL_MARGIN >= at)
+}
+
+/// Counts a call waiting for its response head as a timeout of its endpoint when the caller
+/// drops it at its deadline (disarmed by clearing `deadline` once the wait ends).
+struct CancelledNearDeadline<'a> {
+    endpoints: &'a Mutex<Endpoints>,
+    slot: &'a Slot,
+    ejection: &'a Ejection,
+    deadline: Option<Instant>,
+}
+
+impl Drop for CancelledNearDeadline<'_> {
+    fn drop(&mut self) {
+        if near_deadline(self.deadline) {
+            record_failure(
+                self.endpoints,
+                self.slot,
+                self.ejection,
+                "the caller's deadline passed before an answer",
+            );
+        }
+    }
+}
+
 /// Counts a call that failed on `slot`'s endpoint, and ejects the endpoint when that makes
 /// too many in a row.
 fn record_failure(endpoints: &Mutex<Endpoints>, slot: &Slot, ejection: &Ejection, reason: &str) {
@@ -693,6 +724,15 @@ impl Pool {
         }
         let in_flight = InFlight::new(conn.life.clone());
         let sending = send(sender, request, call.body.clone());
+        // The caller may give up at its own deadline a moment before ours (it computed the
+        // deadline before sending, this side on receipt) and drop this future: that is still a
+        // call the endpoint did not answer in time.
+        let mut cancelled = CancelledNearDeadline {
+            endpoints: &self.endpoints,
+            slot,
+            ejection: &self.ejection,
+            deadline,
+        };
         let response = match deadline {
             Some(at) => match tokio::time::timeout_at(at.into(), sending).await {
                 Ok(r) => r,
@@ -704,12 +744,14 @@ impl Pool {
             None => sending.await,
         }
         .map_err(|mut e| {
+            cancelled.deadline = None;
             // A connection this side closed for want of an answer to its PING says so.
             if let Some(reason) = conn.life.reason() {
                 e.detail = reason.to_string();
             }
             Missed::Failed(e)
         })?;
+        cancelled.deadline = None;
         conn.life.activity.answered();
         Ok(Sent {
             response,
