@@ -3,6 +3,7 @@
 pub mod access;
 pub mod apply;
 pub mod build;
+pub mod cache_index;
 pub mod cli;
 pub mod config;
 pub mod convert;
@@ -22,3 +23,4 @@ pub mod reconcile;
 pub mod rollout;
 pub mod run;
 pub mod status;
+pub mod trim;

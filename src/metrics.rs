@@ -88,8 +88,12 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<Labels, Counter>,
     reconcile_duration: Family<Labels, Histogram>,
-    probe_duration: Family<Labels, Histogram>,
+    probe_duration: Histogram,
+    probe_rpcs: Counter,
+    probe_targets: Gauge,
+    probes: Family<Labels, Counter>,
     probe_failures: Family<Labels, Counter>,
+    reconcile_queue: Histogram,
     plugins: Family<Labels, Gauge>,
     plugin_ready: Family<Labels, Gauge>,
     plugin_endpoints: Family<Labels, Gauge>,
@@ -142,11 +146,35 @@ impl Default for Metrics {
             "Time one reconciliation took",
             reconcile_duration.clone(),
         );
-        let probe_duration = histogram_family();
+        let probe_duration = Histogram::new(buckets());
         registry.register(
             "probe_duration_seconds",
-            "Time one probe of one endpoint took, by plugin",
+            "Time one probe of one address took (shared by every plugin naming it)",
             probe_duration.clone(),
+        );
+        let probe_rpcs = Counter::default();
+        registry.register(
+            "probe_rpcs",
+            "RPCs the prober sent, all addresses together",
+            probe_rpcs.clone(),
+        );
+        let probe_targets = Gauge::default();
+        registry.register(
+            "probe_targets",
+            "Distinct addresses probed, one connection each, whatever the number of plugins naming them",
+            probe_targets.clone(),
+        );
+        let probes = Family::<Labels, Counter>::default();
+        registry.register(
+            "probes",
+            "Probe results recorded, by plugin (one per plugin endpoint per probe of its address)",
+            probes.clone(),
+        );
+        let reconcile_queue = Histogram::new(buckets());
+        registry.register(
+            "reconcile_queue_seconds",
+            "Time from a plugin's change seen on the watch to the start of its reconcile",
+            reconcile_queue.clone(),
         );
         let probe_failures = Family::<Labels, Counter>::default();
         registry.register(
@@ -224,7 +252,11 @@ impl Default for Metrics {
             reconciles,
             reconcile_duration,
             probe_duration,
+            probe_rpcs,
+            probe_targets,
+            probes,
             probe_failures,
+            reconcile_queue,
             plugins,
             plugin_ready,
             plugin_endpoints,
@@ -260,14 +292,28 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// One probe of `key` took `took`; `failure` is its reason when it failed.
-    pub fn observe_probe(&self, key: &PluginKey, took: Duration, failure: Option<&str>) {
+    /// One probe of an address took `took` and sent `rpcs` RPCs.
+    pub fn observe_probe_round(&self, took: Duration, rpcs: u64) {
+        self.probe_duration.observe(took.as_secs_f64());
+        self.probe_rpcs.inc_by(rpcs);
+    }
+
+    /// The number of distinct addresses probed.
+    pub fn set_probe_targets(&self, n: usize) {
+        self.probe_targets.set(gauge_value(n));
+    }
+
+    /// A plugin's reconcile started `waited` after the change that asked for it was seen.
+    pub fn reconcile_queued(&self, waited: Duration) {
+        self.reconcile_queue.observe(waited.as_secs_f64());
+    }
+
+    /// A probe result was recorded for `key`; `failure` is its reason when it failed.
+    pub fn observe_probe(&self, key: &PluginKey, failure: Option<&str>) {
         let mut known = self.known();
         let series = known.entry(key.clone()).or_default();
         let labels = plugin_labels(key);
-        self.probe_duration
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        self.probes.get_or_create(&labels).inc();
         if let Some(reason) = failure {
             series.failure_reasons.insert(reason.to_string());
             self.probe_failures
@@ -337,7 +383,7 @@ impl Metrics {
         self.move_phase(series.phase, None);
         let labels = plugin_labels(key);
         self.plugin_ready.remove(&labels);
-        self.probe_duration.remove(&labels);
+        self.probes.remove(&labels);
         for state in ENDPOINT_STATES {
             self.plugin_endpoints
                 .remove(&with(labels.clone(), "state", state));
@@ -467,7 +513,10 @@ mod tests {
         let m = Metrics::default();
         let key = key("ns", "p");
         m.reconciled("ok", Duration::from_millis(3));
-        m.observe_probe(&key, Duration::from_millis(1), Some("Unreachable"));
+        m.observe_probe(&key, Some("Unreachable"));
+        m.observe_probe_round(Duration::from_millis(1), 3);
+        m.set_probe_targets(1);
+        m.reconcile_queued(Duration::from_millis(5));
         m.set_plugin(&key, state(Phase::Ready, 2, 1));
         m.set_published("ns", [("p".to_string(), 1)]);
         m.published_after(Duration::from_millis(40));
@@ -478,7 +527,11 @@ mod tests {
         for line in [
             "hector_operator_reconciles_total{result=\"ok\"} 1",
             "hector_operator_probe_failures_total{namespace=\"ns\",plugin=\"p\",reason=\"Unreachable\"} 1",
-            "hector_operator_probe_duration_seconds_count{namespace=\"ns\",plugin=\"p\"} 1",
+            "hector_operator_probes_total{namespace=\"ns\",plugin=\"p\"} 1",
+            "hector_operator_probe_duration_seconds_count 1",
+            "hector_operator_probe_rpcs_total 3",
+            "hector_operator_probe_targets 1",
+            "hector_operator_reconcile_queue_seconds_count 1",
             "hector_operator_plugins{phase=\"Ready\"} 1",
             "hector_operator_plugins{phase=\"Failed\"} 0",
             "hector_operator_plugin_ready{namespace=\"ns\",plugin=\"p\"} 1",
@@ -548,8 +601,8 @@ mod tests {
         let stays = key("team-a", "stays");
         for k in [&gone, &stays] {
             m.set_plugin(k, state(Phase::Degraded, 1, 0));
-            m.observe_probe(k, Duration::from_millis(2), Some("Unreachable"));
-            m.observe_probe(k, Duration::from_millis(2), Some("IdentityMismatch"));
+            m.observe_probe(k, Some("Unreachable"));
+            m.observe_probe(k, Some("IdentityMismatch"));
         }
         m.set_published(
             "team-a",
@@ -564,9 +617,8 @@ mod tests {
         );
         assert_eq!(
             text.matches("plugin=\"stays\"").count(),
-            // ready; endpoints x3; two failure reasons; the probe histogram's 17 buckets,
-            // sum and count.
-            1 + 3 + 2 + 19,
+            // ready; endpoints x3; two failure reasons; probes.
+            1 + 3 + 2 + 1,
             "{text}"
         );
         assert_eq!(
@@ -658,7 +710,7 @@ mod tests {
         m.set_leader(true);
         let k = key("ns", "p");
         m.set_plugin(&k, state(Phase::Ready, 1, 1));
-        m.observe_probe(&k, Duration::from_millis(1), None);
+        m.observe_probe(&k, None);
         m.set_published("ns", [("p".to_string(), 1)]);
         m.reconciled("ok", Duration::from_millis(1));
         m.set_leader(false);
@@ -693,11 +745,8 @@ mod tests {
     fn exposition_is_well_formed() {
         let m = Metrics::default();
         m.set_plugin(&key("ns", "p"), state(Phase::Ready, 1, 1));
-        m.observe_probe(
-            &key("ns", "p"),
-            Duration::from_millis(1),
-            Some("PluginUnhealthy"),
-        );
+        m.observe_probe(&key("ns", "p"), Some("PluginUnhealthy"));
+        m.observe_probe_round(Duration::from_millis(1), 3);
         m.reconciled("api_error", Duration::from_millis(1));
         let text = m.render();
         let mut typed = BTreeSet::new();

@@ -1,11 +1,13 @@
-//! The prober: one task per endpoint, each with its own reused gRPC channel, so a slow
-//! plugin never delays another. Every period it asks the standard `grpc.health.v1` health,
-//! the plugin's own `Health` RPC and `GetManifest` (identity), and its model or embedder
-//! facts when they may have changed (see [`FactsSchedule`]); outcomes go into the [`Index`],
-//! and a change of what others see, facts included, is announced on the change channel
-//! (which wakes the reconciler and the publisher).
+//! The prober: one task per distinct address probed ([`Target`]), each with its own reused
+//! gRPC channel, so a slow plugin never delays another and a thousand plugins naming one
+//! address cost one connection and one probe per period. Every (jittered) period it asks the
+//! standard `grpc.health.v1` health, the plugin's own `Health` RPC and `GetManifest`, and its
+//! model or embedder facts when they may have changed (see [`FactsSchedule`]); the reading is
+//! judged for each plugin naming the target (identity differs per plugin) and goes into the
+//! [`Index`], and a change of what others see, facts included, is announced on the change
+//! channel (which wakes the reconciler and the publisher).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -145,30 +147,76 @@ fn sdk_reason(e: &SdkError) -> (FailureKind, String) {
     }
 }
 
-/// Probes `channel` once, sending `token` with every plugin call.
-pub async fn probe_once(
+/// What one probe round of a target found, before it is judged for each plugin naming it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reading {
+    /// No answer, a failed RPC, or the plugin reports itself unhealthy.
+    Failed(FailureKind, String),
+    /// Healthy; what it reports about itself, and its facts when they were read.
+    Answered {
+        /// GetManifest's answer (empty when the plugin does not implement it).
+        manifest: Box<ManifestResponse>,
+        /// Name, version and model or embedder facts, when asked for.
+        facts: Option<Facts>,
+    },
+}
+
+impl Reading {
+    /// The outcome for a plugin expecting `identity`: the same answer may be right for one
+    /// plugin and the wrong plugin for another naming the same address.
+    pub fn judge(&self, identity: &Identity) -> ProbeOutcome {
+        match self {
+            Reading::Failed(kind, message) => ProbeOutcome::Failed(*kind, message.clone()),
+            Reading::Answered { manifest, facts } => match check_identity(manifest, identity) {
+                Err(message) => ProbeOutcome::Failed(FailureKind::IdentityMismatch, message),
+                Ok(()) => ProbeOutcome::Healthy(facts.clone()),
+            },
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        matches!(self, Reading::Answered { .. })
+    }
+}
+
+/// Probes `channel` once as a plugin of `plugin_type`, each RPC limited to `limit`, sending
+/// `token` with every plugin call; returns what it found and how many RPCs it sent.
+pub async fn read(
     channel: &Channel,
-    spec: &ProbeSpec,
+    plugin_type: PluginType,
+    limit: Duration,
     want_facts: bool,
     token: TokenSource,
-) -> ProbeOutcome {
-    let limit = spec.timeout;
+) -> (Reading, u64) {
+    let mut rpcs = 0;
+    let reading = read_counting(channel, plugin_type, limit, want_facts, token, &mut rpcs).await;
+    (reading, rpcs)
+}
+
+async fn read_counting(
+    channel: &Channel,
+    plugin_type: PluginType,
+    limit: Duration,
+    want_facts: bool,
+    token: TokenSource,
+    rpcs: &mut u64,
+) -> Reading {
     let timed_out = |what: &str| {
-        ProbeOutcome::Failed(
+        Reading::Failed(
             FailureKind::Unreachable,
             format!("{what} timed out after {limit:?}"),
         )
     };
 
     // The plugin's own Health first: when it is unhealthy its message is the reason to report.
-    let lifecycle =
-        LifecycleClient::new(channel.clone(), spec.identity.plugin_type).with_token(token.clone());
+    let lifecycle = LifecycleClient::new(channel.clone(), plugin_type).with_token(token.clone());
     let authorize = token;
+    *rpcs += 1;
     match tokio::time::timeout(limit, lifecycle.health()).await {
         Err(_) => return timed_out("Health"),
         Ok(Err(e)) => {
             let (kind, message) = sdk_reason(&e);
-            return ProbeOutcome::Failed(kind, message);
+            return Reading::Failed(kind, message);
         }
         Ok(Ok(h)) if !h.healthy => {
             let message = if h.message.is_empty() {
@@ -176,7 +224,7 @@ pub async fn probe_once(
             } else {
                 h.message
             };
-            return ProbeOutcome::Failed(FailureKind::Unhealthy, message);
+            return Reading::Failed(FailureKind::Unhealthy, message);
         }
         Ok(Ok(_)) => {}
     }
@@ -185,6 +233,7 @@ pub async fn probe_once(
     let check = HealthCheckRequest {
         service: String::new(),
     };
+    *rpcs += 1;
     match tokio::time::timeout(limit, health.check(check)).await {
         Err(_) => return timed_out("grpc.health.v1 Check"),
         Ok(Ok(r)) => {
@@ -193,7 +242,7 @@ pub async fn probe_once(
                 let name = ServingStatus::try_from(status)
                     .map(|s| s.as_str_name())
                     .unwrap_or("UNKNOWN");
-                return ProbeOutcome::Failed(
+                return Reading::Failed(
                     FailureKind::Unhealthy,
                     format!("grpc.health.v1 reports {name}"),
                 );
@@ -202,13 +251,14 @@ pub async fn probe_once(
         // A plugin without grpc.health.v1 is judged by its own Health RPC alone.
         Ok(Err(s)) if s.code() == Code::Unimplemented => {}
         Ok(Err(s)) => {
-            return ProbeOutcome::Failed(
+            return Reading::Failed(
                 FailureKind::Unreachable,
                 format!("grpc.health.v1 Check: {}", s.message()),
             );
         }
     }
 
+    *rpcs += 1;
     let manifest = match tokio::time::timeout(limit, lifecycle.manifest()).await {
         Err(_) => return timed_out("GetManifest"),
         // A plugin that does not implement GetManifest reports nothing, like an empty answer.
@@ -217,15 +267,15 @@ pub async fn probe_once(
         }
         Ok(Err(e)) => {
             let (kind, message) = sdk_reason(&e);
-            return ProbeOutcome::Failed(kind, message);
+            return Reading::Failed(kind, message);
         }
         Ok(Ok(m)) => m,
     };
-    if let Err(message) = check_identity(&manifest, &spec.identity) {
-        return ProbeOutcome::Failed(FailureKind::IdentityMismatch, message);
-    }
     if !want_facts {
-        return ProbeOutcome::Healthy(None);
+        return Reading::Answered {
+            manifest: Box::new(manifest),
+            facts: None,
+        };
     }
     let mut facts = Facts {
         name: (!manifest.name.is_empty()).then(|| manifest.name.clone()),
@@ -233,9 +283,10 @@ pub async fn probe_once(
         ..Default::default()
     };
     // Facts are a courtesy: a plugin that does not answer is still healthy.
-    match spec.identity.plugin_type {
+    match plugin_type {
         PluginType::LlmProvider => {
             let mut llm = LlmProviderClient::with_interceptor(channel.clone(), authorize);
+            *rpcs += 1;
             if let Ok(Ok(info)) = tokio::time::timeout(limit, llm.get_model_info(Empty {})).await {
                 let info = info.into_inner();
                 facts.model = Some(ModelFacts {
@@ -246,6 +297,7 @@ pub async fn probe_once(
         }
         PluginType::EmbedderProvider => {
             let mut embedder = EmbedderProviderClient::with_interceptor(channel.clone(), authorize);
+            *rpcs += 1;
             if let Ok(Ok(info)) =
                 tokio::time::timeout(limit, embedder.get_embedder_info(Empty {})).await
             {
@@ -258,7 +310,28 @@ pub async fn probe_once(
         }
         _ => {}
     }
-    ProbeOutcome::Healthy(Some(facts))
+    Reading::Answered {
+        manifest: Box::new(manifest),
+        facts: Some(facts),
+    }
+}
+
+/// Probes `channel` once for one plugin, sending `token` with every plugin call.
+pub async fn probe_once(
+    channel: &Channel,
+    spec: &ProbeSpec,
+    want_facts: bool,
+    token: TokenSource,
+) -> ProbeOutcome {
+    let (reading, _) = read(
+        channel,
+        spec.identity.plugin_type,
+        spec.timeout,
+        want_facts,
+        token,
+    )
+    .await;
+    reading.judge(&spec.identity)
 }
 
 /// A healthy endpoint reads its facts again after this many probes without: slow, since
@@ -267,54 +340,131 @@ pub async fn probe_once(
 /// 5 minutes at the default period of 10 s).
 pub const FACTS_REFRESH_PROBES: u32 = 30;
 
-/// When one endpoint's probe task reads the plugin's facts (GetManifest's name and version,
-/// GetModelInfo or GetEmbedderInfo): while the plugin has none known, on the first healthy
-/// probe of the endpoint (a new Pod, or one back after failing, e.g. restarted with another
+/// When a target's probes read the plugin's facts (GetManifest's name and version,
+/// GetModelInfo or GetEmbedderInfo): while a plugin naming it has none known, on the first
+/// healthy probe (a new target, or one back after failing, e.g. restarted with another
 /// configuration), and then every [`FACTS_REFRESH_PROBES`] healthy probes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FactsSchedule {
-    /// Whether the last probe found the endpoint healthy.
+    /// Whether the last probe found the target healthy.
     healthy: bool,
     /// Healthy probes since the facts were last read.
     since_read: u32,
 }
 
 impl FactsSchedule {
-    /// Whether the next probe should read facts; `known`: the plugin's facts are known.
+    /// Whether the next probe should read facts; `known`: every plugin naming the target has
+    /// its facts.
     pub fn want(&self, known: bool) -> bool {
         !known || !self.healthy || self.since_read + 1 >= FACTS_REFRESH_PROBES
     }
 
-    /// Notes a probe's outcome; `asked`: it was told to read facts.
-    pub fn record(&mut self, outcome: &ProbeOutcome, asked: bool) {
-        match outcome {
-            ProbeOutcome::Healthy(_) => {
-                self.healthy = true;
-                self.since_read = if asked {
-                    0
-                } else {
-                    self.since_read.saturating_add(1)
-                };
-            }
-            ProbeOutcome::Failed(..) => self.healthy = false,
+    /// Notes whether a probe found the target healthy; `asked`: it was told to read facts.
+    pub fn record(&mut self, healthy: bool, asked: bool) {
+        if healthy {
+            self.healthy = true;
+            self.since_read = if asked {
+                0
+            } else {
+                self.since_read.saturating_add(1)
+            };
+        } else {
+            self.healthy = false;
         }
     }
 }
 
-/// Runs and stops the per-endpoint probe tasks.
+/// How the prober reaches an address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plain gRPC without a token: an external endpoint (`spec.endpoint`).
+    Plain,
+    /// TLS to a launcher whose certificate names the Pod (by UID, when known), with the
+    /// operator's token.
+    Launcher(Option<String>),
+}
+
+/// What the prober probes: one address, reached one way, asked as one plugin type. Every
+/// plugin endpoint that names the same target shares its connection and its probes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    /// Plain or TLS to a launcher.
+    pub transport: Transport,
+    /// The plugin type whose Health RPC is asked.
+    pub plugin_type: PluginType,
+}
+
+impl Target {
+    /// The target of `address` for a plugin probed as `spec` says.
+    pub fn of(address: &str, spec: &ProbeSpec) -> Self {
+        Target {
+            address: address.to_string(),
+            transport: if spec.secure {
+                Transport::Launcher(spec.pod_uids.get(address).cloned())
+            } else {
+                Transport::Plain
+            },
+            plugin_type: spec.identity.plugin_type,
+        }
+    }
+}
+
+/// `period` stretched or shrunk by up to a tenth at random, so that targets started together
+/// (a new leader, a bulk apply) spread their probes over the period instead of in bursts.
+pub fn jittered(period: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    // The top 53 bits, as a fraction in [0, 1).
+    let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+    period.mul_f64(0.9 + 0.2 * fraction)
+}
+
+/// One probed target: the plugin endpoints naming it, its last reading (for plugins that
+/// start naming it between two probes), and its task.
+struct TargetState {
+    subscribers: HashSet<PluginKey>,
+    /// The last reading, with the last facts read carried into it.
+    last: Option<Reading>,
+    task: AbortHandle,
+}
+
+#[derive(Default)]
+struct Targets {
+    live: HashMap<Target, TargetState>,
+    /// The target each plugin endpoint (plugin, address) is probed through.
+    of: HashMap<(PluginKey, String), Target>,
+}
+
+impl Targets {
+    /// Takes `key`'s endpoint at `address` off its target; the target stops with its last
+    /// subscriber.
+    fn unsubscribe(&mut self, key: &PluginKey, address: &str) {
+        let Some(target) = self.of.remove(&(key.clone(), address.to_string())) else {
+            return;
+        };
+        if let Some(state) = self.live.get_mut(&target) {
+            state.subscribers.remove(key);
+            if state.subscribers.is_empty() {
+                state.task.abort();
+                self.live.remove(&target);
+            }
+        }
+    }
+}
+
+/// Runs and stops the probes, one task per distinct [`Target`], whatever the number of
+/// plugins naming it; each round's reading is judged and recorded for every one of them.
 pub struct Prober {
     index: Arc<Mutex<Index>>,
     specs: Mutex<HashMap<PluginKey, ProbeSpec>>,
-    /// Probe tasks by plugin and address, with the UID of the Pod each expects there.
-    tasks: Mutex<HashMap<(PluginKey, String), ProbeTask>>,
+    targets: Mutex<Targets>,
     /// The operator's own token, for launchers that check callers.
     token: TokenSource,
     changes: broadcast::Sender<PluginKey>,
     metrics: Arc<Metrics>,
 }
-
-/// A probe task, and the UID of the Pod it expects at its address.
-type ProbeTask = (AbortHandle, Option<String>);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not stop probing; the data is still consistent per call.
@@ -332,7 +482,7 @@ impl Prober {
         Arc::new(Self {
             index,
             specs: Mutex::default(),
-            tasks: Mutex::default(),
+            targets: Mutex::default(),
             changes,
             metrics,
             token,
@@ -344,7 +494,13 @@ impl Prober {
         lock(&self.index)
     }
 
-    /// Sets the endpoints of `key` and how to probe them; new endpoints are probed at once.
+    /// Number of targets probed (one connection each).
+    pub fn target_count(&self) -> usize {
+        lock(&self.targets).live.len()
+    }
+
+    /// Sets the endpoints of `key` and how to probe them. An endpoint naming a target
+    /// already probed gets that target's last reading at once; a new target is probed at once.
     pub fn set(
         self: &Arc<Self>,
         key: &PluginKey,
@@ -354,38 +510,51 @@ impl Prober {
         carried: &[String],
         facts: Option<Facts>,
     ) {
-        let pod_uids = spec.pod_uids.clone();
-        lock(&self.specs).insert(key.clone(), spec);
-        let EndpointChanges { added, removed } =
+        lock(&self.specs).insert(key.clone(), spec.clone());
+        let EndpointChanges { removed, .. } =
             lock(&self.index).set_endpoints(key, wanted, threshold, carried, facts);
-        let mut tasks = lock(&self.tasks);
-        for address in removed {
-            if let Some((task, _)) = tasks.remove(&(key.clone(), address)) {
-                task.abort();
+        let mut late = Vec::new();
+        {
+            let mut targets = lock(&self.targets);
+            for address in &removed {
+                targets.unsubscribe(key, address);
             }
-        }
-        let mut start = added;
-        // An address now held by another Pod (same IP, new Pod) is probed afresh, with the
-        // new Pod's identity.
-        for (address, uid) in &pod_uids {
-            if let Some((task, known)) = tasks.get(&(key.clone(), address.clone()))
-                && known.as_ref() != Some(uid)
-            {
-                task.abort();
-                if !start.contains(address) {
-                    start.push(address.clone());
+            for address in wanted.keys() {
+                // An address now held by another Pod (same IP, new Pod) or asked as another
+                // type is another target.
+                let target = Target::of(address, &spec);
+                let endpoint = (key.clone(), address.clone());
+                if targets.of.get(&endpoint) == Some(&target) {
+                    continue;
+                }
+                targets.unsubscribe(key, address);
+                targets.of.insert(endpoint, target.clone());
+                match targets.live.get_mut(&target) {
+                    Some(state) => {
+                        state.subscribers.insert(key.clone());
+                        if let Some(reading) = &state.last {
+                            late.push((address.clone(), reading.clone()));
+                        }
+                    }
+                    None => {
+                        let me = Arc::clone(self);
+                        let task_target = target.clone();
+                        let handle = tokio::spawn(async move { me.run(task_target).await });
+                        targets.live.insert(
+                            target,
+                            TargetState {
+                                subscribers: HashSet::from([key.clone()]),
+                                last: None,
+                                task: handle.abort_handle(),
+                            },
+                        );
+                    }
                 }
             }
+            self.metrics.set_probe_targets(targets.live.len());
         }
-        for address in start {
-            let me = Arc::clone(self);
-            let task_key = key.clone();
-            let task_address = address.clone();
-            let uid = pod_uids.get(&address).cloned();
-            let task_uid = uid.clone();
-            let handle =
-                tokio::spawn(async move { me.run(task_key, task_address, task_uid).await });
-            tasks.insert((key.clone(), address), (handle.abort_handle(), uid));
+        for (address, reading) in late {
+            self.record(key, &address, &reading.judge(&spec.identity));
         }
     }
 
@@ -393,61 +562,130 @@ impl Prober {
     pub fn forget(&self, key: &PluginKey) {
         lock(&self.specs).remove(key);
         let addresses = lock(&self.index).remove(key);
-        let mut tasks = lock(&self.tasks);
+        let mut targets = lock(&self.targets);
         for address in addresses {
-            if let Some((task, _)) = tasks.remove(&(key.clone(), address)) {
-                task.abort();
-            }
+            targets.unsubscribe(key, &address);
         }
+        self.metrics.set_probe_targets(targets.live.len());
     }
 
     /// Stops every probe (shutdown).
     pub fn stop_all(&self) {
         lock(&self.specs).clear();
-        for (_, (task, _)) in lock(&self.tasks).drain() {
-            task.abort();
+        let mut targets = lock(&self.targets);
+        for (_, state) in targets.live.drain() {
+            state.task.abort();
+        }
+        targets.of.clear();
+        self.metrics.set_probe_targets(0);
+    }
+
+    /// The plugins naming `target` now, with their probe specs.
+    fn subscribers(&self, target: &Target) -> Vec<(PluginKey, ProbeSpec)> {
+        let keys: Vec<PluginKey> = lock(&self.targets)
+            .live
+            .get(target)
+            .map(|s| s.subscribers.iter().cloned().collect())
+            .unwrap_or_default();
+        let specs = lock(&self.specs);
+        keys.into_iter()
+            .filter_map(|k| specs.get(&k).cloned().map(|s| (k, s)))
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>, target: Target) {
+        let verifier = match &target.transport {
+            Transport::Launcher(uid) => Some(launcher_verifier(uid.as_deref())),
+            Transport::Plain => None,
+        };
+        let token = match target.transport {
+            Transport::Launcher(_) => self.token.clone(),
+            Transport::Plain => TokenSource::none(),
+        };
+        let mut schedule = FactsSchedule::default();
+        let mut channel_made = None;
+        loop {
+            let subscribers = self.subscribers(&target);
+            let Some(period) = subscribers.iter().map(|(_, s)| s.period).min() else {
+                return;
+            };
+            let limit = subscribers
+                .iter()
+                .map(|(_, s)| s.timeout)
+                .max()
+                .unwrap_or(period);
+            let channel = match &channel_made {
+                Some(c) => c,
+                None => match channel(&target.address, limit, verifier.clone()) {
+                    Ok(c) => channel_made.insert(c),
+                    Err(message) => {
+                        self.fan_out(
+                            &target,
+                            &Reading::Failed(FailureKind::Unreachable, message),
+                            None,
+                        );
+                        return;
+                    }
+                },
+            };
+            let known = {
+                let index = lock(&self.index);
+                subscribers.iter().all(|(k, _)| index.has_facts(k))
+            };
+            let want_facts = schedule.want(known);
+            let started = Instant::now();
+            let (reading, rpcs) = read(
+                channel,
+                target.plugin_type,
+                limit,
+                want_facts,
+                token.clone(),
+            )
+            .await;
+            self.metrics.observe_probe_round(started.elapsed(), rpcs);
+            schedule.record(reading.healthy(), want_facts);
+            let fingerprint = match (&reading, &verifier) {
+                (Reading::Answered { .. }, Some(v)) => v.accepted(),
+                _ => None,
+            };
+            if let Reading::Failed(kind, message) = &reading {
+                tracing::debug!(address = %target.address, reason = kind.reason(), message, "probe failed");
+            }
+            self.fan_out(&target, &reading, fingerprint);
+            tokio::time::sleep(jittered(period)).await;
         }
     }
 
-    async fn run(self: Arc<Self>, key: PluginKey, address: String, pod_uid: Option<String>) {
-        let Some(first) = lock(&self.specs).get(&key).cloned() else {
-            return;
-        };
-        let verifier = first.secure.then(|| launcher_verifier(pod_uid.as_deref()));
-        let channel = match channel(&address, first.timeout, verifier.clone()) {
-            Ok(c) => c,
-            Err(message) => {
-                self.record(
-                    &key,
-                    &address,
-                    &ProbeOutcome::Failed(FailureKind::Unreachable, message),
-                );
-                return;
-            }
-        };
-        let mut facts = FactsSchedule::default();
-        loop {
-            let Some(spec) = lock(&self.specs).get(&key).cloned() else {
+    /// Records `reading` for every plugin naming `target` now, and keeps it for those that
+    /// start naming it before the next probe.
+    fn fan_out(&self, target: &Target, reading: &Reading, fingerprint: Option<String>) {
+        {
+            let mut targets = lock(&self.targets);
+            let Some(state) = targets.live.get_mut(target) else {
                 return;
             };
-            if !lock(&self.index).wants(&key, &address) {
-                return;
-            }
-            let want_facts = facts.want(lock(&self.index).has_facts(&key));
-            let started = Instant::now();
-            let token = if spec.secure {
-                self.token.clone()
-            } else {
-                TokenSource::none()
+            let carried = match (reading, &state.last) {
+                (
+                    Reading::Answered {
+                        manifest,
+                        facts: None,
+                    },
+                    Some(Reading::Answered { facts, .. }),
+                ) => Reading::Answered {
+                    manifest: manifest.clone(),
+                    facts: facts.clone(),
+                },
+                _ => reading.clone(),
             };
-            let outcome = probe_once(&channel, &spec, want_facts, token).await;
-            if let (ProbeOutcome::Healthy(_), Some(verifier)) = (&outcome, &verifier)
-                && let Some(fingerprint) = verifier.accepted()
-                && lock(&self.index).set_fingerprint(&key, &address, fingerprint)
+            state.last = Some(carried);
+        }
+        for (key, spec) in self.subscribers(target) {
+            let outcome = reading.judge(&spec.identity);
+            if let (ProbeOutcome::Healthy(_), Some(fingerprint)) = (&outcome, &fingerprint)
+                && lock(&self.index).set_fingerprint(&key, &target.address, fingerprint.clone())
             {
                 let _ = self.changes.send(key.clone());
             }
-            facts.record(&outcome, want_facts);
             {
                 // Under the specs lock: once `forget` has removed the spec, no probe still
                 // in flight brings the deleted plugin's series back.
@@ -455,7 +693,6 @@ impl Prober {
                 if specs.contains_key(&key) {
                     self.metrics.observe_probe(
                         &key,
-                        started.elapsed(),
                         match &outcome {
                             ProbeOutcome::Healthy(_) => None,
                             ProbeOutcome::Failed(kind, _) => Some(kind.reason()),
@@ -463,11 +700,7 @@ impl Prober {
                     );
                 }
             }
-            if let ProbeOutcome::Failed(kind, message) = &outcome {
-                tracing::debug!(plugin = %key, %address, reason = kind.reason(), message, "probe failed");
-            }
-            self.record(&key, &address, &outcome);
-            tokio::time::sleep(spec.period).await;
+            self.record(&key, &target.address, &outcome);
         }
     }
 
@@ -538,28 +771,96 @@ mod tests {
 
     #[test]
     fn facts_are_read_on_the_first_healthy_probe_after_a_failure_and_then_slowly() {
-        let healthy = ProbeOutcome::Healthy(None);
-        let failed = ProbeOutcome::Failed(FailureKind::Unreachable, "refused".into());
         let mut schedule = FactsSchedule::default();
-        // A new endpoint reads them, even when the plugin's facts are known.
+        // A new target reads them, even when the plugins' facts are known.
         assert!(schedule.want(true));
-        schedule.record(&healthy, true);
+        schedule.record(true, true);
         let mut between = 0;
         while !schedule.want(true) {
-            schedule.record(&healthy, false);
+            schedule.record(true, false);
             between += 1;
         }
         assert_eq!(between, FACTS_REFRESH_PROBES - 1, "then every Nth probe");
-        schedule.record(&healthy, true);
+        schedule.record(true, true);
         assert!(!schedule.want(true));
         // Unknown facts are asked for every time.
         assert!(schedule.want(false));
         // Failing (restart, new configuration): read again on the way back.
-        schedule.record(&failed, false);
+        schedule.record(false, false);
         assert!(schedule.want(true));
-        schedule.record(&failed, true);
+        schedule.record(false, true);
         assert!(schedule.want(true), "a failed probe read nothing");
-        schedule.record(&healthy, true);
+        schedule.record(true, true);
         assert!(!schedule.want(true));
+    }
+
+    #[test]
+    fn one_reading_is_judged_per_plugin_identity() {
+        let reading = Reading::Answered {
+            manifest: Box::new(ManifestResponse {
+                name: "echo-llm".into(),
+                version: "1.2.0".into(),
+                r#type: "llm_provider".into(),
+                ..Default::default()
+            }),
+            facts: None,
+        };
+        assert_eq!(reading.judge(&expected()), ProbeOutcome::Healthy(None));
+        let other = Identity {
+            name: "other-llm".into(),
+            ..expected()
+        };
+        assert!(matches!(
+            reading.judge(&other),
+            ProbeOutcome::Failed(FailureKind::IdentityMismatch, m) if m.contains("other-llm")
+        ));
+        let failed = Reading::Failed(FailureKind::Unreachable, "refused".into());
+        assert_eq!(
+            failed.judge(&expected()),
+            ProbeOutcome::Failed(FailureKind::Unreachable, "refused".into())
+        );
+    }
+
+    #[test]
+    fn endpoints_share_a_target_by_address_transport_and_type() {
+        let spec = |secure: bool, uid: Option<&str>| ProbeSpec {
+            identity: expected(),
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            secure,
+            pod_uids: uid
+                .map(|u| BTreeMap::from([("10.0.0.1:50051".to_string(), u.to_string())]))
+                .unwrap_or_default(),
+        };
+        let plain = Target::of("10.0.0.1:50051", &spec(false, None));
+        assert_eq!(plain, Target::of("10.0.0.1:50051", &spec(false, Some("x"))));
+        assert_eq!(plain.transport, Transport::Plain);
+        assert_ne!(plain, Target::of("10.0.0.2:50051", &spec(false, None)));
+        // A launcher is another target, and a new Pod at the same address another again.
+        let pod_a = Target::of("10.0.0.1:50051", &spec(true, Some("a")));
+        assert_eq!(pod_a.transport, Transport::Launcher(Some("a".into())));
+        assert_ne!(pod_a, plain);
+        assert_ne!(pod_a, Target::of("10.0.0.1:50051", &spec(true, Some("b"))));
+        let mut embedder = spec(false, None);
+        embedder.identity.plugin_type = PluginType::EmbedderProvider;
+        assert_ne!(plain, Target::of("10.0.0.1:50051", &embedder));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth_and_varies() {
+        let period = Duration::from_secs(10);
+        let draws: Vec<Duration> = (0..200).map(|_| jittered(period)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d >= period.mul_f64(0.9) && *d <= period.mul_f64(1.1)),
+            "{draws:?}"
+        );
+        let distinct: HashSet<Duration> = draws.iter().copied().collect();
+        assert!(
+            distinct.len() > 100,
+            "only {} distinct periods",
+            distinct.len()
+        );
     }
 }

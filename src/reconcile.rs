@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::apply::{FIELD_MANAGER, apply};
 use crate::build::{self, BuildError, PLUGIN_LABEL, Settings};
+use crate::cache_index::{self, CacheIndex};
 use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
 use crate::index::{Facts, PluginKey};
@@ -35,6 +36,7 @@ use crate::publish;
 use crate::readiness::Readiness;
 use crate::rollout::{self, pod_ready};
 use crate::status::{self, ConfigVerdict, Failure, Inputs, Rollout};
+use crate::trim;
 
 /// Label on everything the operator writes, so its watches see only its own objects.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=hector-operator";
@@ -113,9 +115,58 @@ pub struct Ctx {
     network_policies: Store<NetworkPolicy>,
     configmaps: Store<ConfigMap>,
     mount_events: Store<CoreEvent>,
+    indexes: Indexes,
+    /// When each plugin's latest generation was first seen on the watch, until its reconcile.
+    seen: Mutex<HashMap<PluginKey, (i64, Instant)>>,
     publish: PublishRequests,
     /// True once every watch cache has its first full list.
     synced: watch::Receiver<bool>,
+}
+
+/// The lookups a reconcile makes, indexed so that none scans a whole cache.
+pub struct Indexes {
+    /// HectorPlugins by namespace.
+    pub plugins: CacheIndex<HectorPlugin>,
+    /// Pods by `namespace/plugin label`.
+    pub pods: CacheIndex<Pod>,
+    /// ReplicaSets by the UID of their controller (a plugin's Deployment).
+    pub replicasets: CacheIndex<ReplicaSet>,
+    /// FailedMount Events by `namespace/Pod name`.
+    pub events: CacheIndex<CoreEvent>,
+}
+
+impl Default for Indexes {
+    fn default() -> Self {
+        Self {
+            plugins: CacheIndex::new(|p: &HectorPlugin| p.namespace()),
+            pods: CacheIndex::new(|p: &Pod| {
+                Some(cache_index::scoped(
+                    &p.namespace()?,
+                    p.labels().get(PLUGIN_LABEL)?,
+                ))
+            }),
+            replicasets: CacheIndex::new(|rs: &ReplicaSet| {
+                ownership::controller_uid(&rs.metadata).map(str::to_string)
+            }),
+            events: CacheIndex::new(|e: &CoreEvent| {
+                Some(cache_index::scoped(
+                    &e.namespace()?,
+                    e.involved_object.name.as_deref()?,
+                ))
+            }),
+        }
+    }
+}
+
+/// The objects of `store` named by `names`.
+fn from_store<K>(store: &Store<K>, names: Vec<cache_index::Name>) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    names
+        .into_iter()
+        .filter_map(|(ns, name)| store.get(&ObjectRef::new(&name).within(&ns)))
+        .collect()
 }
 
 /// Requests to publish a namespace, each stamped with when it was made: the publisher
@@ -333,21 +384,36 @@ impl Ctx {
 
     /// The plugin's Pods: only those of its own ReplicaSets, never a Pod for its label alone.
     fn plugin_pods(&self, plugin: &HectorPlugin) -> Vec<Arc<Pod>> {
-        let ns = plugin.namespace();
+        let ns = plugin.namespace().unwrap_or_default();
         let name = plugin.name_any();
         let deployment = self.own_deployment(plugin);
-        let sets = self.replicasets.state();
-        let labelled = self.pods.state_filter(|p| {
-            p.namespace() == ns
-                && p.labels().get(PLUGIN_LABEL) == Some(&name)
-                && p.metadata.deletion_timestamp.is_none()
-        });
+        let labelled: Vec<Arc<Pod>> = from_store(
+            &self.pods,
+            self.indexes.pods.get(&cache_index::scoped(&ns, &name)),
+        )
+        .into_iter()
+        .filter(|p| {
+            p.labels().get(PLUGIN_LABEL) == Some(&name) && p.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+        let sets = self.deployment_sets(deployment.as_deref());
         ownership::owned_pods(
             &plugin.uid().unwrap_or_default(),
             deployment.as_deref(),
-            sets.iter().filter(|rs| rs.namespace() == ns),
+            sets.iter(),
             labelled,
         )
+    }
+
+    /// The ReplicaSets a Deployment controls.
+    fn deployment_sets(&self, deployment: Option<&Deployment>) -> Vec<Arc<ReplicaSet>> {
+        let Some(uid) = deployment.and_then(|d| d.metadata.uid.as_deref()) else {
+            return vec![];
+        };
+        from_store(&self.replicasets, self.indexes.replicasets.get(uid))
+            .into_iter()
+            .filter(|rs| controlled_by(&rs.metadata, uid))
+            .collect()
     }
 
     fn rollout(&self, plugin: &HectorPlugin, deployment: Option<&Deployment>) -> Rollout {
@@ -356,15 +422,7 @@ impl Ctx {
         };
         let pods = self.plugin_pods(plugin);
         // The ReplicaSets of the live Deployment (the one passed may be what was just applied).
-        let sets: Vec<Arc<ReplicaSet>> = match self
-            .own_deployment(plugin)
-            .and_then(|live| live.metadata.uid.clone())
-        {
-            Some(uid) => self
-                .replicasets
-                .state_filter(|rs| controlled_by(&rs.metadata, &uid)),
-            None => vec![],
-        };
+        let sets = self.deployment_sets(self.own_deployment(plugin).as_deref());
         Rollout::Pods(rollout::observe(d, &sets, &pods))
     }
 
@@ -375,14 +433,17 @@ impl Ctx {
             return vec![];
         }
         let ns = plugin.namespace().unwrap_or_default();
-        let events = self
-            .mount_events
-            .state_filter(|e| e.namespace().as_deref() == Some(ns.as_str()));
         let mut out = Vec::new();
         for pod in self.plugin_pods(plugin) {
             if mounts::volumes_mounted(&pod) {
                 continue;
             }
+            let events = from_store(
+                &self.mount_events,
+                self.indexes
+                    .events
+                    .get(&cache_index::scoped(&ns, &pod.name_any())),
+            );
             let messages = mounts::kubelet_messages(&pod, &events);
             out.extend(mounts::secret_problems(
                 &ns,
@@ -685,10 +746,11 @@ impl Ctx {
             return;
         };
         // Only the plugin's own Pods count, not every Pod carrying its label.
+        let deployment = self.own_deployment(&plugin);
         let owned = ownership::owned_pods(
             &plugin.uid().unwrap_or_default(),
-            self.own_deployment(&plugin).as_deref(),
-            self.replicasets.state().iter(),
+            deployment.as_deref(),
+            self.deployment_sets(deployment.as_deref()).iter(),
             [Arc::new(pod.clone())],
         );
         if owned.is_empty() {
@@ -704,9 +766,40 @@ impl Ctx {
         }
     }
 
+    /// Notes when a plugin's new generation (or its deletion) is first seen, for the queue
+    /// latency metric.
+    fn note_seen(&self, event: &watcher::Event<HectorPlugin>) {
+        let (watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = event else {
+            return;
+        };
+        let generation = p.metadata.generation.unwrap_or_default();
+        let pending = p.metadata.deletion_timestamp.is_some()
+            || p.status.as_ref().and_then(|s| s.observed_generation) != Some(generation);
+        if pending {
+            lock(&self.seen)
+                .entry(key_of(p))
+                .or_insert((generation, Instant::now()));
+        }
+    }
+
+    /// A reconcile of `plugin` starts: how long it waited since its change was seen.
+    fn note_started(&self, plugin: &HectorPlugin) {
+        let key = key_of(plugin);
+        let generation = plugin.metadata.generation.unwrap_or_default();
+        let mut seen = lock(&self.seen);
+        if let Some((asked, at)) = seen.get(&key).copied()
+            && asked <= generation
+        {
+            seen.remove(&key);
+            drop(seen);
+            self.shared.metrics.reconcile_queued(at.elapsed());
+        }
+    }
+
     /// Forgets a deleted plugin: probes stop and its entry leaves the ConfigMap.
     fn forget(&self, plugin: &HectorPlugin) {
         let key = key_of(plugin);
+        lock(&self.seen).remove(&key);
         self.shared.prober.forget(&key);
         self.shared.metrics.forget_plugin(&key);
         lock(&self.shared.written).remove(&key);
@@ -720,6 +813,7 @@ impl Ctx {
 const RECONCILE_DEADLINE: Duration = Duration::from_secs(30);
 
 async fn reconcile(plugin: Arc<HectorPlugin>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    ctx.note_started(&plugin);
     let started = Instant::now();
     let result =
         match tokio::time::timeout(RECONCILE_DEADLINE, reconcile_plugin(&plugin, &ctx)).await {
@@ -1081,9 +1175,7 @@ async fn publish_namespace(
     written: &mut publish::WrittenByNamespace,
 ) -> Result<bool, kube::Error> {
     let name = &ctx.shared.configmap;
-    let plugins: Vec<Arc<HectorPlugin>> = ctx
-        .plugins
-        .state_filter(|p| p.namespace().as_deref() == Some(ns));
+    let plugins: Vec<Arc<HectorPlugin>> = from_store(&ctx.plugins, ctx.indexes.plugins.get(ns));
     let states: Vec<_> = {
         let index = ctx.shared.prober.index();
         plugins.iter().map(|p| index.get(&key_of(p))).collect()
@@ -1282,6 +1374,8 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         network_policies,
         configmaps,
         mount_events,
+        indexes: Indexes::default(),
+        seen: Mutex::default(),
         publish: PublishRequests(publish_tx),
         synced,
     });
@@ -1296,6 +1390,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(plugin)) = event {
             tracing::info!(plugin = %key_of(plugin), "HectorPlugin deleted");
@@ -1303,6 +1398,15 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         }
     })
     .reflect(plugins_writer)
+    .inspect({
+        let ctx = Arc::clone(&ctx);
+        move |event| {
+            if let Ok(event) = event {
+                ctx.indexes.plugins.apply(event);
+                ctx.note_seen(event);
+            }
+        }
+    })
     .applied_objects();
     let ready_ctx = Arc::clone(&ctx);
     let pod_stream = observed(
@@ -1314,8 +1418,14 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::pod)
     .reflect(pods_writer)
-    .inspect(move |event| ready_ctx.pod_readiness(event))
+    .inspect(move |event| {
+        if let Ok(e) = event {
+            ready_ctx.indexes.pods.apply(e);
+        }
+        ready_ctx.pod_readiness(event);
+    })
     .touched_objects();
     // The owner chain Pod → ReplicaSet → Deployment decides which Pods are endpoints.
     let replicaset_stream = observed(
@@ -1324,7 +1434,16 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .reflect(replicasets_writer)
+    .inspect({
+        let ctx = Arc::clone(&ctx);
+        move |event| {
+            if let Ok(e) = event {
+                ctx.indexes.replicasets.apply(e);
+            }
+        }
+    })
     .touched_objects();
     // What the kubelet says when a Pod cannot mount its configuration (a missing Secret or
     // key): the operator cannot read Secrets, so this is how it learns.
@@ -1337,7 +1456,16 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .reflect(events_writer)
+    .inspect({
+        let ctx = Arc::clone(&ctx);
+        move |event| {
+            if let Ok(e) = event {
+                ctx.indexes.events.apply(e);
+            }
+        }
+    })
     .touched_objects();
     let deployment_stream = observed(
         watcher(scope.api::<Deployment>(&client), managed.clone()),
@@ -1345,6 +1473,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .reflect(deployments_writer)
     .touched_objects();
     let service_stream = observed(
@@ -1353,6 +1482,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .reflect(services_writer)
     .touched_objects();
     // A deleted or edited NetworkPolicy is put back at once, like the other children.
@@ -1362,6 +1492,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .reflect(network_policies_writer)
     .touched_objects();
     let endpoints_name = shared.configmap.clone();
@@ -1372,6 +1503,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         &shared,
     )
     .default_backoff()
+    .modify(trim::object)
     .reflect(configmaps_writer)
     .touched_objects()
     .inspect(move |cm| {

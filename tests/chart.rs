@@ -832,7 +832,8 @@ fn exposition() -> String {
     let took = Duration::from_millis(2);
     m.set_leader(true);
     m.reconciled("ok", took);
-    m.observe_probe(&key, took, Some("Unreachable"));
+    m.observe_probe(&key, Some("Unreachable"));
+    m.observe_probe_round(took, 3);
     m.set_plugin(
         &key,
         PluginState {
