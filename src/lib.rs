@@ -15,6 +15,7 @@ pub mod leader;
 pub mod manifest;
 pub mod metrics;
 pub mod mounts;
+pub mod multiwatch;
 pub mod ownership;
 pub mod probe;
 pub mod publish;
