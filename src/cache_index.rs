@@ -8,7 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::Event;
 
 /// An object of the cache, by namespace and name.
@@ -132,6 +135,48 @@ impl<K: kube::Resource> CacheIndex<K> {
     /// Whether nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A watch cache read by name; a read of the whole cache is counted, so that a test can show
+/// the per-reconcile path makes none.
+pub struct Cache<K: kube::Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    scanned: AtomicU64,
+}
+
+impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
+    /// Reads of `store`.
+    pub fn new(store: Store<K>) -> Self {
+        Self {
+            store,
+            scanned: AtomicU64::new(0),
+        }
+    }
+
+    /// One object by reference.
+    pub fn get(&self, r: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.store.get(r)
+    }
+
+    /// The objects of `names`, skipping those gone from the cache meanwhile.
+    pub fn get_all(&self, names: Vec<Name>) -> Vec<Arc<K>> {
+        names
+            .into_iter()
+            .filter_map(|(ns, name)| self.get(&ObjectRef::new(&name).within(&ns)))
+            .collect()
+    }
+
+    /// Every object: a whole-cache read, for periodic sweeps only (counted).
+    pub fn scan(&self) -> Vec<Arc<K>> {
+        let all = self.store.state();
+        self.scanned.fetch_add(all.len() as u64, Ordering::Relaxed);
+        all
+    }
+
+    /// Objects returned by [`Cache::scan`] since the start.
+    pub fn scanned(&self) -> u64 {
+        self.scanned.load(Ordering::Relaxed)
     }
 }
 

@@ -78,6 +78,9 @@ pub enum LeaseError {
     /// Another replica holds the lease now.
     #[error("lost the leader lease: {0} holds it now")]
     Taken(String),
+    /// The lease thread stopped (it could not build its API client).
+    #[error("the lease thread stopped: {0}")]
+    Stopped(String),
     /// A lease request did not answer within its deadline.
     #[error("lease {namespace}/{name}: no answer within {timeout:?}")]
     Timeout {
@@ -349,5 +352,143 @@ mod tests {
         assert!(c.retry_every() < c.renew_every());
         // A renewal is a read and a write; both must end before the renew deadline.
         assert!(c.request_timeout() * 2 < c.renew_deadline());
+    }
+}
+
+/// What the lease thread reports.
+#[derive(Debug)]
+pub enum LeaseEvent {
+    /// This replica holds the lease now (the fence is open).
+    Acquired,
+    /// It lost it (the fence closed first); the thread stands by for the lease again.
+    Lost(LeaseError),
+}
+
+/// What the lease thread is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Give the lease up and stand by for it again.
+    AndStandBy,
+    /// Give the lease up and stop.
+    AndStop,
+}
+
+/// The lease, taken and renewed on a thread of its own with its own runtime and API client:
+/// however busy the operator's runtime is (a burst of reconciles, a slow watch), renewals run
+/// on time, so a busy leader is never taken for a dead one.
+pub struct LeaseThread {
+    events: tokio::sync::mpsc::UnboundedReceiver<LeaseEvent>,
+    commands: tokio::sync::mpsc::UnboundedSender<(Release, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl LeaseThread {
+    /// Starts the thread for `lease`, with a client made from `config` there (unfenced: the
+    /// lease is how the fence opens).
+    pub fn start(
+        config: kube::Config,
+        lease: LeaseConfig,
+        fence: Fence,
+    ) -> Result<Self, std::io::Error> {
+        let (event_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("leader-lease".into())
+            .spawn(move || {
+                runtime.block_on(lease_loop(config, lease, fence, event_tx, command_rx))
+            })?;
+        Ok(Self { events, commands })
+    }
+
+    /// Waits until this replica holds the lease; an error when the thread stopped.
+    pub async fn acquired(&mut self) -> Result<(), LeaseError> {
+        loop {
+            match self.events.recv().await {
+                Some(LeaseEvent::Acquired) => return Ok(()),
+                Some(LeaseEvent::Lost(_)) => {}
+                None => return Err(LeaseError::Stopped("no lease events".into())),
+            }
+        }
+    }
+
+    /// Waits until the lease held is lost, and says why.
+    pub async fn lost(&mut self) -> LeaseError {
+        loop {
+            match self.events.recv().await {
+                Some(LeaseEvent::Lost(e)) => return e,
+                Some(LeaseEvent::Acquired) => {}
+                None => return LeaseError::Stopped("no lease events".into()),
+            }
+        }
+    }
+
+    /// Gives the lease up (if held) and then stands by or stops, as `then` says; returns once
+    /// it is done.
+    pub async fn release(&self, then: Release) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.commands.send((then, done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn lease_loop(
+    config: kube::Config,
+    lease: LeaseConfig,
+    fence: Fence,
+    events: tokio::sync::mpsc::UnboundedSender<LeaseEvent>,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<(Release, tokio::sync::oneshot::Sender<()>)>,
+) {
+    let client = match Client::try_from(config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make the lease thread's API client");
+            return;
+        }
+    };
+    let mut elector = Elector::new(client, lease, fence);
+    loop {
+        // Standing by: nothing to give up; only a stop ends the wait.
+        let stop = loop {
+            tokio::select! {
+                _ = elector.acquire() => break false,
+                command = commands.recv() => match command {
+                    Some((then, done)) => {
+                        let _ = done.send(());
+                        if then == Release::AndStop {
+                            break true;
+                        }
+                    }
+                    None => break true,
+                },
+            }
+        };
+        if stop {
+            return;
+        }
+        if events.send(LeaseEvent::Acquired).is_err() {
+            return;
+        }
+        tokio::select! {
+            lost = elector.keep() => {
+                if events.send(LeaseEvent::Lost(lost)).is_err() {
+                    return;
+                }
+            }
+            command = commands.recv() => {
+                elector.release().await;
+                match command {
+                    Some((then, done)) => {
+                        let _ = done.send(());
+                        if then == Release::AndStop {
+                            return;
+                        }
+                    }
+                    None => return,
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -15,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -24,12 +26,13 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::apply::{FIELD_MANAGER, apply};
 use crate::build::{self, BuildError, PLUGIN_LABEL, Settings};
-use crate::cache_index::{self, CacheIndex};
+use crate::cache_index::{self, Cache, CacheIndex};
 use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
 use crate::index::{Facts, PluginKey};
 use crate::metrics::{Metrics, PluginState};
 use crate::mounts;
+use crate::multiwatch;
 use crate::ownership::{self, conflict_message, controlled_by};
 use crate::probe::{Identity, ProbeSpec, Prober};
 use crate::publish;
@@ -75,31 +78,71 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The namespaces one controller covers.
+/// The namespaces the controller covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// Every namespace.
+    /// Every namespace: one cluster-wide watch per kind.
     All,
-    /// One namespace.
-    Namespace(String),
+    /// These namespaces: one watch per namespace and kind, merged into one cache per kind.
+    Namespaces(Vec<String>),
 }
 
 impl Scope {
-    fn api<K>(&self, client: &Client) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match self {
-            Scope::All => Api::all(client.clone()),
-            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
-        }
-    }
-
     fn covers(&self, namespace: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::Namespace(ns) => ns == namespace,
+            Scope::Namespaces(list) => list.iter().any(|ns| ns == namespace),
+        }
+    }
+}
+
+/// A kind's watch events in `scope`, trimmed and applied to `writer`'s store, with a future
+/// that turns true once the kind is listed everywhere in the scope (false if the watch ended
+/// first).
+fn watch_kind<K>(
+    scope: &Scope,
+    shared: &Arc<Shared>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    resource: &'static str,
+    trim: fn(&mut K),
+) -> (
+    BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
+    BoxFuture<'static, bool>,
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let client = &shared.client;
+    match scope {
+        Scope::All => {
+            let store = writer.as_reader();
+            let events = observed(watcher(Api::all(client.clone()), config), resource, shared)
+                .default_backoff()
+                .modify(trim)
+                .reflect(writer)
+                .boxed();
+            (
+                events,
+                async move { store.wait_until_ready().await.is_ok() }.boxed(),
+            )
+        }
+        Scope::Namespaces(list) => {
+            let streams = list.iter().map(|ns| {
+                let api = Api::namespaced(client.clone(), ns);
+                let events = observed(watcher(api, config.clone()), resource, shared)
+                    .default_backoff()
+                    .modify(trim);
+                (ns.clone(), events)
+            });
+            let (events, listed) = multiwatch::merge_streams(streams, writer);
+            (events, async move { listed.wait().await }.boxed())
         }
     }
 }
@@ -107,14 +150,14 @@ impl Scope {
 /// Per-scope context of a reconcile: shared parts plus this scope's watch caches.
 pub struct Ctx {
     shared: Arc<Shared>,
-    plugins: Store<HectorPlugin>,
-    pods: Store<Pod>,
-    replicasets: Store<ReplicaSet>,
-    deployments: Store<Deployment>,
-    services: Store<Service>,
-    network_policies: Store<NetworkPolicy>,
-    configmaps: Store<ConfigMap>,
-    mount_events: Store<CoreEvent>,
+    plugins: Cache<HectorPlugin>,
+    pods: Cache<Pod>,
+    replicasets: Cache<ReplicaSet>,
+    deployments: Cache<Deployment>,
+    services: Cache<Service>,
+    network_policies: Cache<NetworkPolicy>,
+    configmaps: Cache<ConfigMap>,
+    mount_events: Cache<CoreEvent>,
     indexes: Indexes,
     /// When each plugin's latest generation was first seen on the watch, until its reconcile.
     seen: Mutex<HashMap<PluginKey, (i64, Instant)>>,
@@ -158,15 +201,13 @@ impl Default for Indexes {
     }
 }
 
-/// The objects of `store` named by `names`.
-fn from_store<K>(store: &Store<K>, names: Vec<cache_index::Name>) -> Vec<Arc<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    names
-        .into_iter()
-        .filter_map(|(ns, name)| store.get(&ObjectRef::new(&name).within(&ns)))
-        .collect()
+/// What the prober is told for one plugin.
+struct ProbePlan {
+    spec: ProbeSpec,
+    /// Endpoint addresses, with whether each one's Pod is Ready.
+    wanted: BTreeMap<String, bool>,
+    /// Failed probes before an endpoint is unpublished.
+    threshold: u32,
 }
 
 /// Requests to publish a namespace, each stamped with when it was made: the publisher
@@ -387,15 +428,15 @@ impl Ctx {
         let ns = plugin.namespace().unwrap_or_default();
         let name = plugin.name_any();
         let deployment = self.own_deployment(plugin);
-        let labelled: Vec<Arc<Pod>> = from_store(
-            &self.pods,
-            self.indexes.pods.get(&cache_index::scoped(&ns, &name)),
-        )
-        .into_iter()
-        .filter(|p| {
-            p.labels().get(PLUGIN_LABEL) == Some(&name) && p.metadata.deletion_timestamp.is_none()
-        })
-        .collect();
+        let labelled: Vec<Arc<Pod>> = self
+            .pods
+            .get_all(self.indexes.pods.get(&cache_index::scoped(&ns, &name)))
+            .into_iter()
+            .filter(|p| {
+                p.labels().get(PLUGIN_LABEL) == Some(&name)
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect();
         let sets = self.deployment_sets(deployment.as_deref());
         ownership::owned_pods(
             &plugin.uid().unwrap_or_default(),
@@ -410,7 +451,8 @@ impl Ctx {
         let Some(uid) = deployment.and_then(|d| d.metadata.uid.as_deref()) else {
             return vec![];
         };
-        from_store(&self.replicasets, self.indexes.replicasets.get(uid))
+        self.replicasets
+            .get_all(self.indexes.replicasets.get(uid))
             .into_iter()
             .filter(|rs| controlled_by(&rs.metadata, uid))
             .collect()
@@ -438,8 +480,7 @@ impl Ctx {
             if mounts::volumes_mounted(&pod) {
                 continue;
             }
-            let events = from_store(
-                &self.mount_events,
+            let events = self.mount_events.get_all(
                 self.indexes
                     .events
                     .get(&cache_index::scoped(&ns, &pod.name_any())),
@@ -466,6 +507,38 @@ impl Ctx {
                 Some((endpoint_address(ip, plugin.spec.port), pod_ready(p)))
             })
             .collect()
+    }
+
+    /// What to probe for `plugin`: its endpoint, or its started Pods' endpoints.
+    fn probe_plan(&self, plugin: &HectorPlugin) -> ProbePlan {
+        let spec = &plugin.spec;
+        let external = spec.endpoint.is_some();
+        ProbePlan {
+            spec: ProbeSpec {
+                identity: Identity {
+                    name: spec.manifest.name.clone(),
+                    version: spec.manifest.version.clone(),
+                    plugin_type: spec.manifest.plugin_type.into(),
+                },
+                period: Duration::from_secs(
+                    u64::try_from(spec.health.period_seconds).unwrap_or(10),
+                ),
+                timeout: Duration::from_secs(
+                    u64::try_from(spec.health.timeout_seconds).unwrap_or(2),
+                ),
+                secure: !external,
+                pod_uids: if external {
+                    BTreeMap::new()
+                } else {
+                    self.pod_uids(plugin)
+                },
+            },
+            wanted: match &spec.endpoint {
+                Some(endpoint) => BTreeMap::from([(endpoint.clone(), true)]),
+                None => self.pod_endpoints(plugin),
+            },
+            threshold: u32::try_from(spec.health.failure_threshold).unwrap_or(3),
+        }
     }
 
     /// The UID of the Pod behind each endpoint of [`Ctx::pod_endpoints`].
@@ -885,10 +958,6 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
     } else {
         ctx.rollout(plugin, deployment.as_ref())
     };
-    let wanted = match &spec.endpoint {
-        Some(endpoint) => BTreeMap::from([(endpoint.clone(), true)]),
-        None => ctx.pod_endpoints(plugin),
-    };
 
     let current = plugin.status.clone();
     let carried: Vec<String> = current
@@ -899,22 +968,11 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         .as_ref()
         .and_then(|s| s.plugin.as_ref())
         .map(Facts::from_status);
-    let probe_spec = ProbeSpec {
-        identity: Identity {
-            name: spec.manifest.name.clone(),
-            version: spec.manifest.version.clone(),
-            plugin_type: spec.manifest.plugin_type.into(),
-        },
-        period: Duration::from_secs(u64::try_from(spec.health.period_seconds).unwrap_or(10)),
-        timeout: Duration::from_secs(u64::try_from(spec.health.timeout_seconds).unwrap_or(2)),
-        secure: !external,
-        pod_uids: if external {
-            BTreeMap::new()
-        } else {
-            ctx.pod_uids(plugin)
-        },
-    };
-    let threshold = u32::try_from(spec.health.failure_threshold).unwrap_or(3);
+    let ProbePlan {
+        spec: probe_spec,
+        wanted,
+        threshold,
+    } = ctx.probe_plan(plugin);
     ctx.shared.prober.set(
         &key,
         probe_spec,
@@ -1059,10 +1117,10 @@ async fn publish_loop(
                 None => return,
             },
             _ = tick.tick() => {
-                namespaces.extend(ctx.plugins.state().iter().filter_map(|p| p.namespace()));
+                namespaces.extend(ctx.plugins.scan().iter().filter_map(|p| p.namespace()));
                 namespaces.extend(
                     ctx.configmaps
-                        .state()
+                        .scan()
                         .iter()
                         .filter(|c| c.name_any() == ctx.shared.configmap)
                         .filter_map(|c| c.namespace()),
@@ -1111,7 +1169,7 @@ async fn publish_loop(
 
 /// Stops probes of plugins that vanished while a watch was down (no delete event seen).
 fn collect_garbage(ctx: &Ctx, scope: &Scope) {
-    let present: BTreeSet<PluginKey> = ctx.plugins.state().iter().map(|p| key_of(p)).collect();
+    let present: BTreeSet<PluginKey> = ctx.plugins.scan().iter().map(|p| key_of(p)).collect();
     let known = ctx.shared.prober.index().keys();
     for key in known {
         if scope.covers(&key.namespace) && !present.contains(&key) {
@@ -1175,7 +1233,7 @@ async fn publish_namespace(
     written: &mut publish::WrittenByNamespace,
 ) -> Result<bool, kube::Error> {
     let name = &ctx.shared.configmap;
-    let plugins: Vec<Arc<HectorPlugin>> = from_store(&ctx.plugins, ctx.indexes.plugins.get(ns));
+    let plugins: Vec<Arc<HectorPlugin>> = ctx.plugins.get_all(ctx.indexes.plugins.get(ns));
     let states: Vec<_> = {
         let index = ctx.shared.prober.index();
         plugins.iter().map(|p| index.get(&key_of(p))).collect()
@@ -1334,15 +1392,11 @@ where
 /// waker of its last poll (a oneshot channel underneath), so of several reconciles waiting on
 /// it at once only one would ever wake: the others would stall for good, which is what a new
 /// leader with several plugins to reconcile met. This is the stores' only waiter.
-async fn sync_gate(ctx: Arc<Ctx>, synced: watch::Sender<bool>) {
-    let ready = ctx.plugins.wait_until_ready().await.is_ok()
-        && ctx.pods.wait_until_ready().await.is_ok()
-        && ctx.replicasets.wait_until_ready().await.is_ok()
-        && ctx.deployments.wait_until_ready().await.is_ok()
-        && ctx.services.wait_until_ready().await.is_ok()
-        && ctx.network_policies.wait_until_ready().await.is_ok()
-        && ctx.configmaps.wait_until_ready().await.is_ok()
-        && ctx.mount_events.wait_until_ready().await.is_ok();
+async fn sync_gate(listed: Vec<BoxFuture<'static, bool>>, synced: watch::Sender<bool>) {
+    let mut ready = true;
+    for kind in listed {
+        ready &= kind.await;
+    }
     if ready {
         tracing::info!("watch caches synced: reconciling");
         let _ = synced.send(true);
@@ -1351,7 +1405,6 @@ async fn sync_gate(ctx: Arc<Ctx>, synced: watch::Sender<bool>) {
 
 /// Runs the controller and the publisher for one scope until `shutdown` turns true.
 pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Receiver<bool>) {
-    let client = shared.client.clone();
     let managed = watcher::Config::default().labels(MANAGED_BY);
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();
 
@@ -1366,147 +1419,138 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let (synced_tx, synced) = watch::channel(false);
     let ctx = Arc::new(Ctx {
         shared: Arc::clone(&shared),
-        plugins: plugins.clone(),
-        pods: pods.clone(),
-        replicasets,
-        deployments,
-        services,
-        network_policies,
-        configmaps,
-        mount_events,
+        plugins: Cache::new(plugins.clone()),
+        pods: Cache::new(pods.clone()),
+        replicasets: Cache::new(replicasets),
+        deployments: Cache::new(deployments),
+        services: Cache::new(services),
+        network_policies: Cache::new(network_policies),
+        configmaps: Cache::new(configmaps),
+        mount_events: Cache::new(mount_events),
         indexes: Indexes::default(),
         seen: Mutex::default(),
         publish: PublishRequests(publish_tx),
         synced,
     });
 
-    let forget_ctx = Arc::clone(&ctx);
-    let plugin_stream = observed(
-        watcher(
-            scope.api::<HectorPlugin>(&client),
-            watcher::Config::default(),
-        ),
+    let (plugin_events, plugins_listed) = watch_kind(
+        &scope,
+        &shared,
+        watcher::Config::default(),
+        plugins_writer,
         "hectorplugins",
-        &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .inspect(move |event| {
-        if let Ok(watcher::Event::Delete(plugin)) = event {
-            tracing::info!(plugin = %key_of(plugin), "HectorPlugin deleted");
-            forget_ctx.forget(plugin);
-        }
-    })
-    .reflect(plugins_writer)
-    .inspect({
-        let ctx = Arc::clone(&ctx);
-        move |event| {
-            if let Ok(event) = event {
-                ctx.indexes.plugins.apply(event);
-                ctx.note_seen(event);
+        trim::object,
+    );
+    let plugin_stream = plugin_events
+        .inspect({
+            let ctx = Arc::clone(&ctx);
+            move |event| {
+                if let Ok(event) = event {
+                    ctx.indexes.plugins.apply(event);
+                    ctx.note_seen(event);
+                    if let watcher::Event::Delete(plugin) = event {
+                        tracing::info!(plugin = %key_of(plugin), "HectorPlugin deleted");
+                        ctx.forget(plugin);
+                    }
+                }
             }
-        }
-    })
-    .applied_objects();
-    let ready_ctx = Arc::clone(&ctx);
-    let pod_stream = observed(
-        watcher(
-            scope.api::<Pod>(&client),
-            watcher::Config::default().labels(PLUGIN_LABEL),
-        ),
+        })
+        .applied_objects();
+    let (pod_events, pods_listed) = watch_kind(
+        &scope,
+        &shared,
+        watcher::Config::default().labels(PLUGIN_LABEL),
+        pods_writer,
         "pods",
-        &shared,
-    )
-    .default_backoff()
-    .modify(trim::pod)
-    .reflect(pods_writer)
-    .inspect(move |event| {
-        if let Ok(e) = event {
-            ready_ctx.indexes.pods.apply(e);
-        }
-        ready_ctx.pod_readiness(event);
-    })
-    .touched_objects();
-    // The owner chain Pod → ReplicaSet → Deployment decides which Pods are endpoints.
-    let replicaset_stream = observed(
-        watcher(scope.api::<ReplicaSet>(&client), managed.clone()),
-        "replicasets",
-        &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .reflect(replicasets_writer)
-    .inspect({
-        let ctx = Arc::clone(&ctx);
-        move |event| {
+        trim::pod,
+    );
+    let ready_ctx = Arc::clone(&ctx);
+    let pod_stream = pod_events
+        .inspect(move |event| {
             if let Ok(e) = event {
-                ctx.indexes.replicasets.apply(e);
+                ready_ctx.indexes.pods.apply(e);
             }
-        }
-    })
-    .touched_objects();
+            ready_ctx.pod_readiness(event);
+        })
+        .touched_objects();
+    // The owner chain Pod → ReplicaSet → Deployment decides which Pods are endpoints.
+    let (replicaset_events, replicasets_listed) = watch_kind(
+        &scope,
+        &shared,
+        managed.clone(),
+        replicasets_writer,
+        "replicasets",
+        trim::object,
+    );
+    let replicaset_stream = replicaset_events
+        .inspect({
+            let ctx = Arc::clone(&ctx);
+            move |event| {
+                if let Ok(e) = event {
+                    ctx.indexes.replicasets.apply(e);
+                }
+            }
+        })
+        .touched_objects();
     // What the kubelet says when a Pod cannot mount its configuration (a missing Secret or
     // key): the operator cannot read Secrets, so this is how it learns.
-    let event_stream = observed(
-        watcher(
-            scope.api::<CoreEvent>(&client),
-            watcher::Config::default().fields("reason=FailedMount,involvedObject.kind=Pod"),
-        ),
+    let (mount_event_events, events_listed) = watch_kind(
+        &scope,
+        &shared,
+        watcher::Config::default().fields("reason=FailedMount,involvedObject.kind=Pod"),
+        events_writer,
         "events",
-        &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .reflect(events_writer)
-    .inspect({
-        let ctx = Arc::clone(&ctx);
-        move |event| {
-            if let Ok(e) = event {
-                ctx.indexes.events.apply(e);
+        trim::object,
+    );
+    let event_stream = mount_event_events
+        .inspect({
+            let ctx = Arc::clone(&ctx);
+            move |event| {
+                if let Ok(e) = event {
+                    ctx.indexes.events.apply(e);
+                }
             }
-        }
-    })
-    .touched_objects();
-    let deployment_stream = observed(
-        watcher(scope.api::<Deployment>(&client), managed.clone()),
+        })
+        .touched_objects();
+    let (deployment_events, deployments_listed) = watch_kind(
+        &scope,
+        &shared,
+        managed.clone(),
+        deployments_writer,
         "deployments",
+        trim::object,
+    );
+    let deployment_stream = deployment_events.touched_objects();
+    let (service_events, services_listed) = watch_kind(
+        &scope,
         &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .reflect(deployments_writer)
-    .touched_objects();
-    let service_stream = observed(
-        watcher(scope.api::<Service>(&client), managed.clone()),
+        managed.clone(),
+        services_writer,
         "services",
-        &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .reflect(services_writer)
-    .touched_objects();
+        trim::object,
+    );
+    let service_stream = service_events.touched_objects();
     // A deleted or edited NetworkPolicy is put back at once, like the other children.
-    let network_policy_stream = observed(
-        watcher(scope.api::<NetworkPolicy>(&client), managed.clone()),
-        "networkpolicies",
+    let (network_policy_events, network_policies_listed) = watch_kind(
+        &scope,
         &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .reflect(network_policies_writer)
-    .touched_objects();
+        managed.clone(),
+        network_policies_writer,
+        "networkpolicies",
+        trim::object,
+    );
+    let network_policy_stream = network_policy_events.touched_objects();
     let endpoints_name = shared.configmap.clone();
     let cm_publish = ctx.publish.clone();
-    let configmap_stream = observed(
-        watcher(scope.api::<ConfigMap>(&client), managed),
-        "configmaps",
+    let (configmap_events, configmaps_listed) = watch_kind(
+        &scope,
         &shared,
-    )
-    .default_backoff()
-    .modify(trim::object)
-    .reflect(configmaps_writer)
-    .touched_objects()
-    .inspect(move |cm| {
+        managed,
+        configmaps_writer,
+        "configmaps",
+        trim::object,
+    );
+    let configmap_stream = configmap_events.touched_objects().inspect(move |cm| {
         // Someone else changed or deleted the endpoints ConfigMap: render it again.
         if let Ok(cm) = cm
             && cm.name_any() == endpoints_name
@@ -1515,6 +1559,16 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
             let _ = cm_publish.send(ns);
         }
     });
+    let listed = vec![
+        plugins_listed,
+        pods_listed,
+        replicasets_listed,
+        events_listed,
+        deployments_listed,
+        services_listed,
+        network_policies_listed,
+        configmaps_listed,
+    ];
 
     let scope_for_trigger = scope.clone();
     let trigger =
@@ -1560,7 +1614,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
             }
         });
     let publisher = publish_loop(Arc::clone(&ctx), scope.clone(), publish_rx, shutdown);
-    let gate = sync_gate(Arc::clone(&ctx), synced_tx);
+    let gate = sync_gate(listed, synced_tx);
     tracing::info!(?scope, "controller started");
     futures::join!(controller, publisher, gate);
 }
@@ -1580,6 +1634,9 @@ fn tokio_stream_wrapper<T: Clone + Send + 'static>(
         }
     })
 }
+
+#[cfg(test)]
+mod scale_tests;
 
 #[cfg(test)]
 mod tests {

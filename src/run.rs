@@ -1,5 +1,6 @@
 //! `hector-operator run`: wires logging, the health and metrics endpoints, leader election,
-//! the prober and one controller per watched scope, and shuts all of it down on SIGTERM.
+//! the prober and the controller of the watched namespaces, and shuts all of it down on
+//! SIGTERM.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use crate::build::Settings;
 use crate::crd::ImagePullPolicy;
 use crate::fence::{Fence, FenceLayer};
 use crate::index::Index;
-use crate::leader::{Elector, LeaseConfig, LeaseError};
+use crate::leader::{LeaseConfig, LeaseError, LeaseThread, Release};
 use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::readiness::{Readiness, Role};
@@ -187,6 +188,9 @@ pub enum RunError {
     /// Leadership lost.
     #[error(transparent)]
     Lease(#[from] crate::leader::LeaseError),
+    /// The lease thread could not start.
+    #[error("cannot start the lease thread: {0}")]
+    LeaseThread(std::io::Error),
 }
 
 /// Sets up logging to stderr.
@@ -307,6 +311,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         );
     }
     let config = kube::Config::infer().await?;
+    let lease_config = config.clone();
     let metrics = Arc::new(Metrics::default());
     let fence = if args.leader_elect {
         Fence::closed()
@@ -362,21 +367,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tracing::info!(metrics = %args.metrics_addr, health = %args.health_addr, "serving metrics and health");
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let mut elector = args.leader_elect.then(|| {
-        Elector::new(
-            plain.clone(),
-            LeaseConfig {
-                name: args.lease_name.clone(),
-                namespace: args
-                    .lease_namespace
-                    .clone()
-                    .unwrap_or_else(default_namespace),
-                identity: identity.clone(),
-                duration: Duration::from_secs(args.lease_duration),
-            },
-            fence.clone(),
-        )
-    });
+    let mut elector = match args.leader_elect {
+        true => Some(
+            LeaseThread::start(
+                lease_config,
+                LeaseConfig {
+                    name: args.lease_name.clone(),
+                    namespace: args
+                        .lease_namespace
+                        .clone()
+                        .unwrap_or_else(default_namespace),
+                    identity: identity.clone(),
+                    duration: Duration::from_secs(args.lease_duration),
+                },
+                fence.clone(),
+            )
+            .map_err(RunError::LeaseThread)?,
+        ),
+        false => None,
+    };
     let operator = operator_identity(&args);
     tracing::info!(
         service_account = %operator.service_account_entry(),
@@ -403,7 +412,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             readiness.set_role(Role::Standby);
             tracing::info!(%identity, lease = %args.lease_name, "waiting for the leader lease");
             tokio::select! {
-                _ = e.acquire() => {}
+                acquired = e.acquired() => acquired?,
                 _ = &mut signal => {
                     tracing::info!("termination signal while standing by; exiting");
                     break;
@@ -434,27 +443,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             readiness: Arc::clone(&readiness),
             left_out: Default::default(),
         });
-        let scopes: Vec<Scope> = if args.namespaces.iter().all(|n| n.trim().is_empty()) {
-            vec![Scope::All]
+        let namespaces: Vec<String> = args
+            .namespaces
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        let scope = if namespaces.is_empty() {
+            Scope::All
         } else {
-            args.namespaces
-                .iter()
-                .map(|n| n.trim())
-                .filter(|n| !n.is_empty())
-                .map(|n| Scope::Namespace(n.to_string()))
-                .collect()
+            Scope::Namespaces(namespaces)
         };
         let (stop_tx, stop_rx) = watch::channel(false);
-        // The controllers run on their own tasks, so no reconcile can delay a lease renewal.
-        let mut controllers = tokio::spawn(futures::future::join_all(
-            scopes
-                .into_iter()
-                .map(|scope| run_scope(Arc::clone(&shared), scope, stop_rx.clone())),
-        ));
+        // One controller for the whole scope, on its own task; the lease is renewed on a
+        // thread of its own (see LeaseThread), so no reconcile can delay a renewal.
+        let mut controllers = tokio::spawn(run_scope(Arc::clone(&shared), scope, stop_rx));
         let end = {
             let keep = async {
                 match elector.as_mut() {
-                    Some(e) => e.keep().await,
+                    Some(e) => e.lost().await,
                     None => std::future::pending().await,
                 }
             };
@@ -491,12 +499,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         match end {
             TermEnd::Signal => {
                 if let Some(e) = elector.as_ref() {
-                    e.release().await;
+                    e.release(Release::AndStop).await;
                 }
                 break;
             }
             TermEnd::Ended => match elector.as_ref() {
-                Some(e) => e.release().await,
+                Some(e) => e.release(Release::AndStandBy).await,
                 None => break,
             },
             TermEnd::Lost(_) if elector.is_none() => break,
