@@ -5,7 +5,7 @@ CLUSTER := tests/cluster/cluster
 CARGO ?= cargo
 
 .DEFAULT_GOAL := help
-.PHONY: help deps check build test unit e2e crds demo bench bench-operator images cluster-up cluster-down
+.PHONY: help deps check build test unit e2e crds demo bench bench-operator bench-scale images cluster-up cluster-down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: ## Benchmarks: launcher overhead, direct vs proxied (prints figures)
 
 bench-operator: ## Publication latency vs the endpoint controller, idle writes, memory (needs make deploy)
 	KUBECONFIG="$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)}" $(CARGO) bench -p hector-operator --bench operator
+
+bench-scale: ## Operator cost and publication with 100, 1,000, 10,000 plugins (needs make deploy; BENCH_SCALE_SIZES, BENCH_SCALE_IDLE_SECS)
+	KUBECONFIG="$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)}" $(CARGO) bench -p hector-operator --bench scale
 
 demo: deps $(if $(filter-out $(shell $(CLUSTER) kubeconfig),$(KUBECONFIG)),,cluster-up) images ## Helm-install the operator (local cluster, or KUBECONFIG's) + example plugin, ending with a remote call
 	tests/demo/run
