@@ -1034,7 +1034,8 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
     if !conflicts.is_empty() {
         return Ok(Action::requeue(CONFLICT_RECHECK));
     }
-    Ok(Action::requeue(RESYNC))
+    // Jittered: plugins applied together would otherwise all come back in one burst.
+    Ok(Action::requeue(crate::probe::jittered(RESYNC)))
 }
 
 fn error_policy(plugin: Arc<HectorPlugin>, error: &ReconcileError, _ctx: Arc<Ctx>) -> Action {
