@@ -830,13 +830,34 @@ impl Ctx {
             return;
         }
         let key = key_of(&plugin);
-        if self.shared.prober.index().set_ready(
-            &key,
-            &endpoint_address(ip, plugin.spec.port),
-            ready,
-        ) {
+        let address = endpoint_address(ip, plugin.spec.port);
+        let known = self.shared.prober.index().wants(&key, &address);
+        if !known && (ready || pod_started(pod)) {
+            // A Pod whose containers just started is probed now, not after its plugin's
+            // reconcile has come round: the probe is what publication waits for.
+            self.probe_now(&plugin);
+        }
+        if self.shared.prober.index().set_ready(&key, &address, ready) {
             let _ = self.publish.send(ns);
         }
+    }
+
+    /// Tells the prober what to probe for `plugin` now; endpoints new to it start as its
+    /// status says (published or not) and with the facts its status carries.
+    fn probe_now(&self, plugin: &HectorPlugin) {
+        let ProbePlan {
+            spec,
+            wanted,
+            threshold,
+        } = self.probe_plan(plugin);
+        let current = plugin.status.as_ref();
+        let carried: Vec<String> = current.map(|s| s.endpoints.clone()).unwrap_or_default();
+        let facts = current
+            .and_then(|s| s.plugin.as_ref())
+            .map(Facts::from_status);
+        self.shared
+            .prober
+            .set(&key_of(plugin), spec, threshold, &wanted, &carried, facts);
     }
 
     /// Notes when a plugin's new generation (or its deletion) is first seen, for the queue
@@ -960,27 +981,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
     };
 
     let current = plugin.status.clone();
-    let carried: Vec<String> = current
-        .as_ref()
-        .map(|s| s.endpoints.clone())
-        .unwrap_or_default();
-    let carried_facts = current
-        .as_ref()
-        .and_then(|s| s.plugin.as_ref())
-        .map(Facts::from_status);
-    let ProbePlan {
-        spec: probe_spec,
-        wanted,
-        threshold,
-    } = ctx.probe_plan(plugin);
-    ctx.shared.prober.set(
-        &key,
-        probe_spec,
-        threshold,
-        &wanted,
-        &carried,
-        carried_facts,
-    );
+    ctx.probe_now(plugin);
 
     let state = ctx.shared.prober.index().get(&key);
     let publication = lock(&ctx.shared.left_out).get(&key).cloned();
@@ -1580,6 +1581,29 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
             }
         });
 
+    // A probe that changed what agents may use is published at once, without waiting for
+    // its plugin's reconcile (which follows, for the status).
+    let probe_publish = {
+        let publish = ctx.publish.clone();
+        let scope = scope.clone();
+        let mut stop = shutdown.clone();
+        let changes = tokio_stream_wrapper(shared.changes.subscribe());
+        async move {
+            tokio::pin!(changes);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    key = changes.next() => match key {
+                        Some(key) if scope.covers(&key.namespace) => {
+                            let _ = publish.send(key.namespace);
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
+            }
+        }
+    };
     let mut stop = shutdown.clone();
     let event_pods = pods.clone();
     let controller = Controller::for_stream(plugin_stream, plugins.clone())
@@ -1617,7 +1641,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let publisher = publish_loop(Arc::clone(&ctx), scope.clone(), publish_rx, shutdown);
     let gate = sync_gate(listed, synced_tx);
     tracing::info!(?scope, "controller started");
-    futures::join!(controller, publisher, gate);
+    futures::join!(controller, publisher, gate, probe_publish);
 }
 
 /// A broadcast receiver as a stream; a lagging receiver just skips ahead (the periodic
