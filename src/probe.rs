@@ -501,6 +501,7 @@ impl Prober {
 
     /// Sets the endpoints of `key` and how to probe them. An endpoint naming a target
     /// already probed gets that target's last reading at once; a new target is probed at once.
+    /// Returns whether endpoints were added or removed.
     pub fn set(
         self: &Arc<Self>,
         key: &PluginKey,
@@ -509,9 +510,9 @@ impl Prober {
         wanted: &BTreeMap<String, bool>,
         carried: &[String],
         facts: Option<Facts>,
-    ) {
+    ) -> bool {
         lock(&self.specs).insert(key.clone(), spec.clone());
-        let EndpointChanges { removed, .. } =
+        let EndpointChanges { added, removed } =
             lock(&self.index).set_endpoints(key, wanted, threshold, carried, facts);
         let mut late = Vec::new();
         {
@@ -556,6 +557,7 @@ impl Prober {
         for (address, reading) in late {
             self.record(key, &address, &reading.judge(&spec.identity));
         }
+        !added.is_empty() || !removed.is_empty()
     }
 
     /// Stops probing a deleted plugin and forgets it.

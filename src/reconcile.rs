@@ -161,6 +161,8 @@ pub struct Ctx {
     indexes: Indexes,
     /// When each plugin's latest generation was first seen on the watch, until its reconcile.
     seen: Mutex<HashMap<PluginKey, (i64, Instant)>>,
+    /// The resourceVersion of each plugin when its reconcile last asked for publication.
+    requested: Mutex<HashMap<PluginKey, String>>,
     publish: PublishRequests,
     /// True once every watch cache has its first full list.
     synced: watch::Receiver<bool>,
@@ -835,7 +837,7 @@ impl Ctx {
         if !known && (ready || pod_started(pod)) {
             // A Pod whose containers just started is probed now, not after its plugin's
             // reconcile has come round: the probe is what publication waits for.
-            self.probe_now(&plugin);
+            let _ = self.probe_now(&plugin);
         }
         if self.shared.prober.index().set_ready(&key, &address, ready) {
             let _ = self.publish.send(ns);
@@ -843,8 +845,9 @@ impl Ctx {
     }
 
     /// Tells the prober what to probe for `plugin` now; endpoints new to it start as its
-    /// status says (published or not) and with the facts its status carries.
-    fn probe_now(&self, plugin: &HectorPlugin) {
+    /// status says (published or not) and with the facts its status carries. Returns whether
+    /// its set of endpoints changed.
+    fn probe_now(&self, plugin: &HectorPlugin) -> bool {
         let ProbePlan {
             spec,
             wanted,
@@ -857,7 +860,7 @@ impl Ctx {
             .map(Facts::from_status);
         self.shared
             .prober
-            .set(&key_of(plugin), spec, threshold, &wanted, &carried, facts);
+            .set(&key_of(plugin), spec, threshold, &wanted, &carried, facts)
     }
 
     /// Notes when a plugin's new generation (or its deletion) is first seen, for the queue
@@ -894,6 +897,7 @@ impl Ctx {
     fn forget(&self, plugin: &HectorPlugin) {
         let key = key_of(plugin);
         lock(&self.seen).remove(&key);
+        lock(&self.requested).remove(&key);
         self.shared.prober.forget(&key);
         self.shared.metrics.forget_plugin(&key);
         lock(&self.shared.written).remove(&key);
@@ -981,7 +985,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
     };
 
     let current = plugin.status.clone();
-    ctx.probe_now(plugin);
+    let endpoints_changed = ctx.probe_now(plugin);
 
     let state = ctx.shared.prober.index().get(&key);
     let publication = lock(&ctx.shared.left_out).get(&key).cloned();
@@ -1011,8 +1015,14 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         },
     );
     // The publisher renders from the same index, in its own task: agents learn of a change
-    // without waiting for the status write and its Events.
-    let _ = ctx.publish.send(key.namespace.clone());
+    // without waiting for the status write and its Events. Probe results publish themselves;
+    // what is left is a changed resource or a changed set of endpoints (and the publisher's
+    // own periodic pass), so a resync that finds nothing new renders nothing.
+    let version = plugin.metadata.resource_version.clone().unwrap_or_default();
+    let new_version = lock(&ctx.requested).insert(key.clone(), version.clone()) != Some(version);
+    if endpoints_changed || new_version {
+        let _ = ctx.publish.send(key.namespace.clone());
+    }
     let already_written = lock(&ctx.shared.written).get(&key) == Some(&desired);
     if current.as_ref() != Some(&desired) && !already_written {
         let baseline = lock(&ctx.shared.written)
@@ -1172,6 +1182,9 @@ async fn publish_loop(
 /// Stops probes of plugins that vanished while a watch was down (no delete event seen).
 fn collect_garbage(ctx: &Ctx, scope: &Scope) {
     let present: BTreeSet<PluginKey> = ctx.plugins.scan().iter().map(|p| key_of(p)).collect();
+    let gone = |k: &PluginKey| scope.covers(&k.namespace) && !present.contains(k);
+    lock(&ctx.requested).retain(|k, _| !gone(k));
+    lock(&ctx.seen).retain(|k, _| !gone(k));
     let known = ctx.shared.prober.index().keys();
     for key in known {
         if scope.covers(&key.namespace) && !present.contains(&key) {
@@ -1431,6 +1444,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         mount_events: Cache::new(mount_events),
         indexes: Indexes::default(),
         seen: Mutex::default(),
+        requested: Mutex::default(),
         publish: PublishRequests(publish_tx),
         synced,
     });

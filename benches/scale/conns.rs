@@ -16,8 +16,24 @@ use crate::metrics::OPERATOR_NAMESPACE;
 /// `st` of an ESTABLISHED socket in /proc/net/tcp.
 const ESTABLISHED: &str = "01";
 
+/// The leader's ESTABLISHED connections, by the other end.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Connections {
+    /// To the API server (remote port 443 or 6443: watches, writes, the lease).
+    pub api: usize,
+    /// Inbound, to its metrics and health ports (8080, 8081).
+    pub inbound: usize,
+    /// Everything else: the prober's connections to plugins.
+    pub plugins: usize,
+}
+
+/// The port of an `ADDR:PORT` field of /proc/net/tcp (hex).
+fn port(field: &str) -> Option<u16> {
+    u16::from_str_radix(field.rsplit_once(':')?.1, 16).ok()
+}
+
 /// ESTABLISHED TCP connections of Pod `leader`'s network namespace.
-pub async fn established(client: &Client, leader: &str) -> Result<usize, Error> {
+pub async fn established(client: &Client, leader: &str) -> Result<Connections, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let pod = pods.get(leader).await?;
     let id = pod
@@ -29,20 +45,28 @@ pub async fn established(client: &Client, leader: &str) -> Result<usize, Error> 
     tokio::task::spawn_blocking(move || count_for_container(&id)).await?
 }
 
-fn count_for_container(id: &str) -> Result<usize, Error> {
+fn count_for_container(id: &str) -> Result<Connections, Error> {
     let pid = find_pid(id)?.ok_or("its container's process is not on this machine")?;
     let dir = Path::new("/proc").join(pid.to_string()).join("net");
-    let mut count = 0;
+    let mut count = Connections::default();
     for file in ["tcp", "tcp6"] {
         // A kernel without IPv6 has no tcp6.
         let Ok(table) = std::fs::read_to_string(dir.join(file)) else {
             continue;
         };
-        count += table
-            .lines()
-            .skip(1)
-            .filter(|l| l.split_whitespace().nth(3) == Some(ESTABLISHED))
-            .count();
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&ESTABLISHED) {
+                continue;
+            }
+            let local = fields.get(1).and_then(|f| port(f));
+            let remote = fields.get(2).and_then(|f| port(f));
+            match (local, remote) {
+                (_, Some(443 | 6443)) => count.api += 1,
+                (Some(8080 | 8081), _) => count.inbound += 1,
+                _ => count.plugins += 1,
+            }
+        }
     }
     Ok(count)
 }

@@ -164,14 +164,15 @@ async fn settled(client: &Client, baseline: Option<&Sample>, n: usize, column: &
         .as_ref()
         .and_then(|s| metrics::value(&s.text, "hector_operator_probe_targets"));
     column.add("probe targets (metric)", or_na(targets, "", 0));
-    let tcp = match &end {
+    let (plugins, api) = match &end {
         Some(s) => match conns::established(client, &s.leader).await {
-            Ok(c) => c.to_string(),
-            Err(e) => format!("n/a ({e})"),
+            Ok(c) => (c.plugins.to_string(), c.api.to_string()),
+            Err(e) => (format!("n/a ({e})"), "n/a".into()),
         },
-        None => "n/a".into(),
+        None => ("n/a".into(), "n/a".into()),
     };
-    column.add("leader's ESTABLISHED TCP connections", tcp);
+    column.add("leader's TCP connections to plugins (counted)", plugins);
+    column.add("leader's TCP connections to the API server", api);
 }
 
 /// Waits until every real plugin has its Service (so the EndpointSlice controller has its

@@ -266,6 +266,7 @@ async fn world(n: usize) -> World {
         mount_events: Cache::new(event_store),
         indexes,
         seen: Mutex::default(),
+        requested: Mutex::default(),
         publish: PublishRequests(publish_tx),
         synced,
     });
