@@ -72,6 +72,8 @@ pub struct Shared {
     pub readiness: Arc<Readiness>,
     /// Plugins the publisher could not publish, with the reason and message.
     pub left_out: Mutex<HashMap<PluginKey, (&'static str, String)>>,
+    /// Reconciles run at once.
+    pub concurrency: u16,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1621,6 +1623,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let mut stop = shutdown.clone();
     let event_pods = pods.clone();
     let controller = Controller::for_stream(plugin_stream, plugins.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(shared.concurrency))
         .owns_stream(deployment_stream)
         .owns_stream(service_stream)
         .owns_stream(network_policy_stream)

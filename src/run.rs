@@ -82,6 +82,11 @@ pub struct RunArgs {
     #[arg(long, env = "HECTOR_LOG", default_value = "info")]
     pub log_level: String,
 
+    /// HectorPlugins reconciled at once. Each reconcile makes a few API requests, and each
+    /// request in flight holds a connection to the API server.
+    #[arg(long, env = "HECTOR_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrent_reconciles: u16,
+
     /// Elect a leader among replicas through a Lease (only the leader reconciles).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -442,6 +447,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             written: Default::default(),
             readiness: Arc::clone(&readiness),
             left_out: Default::default(),
+            concurrency: args.concurrent_reconciles,
         });
         let namespaces: Vec<String> = args
             .namespaces
@@ -585,6 +591,23 @@ mod tests {
         assert!(
             Cli::try_parse_from(["hector-operator", "--remote-path=/usr/local/bin/x"]).is_err()
         );
+    }
+
+    #[test]
+    fn concurrent_reconciles_default_to_eight_and_refuse_zero() {
+        let cli = Cli::try_parse_from(["hector-operator"]).expect("parses");
+        assert_eq!(cli.run.concurrent_reconciles, 8);
+        let cli =
+            Cli::try_parse_from(["hector-operator", "--concurrent-reconciles=32"]).expect("parses");
+        assert_eq!(cli.run.concurrent_reconciles, 32);
+        for bad in ["0", "257", "-1", "many"] {
+            let err =
+                Cli::try_parse_from(["hector-operator", &format!("--concurrent-reconciles={bad}")])
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+            assert!(err.contains("--concurrent-reconciles"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -186,6 +186,7 @@ async fn world(n: usize) -> World {
         written: Default::default(),
         readiness: Arc::new(Readiness::default()),
         left_out: Default::default(),
+        concurrency: 8,
     });
 
     let mut plugins = Vec::new();
