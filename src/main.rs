@@ -4,12 +4,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hector_operator::run::{RunArgs, init_logging, run};
 
-/// mimalloc rather than the system allocator: glibc's per-thread arenas keep the high-water
-/// mark of a burst (a bulk apply, a relist) as resident memory long after it is freed, where
-/// mimalloc hands freed pages back.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Runs Hector plugins remotely on Kubernetes: each HectorPlugin becomes Pods plus a Service,
 /// is probed over gRPC, and its healthy endpoints are published to a ConfigMap per namespace.
 ///

@@ -84,7 +84,7 @@ pub struct RunArgs {
 
     /// HectorPlugins reconciled at once. Each reconcile makes a few API requests, and each
     /// request in flight holds a connection to the API server.
-    #[arg(long, env = "HECTOR_CONCURRENT_RECONCILES", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "HECTOR_CONCURRENT_RECONCILES", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrent_reconciles: u16,
 
     /// Elect a leader among replicas through a Lease (only the leader reconciles).
@@ -594,9 +594,9 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_reconciles_default_to_eight_and_refuse_zero() {
+    fn concurrent_reconciles_default_to_32_and_refuse_zero() {
         let cli = Cli::try_parse_from(["hector-operator"]).expect("parses");
-        assert_eq!(cli.run.concurrent_reconciles, 8);
+        assert_eq!(cli.run.concurrent_reconciles, 32);
         let cli =
             Cli::try_parse_from(["hector-operator", "--concurrent-reconciles=32"]).expect("parses");
         assert_eq!(cli.run.concurrent_reconciles, 32);
