@@ -207,15 +207,7 @@ where
                 state.seen = Some(HashSet::new());
                 Vec::new()
             }
-            Event::InitApply(obj) => {
-                let name = obj.name_any();
-                if let Some(seen) = &mut state.seen {
-                    seen.insert(name.clone());
-                }
-                state.known.insert(name);
-                vec![Event::Apply(obj)]
-            }
-            Event::Apply(obj) => {
+            Event::InitApply(obj) | Event::Apply(obj) => {
                 let name = obj.name_any();
                 if let Some(seen) = &mut state.seen {
                     seen.insert(name.clone());
