@@ -119,6 +119,11 @@ impl<K: kube::Resource> CacheIndex<K> {
         names
     }
 
+    /// Every key with at least one object under it.
+    pub fn keys(&self) -> Vec<String> {
+        self.entries().by_key.keys().cloned().collect()
+    }
+
     /// (lookups, names returned) since the start.
     pub fn work(&self) -> (u64, u64) {
         (

@@ -350,6 +350,14 @@ impl Index {
             .and_then(|s| s.endpoints.get_mut(address))
     }
 
+    /// Whether agents may use `address` of `key` now.
+    pub fn usable(&self, key: &PluginKey, address: &str) -> bool {
+        self.plugins
+            .get(key)
+            .and_then(|s| s.endpoints.get(address))
+            .is_some_and(EndpointState::usable)
+    }
+
     /// Whether `address` of `key` is still wanted.
     pub fn wants(&self, key: &PluginKey, address: &str) -> bool {
         self.plugins

@@ -9,6 +9,7 @@ pub mod config;
 pub mod convert;
 pub mod crd;
 pub mod discover;
+pub mod event_queue;
 pub mod fence;
 pub mod index;
 pub mod leader;

@@ -68,6 +68,8 @@ fn gauge_value(n: usize) -> i64 {
 #[derive(Default)]
 struct PluginSeries {
     phase: Option<Phase>,
+    /// Its `probes_total` series, kept so that a probe costs no label lookup.
+    probes: Option<Counter>,
     /// The `reason` labels its probe failures were counted under.
     failure_reasons: BTreeSet<String>,
 }
@@ -170,7 +172,8 @@ impl Default for Metrics {
             "Probe results recorded, by plugin (one per plugin endpoint per probe of its address)",
             probes.clone(),
         );
-        let reconcile_queue = Histogram::new(buckets());
+        // Up to ~4 min: after a bulk apply the queue can lag far past the usual 16 s top.
+        let reconcile_queue = Histogram::new(exponential_buckets(0.0005, 2.0, 20));
         registry.register(
             "reconcile_queue_seconds",
             "Time from a plugin's change seen on the watch to the start of its reconcile",
@@ -311,13 +314,21 @@ impl Metrics {
     /// A probe result was recorded for `key`; `failure` is its reason when it failed.
     pub fn observe_probe(&self, key: &PluginKey, failure: Option<&str>) {
         let mut known = self.known();
-        let series = known.entry(key.clone()).or_default();
-        let labels = plugin_labels(key);
-        self.probes.get_or_create(&labels).inc();
+        // Looked up before inserting: a clone of the key per probe is what this avoids.
+        let series = match known.get_mut(key) {
+            Some(series) => series,
+            None => known.entry(key.clone()).or_default(),
+        };
+        series
+            .probes
+            .get_or_insert_with(|| self.probes.get_or_create(&plugin_labels(key)).clone())
+            .inc();
         if let Some(reason) = failure {
-            series.failure_reasons.insert(reason.to_string());
+            if !series.failure_reasons.contains(reason) {
+                series.failure_reasons.insert(reason.to_string());
+            }
             self.probe_failures
-                .get_or_create(&with(labels, "reason", reason))
+                .get_or_create(&with(plugin_labels(key), "reason", reason))
                 .inc();
         }
     }

@@ -19,7 +19,7 @@ use hector_plugin_sdk::proto::{Empty, ManifestResponse};
 use hector_plugin_sdk::tls::{Connector, Pin, PinVerifier, client_config_for, pod_uri};
 use hector_plugin_sdk::token::TokenSource;
 use hector_plugin_sdk::{LifecycleClient, PluginType, SdkError};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::AbortHandle;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -427,6 +427,8 @@ struct TargetState {
     subscribers: HashSet<PluginKey>,
     /// The last reading, with the last facts read carried into it.
     last: Option<Reading>,
+    /// Cuts the wait before the next probe short (see [`Prober::probe_soon`]).
+    wake: Arc<Notify>,
     task: AbortHandle,
 }
 
@@ -458,7 +460,7 @@ impl Targets {
 /// plugins naming it; each round's reading is judged and recorded for every one of them.
 pub struct Prober {
     index: Arc<Mutex<Index>>,
-    specs: Mutex<HashMap<PluginKey, ProbeSpec>>,
+    specs: Mutex<HashMap<PluginKey, Arc<ProbeSpec>>>,
     targets: Mutex<Targets>,
     /// The operator's own token, for launchers that check callers.
     token: TokenSource,
@@ -511,7 +513,8 @@ impl Prober {
         carried: &[String],
         facts: Option<Facts>,
     ) -> bool {
-        lock(&self.specs).insert(key.clone(), spec.clone());
+        let spec = Arc::new(spec);
+        lock(&self.specs).insert(key.clone(), Arc::clone(&spec));
         let EndpointChanges { added, removed } =
             lock(&self.index).set_endpoints(key, wanted, threshold, carried, facts);
         let mut late = Vec::new();
@@ -540,12 +543,16 @@ impl Prober {
                     None => {
                         let me = Arc::clone(self);
                         let task_target = target.clone();
-                        let handle = tokio::spawn(async move { me.run(task_target).await });
+                        let wake = Arc::new(Notify::new());
+                        let task_wake = Arc::clone(&wake);
+                        let handle =
+                            tokio::spawn(async move { me.run(task_target, task_wake).await });
                         targets.live.insert(
                             target,
                             TargetState {
                                 subscribers: HashSet::from([key.clone()]),
                                 last: None,
+                                wake,
                                 task: handle.abort_handle(),
                             },
                         );
@@ -558,6 +565,20 @@ impl Prober {
             self.record(key, &address, &reading.judge(&spec.identity));
         }
         !added.is_empty() || !removed.is_empty()
+    }
+
+    /// Probes the target behind `key`'s endpoint at `address` now instead of at the end of
+    /// its period: its Pod just turned Ready, so the plugin very likely answers now, and
+    /// publication should not wait a period for it.
+    pub fn probe_soon(&self, key: &PluginKey, address: &str) {
+        let targets = lock(&self.targets);
+        if let Some(state) = targets
+            .of
+            .get(&(key.clone(), address.to_string()))
+            .and_then(|t| targets.live.get(t))
+        {
+            state.wake.notify_one();
+        }
     }
 
     /// Stops probing a deleted plugin and forgets it.
@@ -583,7 +604,7 @@ impl Prober {
     }
 
     /// The plugins naming `target` now, with their probe specs.
-    fn subscribers(&self, target: &Target) -> Vec<(PluginKey, ProbeSpec)> {
+    fn subscribers(&self, target: &Target) -> Vec<(PluginKey, Arc<ProbeSpec>)> {
         let keys: Vec<PluginKey> = lock(&self.targets)
             .live
             .get(target)
@@ -591,11 +612,11 @@ impl Prober {
             .unwrap_or_default();
         let specs = lock(&self.specs);
         keys.into_iter()
-            .filter_map(|k| specs.get(&k).cloned().map(|s| (k, s)))
+            .filter_map(|k| specs.get(&k).map(|s| (k, Arc::clone(s))))
             .collect()
     }
 
-    async fn run(self: Arc<Self>, target: Target) {
+    async fn run(self: Arc<Self>, target: Target, wake: Arc<Notify>) {
         let verifier = match &target.transport {
             Transport::Launcher(uid) => Some(launcher_verifier(uid.as_deref())),
             Transport::Plain => None,
@@ -654,7 +675,10 @@ impl Prober {
                 tracing::debug!(address = %target.address, reason = kind.reason(), message, "probe failed");
             }
             self.fan_out(&target, &reading, fingerprint);
-            tokio::time::sleep(jittered(period)).await;
+            tokio::select! {
+                () = tokio::time::sleep(jittered(period)) => {}
+                () = wake.notified() => {}
+            }
         }
     }
 
@@ -681,44 +705,80 @@ impl Prober {
             };
             state.last = Some(carried);
         }
-        for (key, spec) in self.subscribers(target) {
-            let outcome = reading.judge(&spec.identity);
-            if let (ProbeOutcome::Healthy(_), Some(fingerprint)) = (&outcome, &fingerprint)
-                && lock(&self.index).set_fingerprint(&key, &target.address, fingerprint.clone())
-            {
-                let _ = self.changes.send(key.clone());
-            }
-            {
-                // Under the specs lock: once `forget` has removed the spec, no probe still
-                // in flight brings the deleted plugin's series back.
-                let specs = lock(&self.specs);
-                if specs.contains_key(&key) {
+        let subscribers = self.subscribers(target);
+        // Plugins naming one target mostly expect one identity: judge each identity once.
+        let mut judged: Vec<(&Identity, ProbeOutcome)> = Vec::new();
+        let outcomes: Vec<(PluginKey, ProbeOutcome)> = subscribers
+            .iter()
+            .map(|(key, spec)| {
+                let outcome = match judged.iter().find(|(i, _)| **i == spec.identity) {
+                    Some((_, o)) => o.clone(),
+                    None => {
+                        let o = reading.judge(&spec.identity);
+                        judged.push((&spec.identity, o.clone()));
+                        o
+                    }
+                };
+                (key.clone(), outcome)
+            })
+            .collect();
+        {
+            // Under the specs lock: once `forget` has removed the spec, no probe still in
+            // flight brings the deleted plugin's series back.
+            let specs = lock(&self.specs);
+            for (key, outcome) in &outcomes {
+                if specs.contains_key(key) {
                     self.metrics.observe_probe(
-                        &key,
-                        match &outcome {
+                        key,
+                        match outcome {
                             ProbeOutcome::Healthy(_) => None,
                             ProbeOutcome::Failed(kind, _) => Some(kind.reason()),
                         },
                     );
                 }
             }
-            self.record(&key, &target.address, &outcome);
+        }
+        // One lock of the index for the whole round; changes are announced after it.
+        let mut changed = Vec::new();
+        {
+            let mut index = lock(&self.index);
+            for (key, outcome) in &outcomes {
+                let mut announce = false;
+                if let (ProbeOutcome::Healthy(_), Some(fingerprint)) = (outcome, &fingerprint) {
+                    announce |= index.set_fingerprint(key, &target.address, fingerprint.clone());
+                }
+                if index.record(key, &target.address, outcome) {
+                    log_change(key, &target.address, outcome);
+                    announce = true;
+                }
+                if announce {
+                    changed.push(key);
+                }
+            }
+        }
+        for key in changed {
+            // No receiver only means nothing is running yet to care.
+            let _ = self.changes.send(key.clone());
         }
     }
 
     fn record(&self, key: &PluginKey, address: &str, outcome: &ProbeOutcome) {
         let changed = lock(&self.index).record(key, address, outcome);
         if changed {
-            match outcome {
-                ProbeOutcome::Healthy(_) => {
-                    tracing::info!(plugin = %key, %address, "endpoint healthy or plugin facts changed")
-                }
-                ProbeOutcome::Failed(kind, message) => {
-                    tracing::warn!(plugin = %key, %address, reason = kind.reason(), message, "endpoint state changed")
-                }
-            }
+            log_change(key, address, outcome);
             // No receiver only means nothing is running yet to care.
             let _ = self.changes.send(key.clone());
+        }
+    }
+}
+
+fn log_change(key: &PluginKey, address: &str, outcome: &ProbeOutcome) {
+    match outcome {
+        ProbeOutcome::Healthy(_) => {
+            tracing::info!(plugin = %key, %address, "endpoint healthy or plugin facts changed")
+        }
+        ProbeOutcome::Failed(kind, message) => {
+            tracing::warn!(plugin = %key, %address, reason = kind.reason(), message, "endpoint state changed")
         }
     }
 }
@@ -846,6 +906,82 @@ mod tests {
         let mut embedder = spec(false, None);
         embedder.identity.plugin_type = PluginType::EmbedderProvider;
         assert_ne!(plain, Target::of("10.0.0.1:50051", &embedder));
+    }
+
+    #[tokio::test]
+    async fn probe_soon_cuts_the_wait_of_a_period_short_and_only_for_its_own_target() {
+        // Ports nobody listens on, on loopback: every probe fails at once (refused).
+        let refused = |port: u16| format!("127.0.0.1:{port}");
+        let (a, b) = (refused(9), refused(13));
+        let prober = Prober::new(
+            Arc::new(Mutex::new(Index::default())),
+            broadcast::channel(16).0,
+            Arc::new(Metrics::default()),
+            TokenSource::none(),
+        );
+        let key = |name: &str| PluginKey {
+            namespace: "agents".into(),
+            name: name.into(),
+        };
+        let spec = ProbeSpec {
+            identity: expected(),
+            period: Duration::from_secs(3600),
+            timeout: Duration::from_secs(2),
+            secure: false,
+            pod_uids: BTreeMap::new(),
+        };
+        for (name, address) in [("a", &a), ("b", &b)] {
+            prober.set(
+                &key(name),
+                spec.clone(),
+                3,
+                &BTreeMap::from([(address.clone(), true)]),
+                &[],
+                None,
+            );
+        }
+        let failures = |name: &str, address: &str| {
+            prober
+                .index()
+                .get(&key(name))
+                .and_then(|s| s.endpoints.get(address).map(|e| e.failures))
+                .unwrap_or(0)
+        };
+        let wait_for = |name: &'static str, address: String, n: u32| {
+            let prober = Arc::clone(&prober);
+            async move {
+                loop {
+                    let seen = prober
+                        .index()
+                        .get(&key(name))
+                        .and_then(|s| s.endpoints.get(&address).map(|e| e.failures))
+                        .unwrap_or(0);
+                    if seen >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        // Each new target is probed at once, then waits its (hour-long) period.
+        tokio::time::timeout(Duration::from_secs(10), wait_for("a", a.clone(), 1))
+            .await
+            .expect("first probe of a");
+        tokio::time::timeout(Duration::from_secs(10), wait_for("b", b.clone(), 1))
+            .await
+            .expect("first probe of b");
+        prober.probe_soon(&key("a"), &a);
+        tokio::time::timeout(Duration::from_secs(10), wait_for("a", a.clone(), 2))
+            .await
+            .expect("a second probe of a, long before its period");
+        assert_eq!(
+            failures("b", &b),
+            1,
+            "the other target still waits its period"
+        );
+        // An endpoint nobody probes is ignored.
+        prober.probe_soon(&key("c"), &a);
+        prober.stop_all();
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::build::{self, BuildError, PLUGIN_LABEL, Settings};
 use crate::cache_index::{self, Cache, CacheIndex};
 use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
+use crate::event_queue::{self, EventQueue};
 use crate::index::{Facts, PluginKey};
 use crate::metrics::{Metrics, PluginState};
 use crate::mounts;
@@ -47,6 +48,8 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=hector-operator";
 const RESYNC: Duration = Duration::from_secs(300);
 /// How often the publisher re-renders every namespace with nothing happening.
 const PUBLISH_RESYNC: Duration = Duration::from_secs(60);
+/// Namespaces whose endpoints ConfigMaps are written at once.
+const PUBLISH_CONCURRENCY: usize = 8;
 
 /// What every scope shares.
 pub struct Shared {
@@ -166,6 +169,8 @@ pub struct Ctx {
     /// The resourceVersion of each plugin when its reconcile last asked for publication.
     requested: Mutex<HashMap<PluginKey, String>>,
     publish: PublishRequests,
+    /// Events waiting to be recorded.
+    events: EventQueue,
     /// True once every watch cache has its first full list.
     synced: watch::Receiver<bool>,
 }
@@ -559,25 +564,31 @@ impl Ctx {
             .collect()
     }
 
-    async fn record_event(&self, plugin: &HectorPlugin, t: &status::Transition) {
-        let event = Event {
-            type_: if t.is_warning() {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason.clone(),
-            note: Some(t.note()),
-            action: t.type_.clone(),
-            secondary: None,
+    /// Hands the Events of `transitions` to the event queue, to be recorded in order.
+    async fn queue_events(&self, plugin: &HectorPlugin, transitions: Vec<status::Transition>) {
+        let recorder = self.shared.recorder.clone();
+        let reference = plugin.object_ref(&());
+        let key = key_of(plugin);
+        let job = async move {
+            for t in transitions {
+                let event = Event {
+                    type_: if t.is_warning() {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
+                    reason: t.reason.clone(),
+                    note: Some(t.note()),
+                    action: t.type_.clone(),
+                    secondary: None,
+                };
+                if let Err(e) = recorder.publish(&event, &reference).await {
+                    tracing::warn!(plugin = %key, error = %e, "cannot record an event");
+                }
+            }
         };
-        if let Err(e) = self
-            .shared
-            .recorder
-            .publish(&event, &plugin.object_ref(&()))
-            .await
-        {
-            tracing::warn!(plugin = %key_of(plugin), error = %e, "cannot record an event");
+        if !self.events.push(job.boxed()).await {
+            tracing::debug!(plugin = %key_of(plugin), "event queue closed; events dropped");
         }
     }
 
@@ -841,8 +852,17 @@ impl Ctx {
             // reconcile has come round: the probe is what publication waits for.
             let _ = self.probe_now(&plugin);
         }
-        if self.shared.prober.index().set_ready(&key, &address, ready) {
+        let (became_usable, usable) = {
+            let mut index = self.shared.prober.index();
+            let changed = index.set_ready(&key, &address, ready);
+            (changed, index.usable(&key, &address))
+        };
+        if became_usable {
             let _ = self.publish.send(ns);
+        } else if ready && !usable {
+            // Ready but no healthy probe yet (the last one found the plugin still starting):
+            // probe now rather than a period later.
+            self.shared.prober.probe_soon(&key, &address);
         }
     }
 
@@ -1035,9 +1055,10 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         ctx.write_status(plugin, &desired).await?;
         tracing::info!(plugin = %key, phase = ?desired.phase, endpoints = desired.endpoints.len(), "status updated");
         lock(&ctx.shared.written).insert(key.clone(), desired.clone());
-        for t in status::transitions(baseline.as_ref(), &desired) {
-            tracing::debug!(plugin = %key, reason = %t.reason, "reconcile: recording event");
-            ctx.record_event(plugin, &t).await;
+        let transitions = status::transitions(baseline.as_ref(), &desired);
+        if !transitions.is_empty() {
+            tracing::debug!(plugin = %key, events = transitions.len(), "reconcile: queueing events");
+            ctx.queue_events(plugin, transitions).await;
         }
     }
     tracing::debug!(plugin = %key, "reconcile: done");
@@ -1113,7 +1134,8 @@ async fn publish_loop(
     if !ctx.caches_ready().await {
         return;
     }
-    let mut written = publish::WrittenByNamespace::new();
+    let written = Mutex::new(publish::WrittenByNamespace::new());
+    let rendered = Mutex::new(HashMap::new());
     let mut retries = Retries::default();
     let mut tick = tokio::time::interval(PUBLISH_RESYNC);
     // The first request of each namespace not yet served by a publication.
@@ -1153,16 +1175,26 @@ async fn publish_loop(
             namespaces.insert(ns);
         }
         namespaces.extend(retries.ready());
-        for ns in namespaces {
-            // A namespace waiting for its retry is written only when the retry is due.
-            if retries
-                .due
-                .get(&ns)
-                .is_some_and(|(at, _)| *at > tokio::time::Instant::now())
-            {
-                continue;
-            }
-            match publish_namespace(&ctx, &ns, &mut written).await {
+        // A namespace waiting for its retry is written only when the retry is due.
+        let now = tokio::time::Instant::now();
+        namespaces.retain(|ns| retries.due.get(ns).is_none_or(|(at, _)| *at <= now));
+        // Namespaces are written side by side (one write in flight per namespace): a burst
+        // touching many namespaces must not queue each write behind all the others.
+        let results: Vec<(String, Result<bool, kube::Error>)> = futures::stream::iter(namespaces)
+            .map(|ns| {
+                let ctx = &ctx;
+                let written = &written;
+                let rendered = &rendered;
+                async move {
+                    let result = publish_namespace(ctx, &ns, written, rendered).await;
+                    (ns, result)
+                }
+            })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .collect()
+            .await;
+        for (ns, result) in results {
+            match result {
                 Ok(wrote) => {
                     retries.succeeded(&ns);
                     if let Some(at) = asked.remove(&ns)
@@ -1247,7 +1279,8 @@ fn set_left_out(
 async fn publish_namespace(
     ctx: &Ctx,
     ns: &str,
-    written: &mut publish::WrittenByNamespace,
+    written: &Mutex<publish::WrittenByNamespace>,
+    rendered: &Mutex<HashMap<String, RenderInputs>>,
 ) -> Result<bool, kube::Error> {
     let name = &ctx.shared.configmap;
     let plugins: Vec<Arc<HectorPlugin>> = ctx.plugins.get_all(ctx.indexes.plugins.get(ns));
@@ -1260,6 +1293,21 @@ async fn publish_namespace(
         .configmaps
         .get(&ObjectRef::new(name).within(ns))
         .filter(|c| is_our_endpoints(c));
+    let inputs = RenderInputs {
+        configmap: current
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.clone()),
+        plugins: plugins
+            .iter()
+            .map(|p| (p.name_any(), p.metadata.resource_version.clone()))
+            .collect(),
+        states: states.clone(),
+    };
+    // What was rendered from these very inputs needs no second rendering (the periodic
+    // pass over every namespace would otherwise parse and render each ConfigMap again).
+    if current.is_some() && lock(rendered).get(ns) == Some(&inputs) {
+        return Ok(false);
+    }
     if plugins.is_empty() && current.is_none() {
         return Ok(false);
     }
@@ -1331,7 +1379,8 @@ async fn publish_namespace(
             c.data.as_ref().unwrap_or(&empty),
         )
     });
-    if !publish::needs_write(&data, live, written.get_mut(ns)) {
+    if !publish::needs_write(&data, live, lock(written).get_mut(ns)) {
+        lock(rendered).insert(ns.to_string(), inputs);
         return Ok(false);
     }
     let cm = ConfigMap {
@@ -1366,7 +1415,7 @@ async fn publish_namespace(
     };
     ctx.shared.metrics.configmap_written(ns);
     tracing::info!(namespace = %ns, configmap = %name, plugins = file.plugins.len(), endpoints = published, "published endpoints");
-    written.insert(
+    lock(written).insert(
         ns.to_string(),
         publish::Written {
             before: current.and_then(|c| c.metadata.resource_version.clone()),
@@ -1375,7 +1424,19 @@ async fn publish_namespace(
             caught_up: false,
         },
     );
+    lock(rendered).insert(ns.to_string(), inputs);
     Ok(true)
+}
+
+/// What one rendering of a namespace's endpoints was made from.
+#[derive(PartialEq)]
+struct RenderInputs {
+    /// The resourceVersion of the endpoints ConfigMap in the cache.
+    configmap: Option<String>,
+    /// Each plugin's name and resourceVersion.
+    plugins: Vec<(String, Option<String>)>,
+    /// Each plugin's probe state.
+    states: Vec<Option<crate::index::PluginState>>,
 }
 
 /// Records in `/readyz`, the log and the metrics whether a watch lists and watches; a
@@ -1434,6 +1495,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let (configmaps, configmaps_writer) = reflector::store();
     let (mount_events, events_writer) = reflector::store();
     let (synced_tx, synced) = watch::channel(false);
+    let (events, events_worker) = EventQueue::new(event_queue::CAPACITY, event_queue::CONCURRENCY);
     let ctx = Arc::new(Ctx {
         shared: Arc::clone(&shared),
         plugins: Cache::new(plugins.clone()),
@@ -1448,6 +1510,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         seen: Mutex::default(),
         requested: Mutex::default(),
         publish: PublishRequests(publish_tx),
+        events,
         synced,
     });
 
@@ -1466,9 +1529,25 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
                 if let Ok(event) = event {
                     ctx.indexes.plugins.apply(event);
                     ctx.note_seen(event);
-                    if let watcher::Event::Delete(plugin) = event {
-                        tracing::info!(plugin = %key_of(plugin), "HectorPlugin deleted");
-                        ctx.forget(plugin);
+                    match event {
+                        watcher::Event::Delete(plugin) => {
+                            tracing::info!(plugin = %key_of(plugin), "HectorPlugin deleted");
+                            ctx.forget(plugin);
+                        }
+                        // Probes (and so publication) start as soon as a plugin is seen,
+                        // not when its reconcile comes round: after a bulk apply the queue
+                        // holds thousands, each writing its status and Events.
+                        watcher::Event::Apply(plugin)
+                            if *ctx.synced.borrow()
+                                && plugin.metadata.deletion_timestamp.is_none() =>
+                        {
+                            if ctx.probe_now(plugin)
+                                && let Some(ns) = plugin.namespace()
+                            {
+                                let _ = ctx.publish.send(ns);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -1603,18 +1682,26 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         let publish = ctx.publish.clone();
         let scope = scope.clone();
         let mut stop = shutdown.clone();
-        let changes = tokio_stream_wrapper(shared.changes.subscribe());
+        let mut changes = shared.changes.subscribe();
+        let ctx = Arc::clone(&ctx);
         async move {
-            tokio::pin!(changes);
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
-                    key = changes.next() => match key {
-                        Some(key) if scope.covers(&key.namespace) => {
+                    key = changes.recv() => match key {
+                        Ok(key) if scope.covers(&key.namespace) => {
                             let _ = publish.send(key.namespace);
                         }
-                        Some(_) => {}
-                        None => return,
+                        Ok(_) => {}
+                        // Changes were missed (a burst larger than the channel): every
+                        // namespace is rendered again rather than waiting for the resync.
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::debug!(missed, "probe changes lagged; publishing every namespace");
+                            for ns in ctx.indexes.plugins.keys() {
+                                let _ = publish.send(ns);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
                     },
                 }
             }
@@ -1658,7 +1745,9 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     let publisher = publish_loop(Arc::clone(&ctx), scope.clone(), publish_rx, shutdown);
     let gate = sync_gate(listed, synced_tx);
     tracing::info!(?scope, "controller started");
-    futures::join!(controller, publisher, gate, probe_publish);
+    // The event worker ends once every holder of the context (and so of its queue) is done.
+    drop(ctx);
+    futures::join!(controller, publisher, gate, probe_publish, events_worker);
 }
 
 /// A broadcast receiver as a stream; a lagging receiver just skips ahead (the periodic

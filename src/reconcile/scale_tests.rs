@@ -269,6 +269,7 @@ async fn world(n: usize) -> World {
         seen: Mutex::default(),
         requested: Mutex::default(),
         publish: PublishRequests(publish_tx),
+        events: crate::event_queue::EventQueue::new(1, 1).0,
         synced,
     });
     let plugins = ctx.plugins.scan();
