@@ -208,11 +208,23 @@ async fn read_counting(
         )
     };
 
-    // The plugin's own Health first: when it is unhealthy its message is the reason to report.
+    // The three RPCs go out together on the one connection: their frames share writes and
+    // reads, so a round costs about one round trip of syscalls and wakeups instead of three.
+    // They are still judged in order: when the plugin's own Health fails, its message is the
+    // reason to report.
     let lifecycle = LifecycleClient::new(channel.clone(), plugin_type).with_token(token.clone());
     let authorize = token;
-    *rpcs += 1;
-    match tokio::time::timeout(limit, lifecycle.health()).await {
+    let mut health = HealthClient::new(channel.clone());
+    let check = HealthCheckRequest {
+        service: String::new(),
+    };
+    *rpcs += 3;
+    let (own, standard, manifest) = tokio::join!(
+        tokio::time::timeout(limit, lifecycle.health()),
+        tokio::time::timeout(limit, health.check(check)),
+        tokio::time::timeout(limit, lifecycle.manifest()),
+    );
+    match own {
         Err(_) => return timed_out("Health"),
         Ok(Err(e)) => {
             let (kind, message) = sdk_reason(&e);
@@ -228,13 +240,7 @@ async fn read_counting(
         }
         Ok(Ok(_)) => {}
     }
-
-    let mut health = HealthClient::new(channel.clone());
-    let check = HealthCheckRequest {
-        service: String::new(),
-    };
-    *rpcs += 1;
-    match tokio::time::timeout(limit, health.check(check)).await {
+    match standard {
         Err(_) => return timed_out("grpc.health.v1 Check"),
         Ok(Ok(r)) => {
             let status = r.into_inner().status;
@@ -257,9 +263,7 @@ async fn read_counting(
             );
         }
     }
-
-    *rpcs += 1;
-    let manifest = match tokio::time::timeout(limit, lifecycle.manifest()).await {
+    let manifest = match manifest {
         Err(_) => return timed_out("GetManifest"),
         // A plugin that does not implement GetManifest reports nothing, like an empty answer.
         Ok(Err(SdkError::Rpc { status, .. })) if status.code() == Code::Unimplemented => {
