@@ -3,7 +3,7 @@
 //! every run starts from the observed state (watch caches), so running it again changes
 //! nothing, and a deleted or edited child comes back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1134,27 +1134,33 @@ async fn publish_loop(
     if !ctx.caches_ready().await {
         return;
     }
-    let written = Mutex::new(publish::WrittenByNamespace::new());
-    let rendered = Mutex::new(HashMap::new());
+    let written = Arc::new(Mutex::new(publish::WrittenByNamespace::new()));
+    let rendered = Arc::new(Mutex::new(HashMap::new()));
     let mut retries = Retries::default();
     let mut tick = tokio::time::interval(PUBLISH_RESYNC);
     // The first request of each namespace not yet served by a publication.
     let mut asked: HashMap<String, Instant> = HashMap::new();
+    // Namespaces asked for and not yet being written, and those being written: one write in
+    // flight per namespace, while other namespaces go on being written (a request never
+    // waits for another namespace's write).
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    let mut writing: HashSet<String> = HashSet::new();
+    let mut in_flight: futures::stream::FuturesUnordered<BoxFuture<'static, Written>> =
+        futures::stream::FuturesUnordered::new();
     loop {
-        let mut namespaces = BTreeSet::new();
         let retry_at = retries.next();
         tokio::select! {
             _ = shutdown.changed() => return,
             ns = dirty.recv() => match ns {
                 Some((ns, at)) => {
                     asked.entry(ns.clone()).or_insert(at);
-                    namespaces.insert(ns);
+                    pending.insert(ns);
                 }
                 None => return,
             },
             _ = tick.tick() => {
-                namespaces.extend(ctx.plugins.scan().iter().filter_map(|p| p.namespace()));
-                namespaces.extend(
+                pending.extend(ctx.plugins.scan().iter().filter_map(|p| p.namespace()));
+                pending.extend(
                     ctx.configmaps
                         .scan()
                         .iter()
@@ -1168,49 +1174,66 @@ async fn publish_loop(
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
-            } => {}
-        }
-        while let Ok((ns, at)) = dirty.try_recv() {
-            asked.entry(ns.clone()).or_insert(at);
-            namespaces.insert(ns);
-        }
-        namespaces.extend(retries.ready());
-        // A namespace waiting for its retry is written only when the retry is due.
-        let now = tokio::time::Instant::now();
-        namespaces.retain(|ns| retries.due.get(ns).is_none_or(|(at, _)| *at <= now));
-        // Namespaces are written side by side (one write in flight per namespace): a burst
-        // touching many namespaces must not queue each write behind all the others.
-        let results: Vec<(String, Result<bool, kube::Error>)> = futures::stream::iter(namespaces)
-            .map(|ns| {
-                let ctx = &ctx;
-                let written = &written;
-                let rendered = &rendered;
-                async move {
-                    let result = publish_namespace(ctx, &ns, written, rendered).await;
-                    (ns, result)
-                }
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .collect()
-            .await;
-        for (ns, result) in results {
-            match result {
-                Ok(wrote) => {
-                    retries.succeeded(&ns);
-                    if let Some(at) = asked.remove(&ns)
-                        && wrote
-                    {
-                        ctx.shared.metrics.published_after(at.elapsed());
+            } => pending.extend(retries.ready()),
+            Some((ns, asked_at, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                writing.remove(&ns);
+                match result {
+                    Ok(wrote) => {
+                        retries.succeeded(&ns);
+                        if let Some(at) = asked_at
+                            && wrote
+                        {
+                            ctx.shared.metrics.published_after(at.elapsed());
+                        }
                     }
-                }
-                Err(e) if e.to_string().contains("leader lease") => return,
-                Err(e) => {
-                    let wait = retries.failed(&ns);
-                    tracing::warn!(namespace = %ns, error = %e, retry_in = ?wait, "cannot write the endpoints ConfigMap");
+                    Err(e) if is_fenced_error(&e) => return,
+                    Err(e) => {
+                        let wait = retries.failed(&ns);
+                        tracing::warn!(namespace = %ns, error = %e, retry_in = ?wait, "cannot write the endpoints ConfigMap");
+                    }
                 }
             }
         }
+        while let Ok((ns, at)) = dirty.try_recv() {
+            asked.entry(ns.clone()).or_insert(at);
+            pending.insert(ns);
+        }
+        let now = tokio::time::Instant::now();
+        let startable: Vec<String> = pending
+            .iter()
+            // A namespace being written is written again when that write is done; one
+            // waiting for its retry, when the retry is due.
+            .filter(|ns| !writing.contains(*ns))
+            .filter(|ns| retries.due.get(*ns).is_none_or(|(at, _)| *at <= now))
+            .take(PUBLISH_CONCURRENCY.saturating_sub(writing.len()))
+            .cloned()
+            .collect();
+        for ns in startable {
+            pending.remove(&ns);
+            writing.insert(ns.clone());
+            let asked_at = asked.remove(&ns);
+            let (ctx, written, rendered) = (
+                Arc::clone(&ctx),
+                Arc::clone(&written),
+                Arc::clone(&rendered),
+            );
+            in_flight.push(
+                async move {
+                    let result = publish_namespace(&ctx, &ns, &written, &rendered).await;
+                    (ns, asked_at, result)
+                }
+                .boxed(),
+            );
+        }
     }
+}
+
+/// A finished publication: the namespace, when it was first asked for, and whether it wrote.
+type Written = (String, Option<Instant>, Result<bool, kube::Error>);
+
+/// Whether a write failed because this replica no longer leads (its client is fenced).
+fn is_fenced_error(e: &kube::Error) -> bool {
+    e.to_string().contains("leader lease")
 }
 
 /// Stops probes of plugins that vanished while a watch was down (no delete event seen).
