@@ -415,6 +415,10 @@ impl Target {
     }
 }
 
+/// The first wait before asking a target never found healthy again within one period (see
+/// [`Prober::run`]); it doubles on each retry.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
 /// `period` stretched or shrunk by up to a tenth at random, so that targets started together
 /// (a new leader, a bulk apply) spread their probes over the period instead of in bursts.
 pub fn jittered(period: Duration) -> Duration {
@@ -631,6 +635,7 @@ impl Prober {
         };
         let mut schedule = FactsSchedule::default();
         let mut channel_made = None;
+        let mut ever_healthy = false;
         loop {
             let subscribers = self.subscribers(&target);
             let Some(period) = subscribers.iter().map(|(_, s)| s.period).min() else {
@@ -660,30 +665,101 @@ impl Prober {
                 subscribers.iter().all(|(k, _)| index.has_facts(k))
             };
             let want_facts = schedule.want(known);
-            let started = Instant::now();
-            let (reading, rpcs) = read(
-                channel,
-                target.plugin_type,
-                limit,
-                want_facts,
-                token.clone(),
-            )
-            .await;
-            self.metrics.observe_probe_round(started.elapsed(), rpcs);
-            schedule.record(reading.healthy(), want_facts);
-            let fingerprint = match (&reading, &verifier) {
-                (Reading::Answered { .. }, Some(v)) => v.accepted(),
-                _ => None,
-            };
-            if let Reading::Failed(kind, message) = &reading {
-                tracing::debug!(address = %target.address, reason = kind.reason(), message, "probe failed");
+            let round = Instant::now();
+            let mut started = round;
+            let mut healthy = self
+                .probe_round(
+                    &target,
+                    channel,
+                    limit,
+                    want_facts,
+                    &token,
+                    &verifier,
+                    &mut schedule,
+                )
+                .await;
+            // A target never found healthy yet (a new Service kube-proxy does not route yet, a
+            // plugin still starting) is asked again on a short, doubling backoff within its
+            // period instead of a whole period later. Failed retries are not recorded: a
+            // failure counts once per period, as always; the first healthy answer is.
+            let mut retry = FIRST_RETRY;
+            while !ever_healthy && !healthy && round.elapsed() + retry < period {
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = wake.notified() => {}
+                }
+                retry = retry.saturating_mul(2);
+                started = Instant::now();
+                let (reading, rpcs) = read(
+                    channel,
+                    target.plugin_type,
+                    limit,
+                    want_facts,
+                    token.clone(),
+                )
+                .await;
+                self.metrics.observe_probe_round(started.elapsed(), rpcs);
+                if reading.healthy() {
+                    healthy =
+                        self.record_round(&target, reading, want_facts, &verifier, &mut schedule);
+                }
             }
-            self.fan_out(&target, &reading, fingerprint);
+            ever_healthy |= healthy;
             tokio::select! {
-                () = tokio::time::sleep(jittered(period)) => {}
+                // Time spent on retries counts towards the period; the last read does not,
+                // as before (a slow answer does not make probes back to back).
+                () = tokio::time::sleep(jittered(period).saturating_sub(started - round)) => {}
                 () = wake.notified() => {}
             }
         }
+    }
+
+    /// Probes `target` once and records the reading; returns whether it was healthy.
+    #[allow(clippy::too_many_arguments)]
+    async fn probe_round(
+        &self,
+        target: &Target,
+        channel: &Channel,
+        limit: Duration,
+        want_facts: bool,
+        token: &TokenSource,
+        verifier: &Option<Arc<PinVerifier>>,
+        schedule: &mut FactsSchedule,
+    ) -> bool {
+        let started = Instant::now();
+        let (reading, rpcs) = read(
+            channel,
+            target.plugin_type,
+            limit,
+            want_facts,
+            token.clone(),
+        )
+        .await;
+        self.metrics.observe_probe_round(started.elapsed(), rpcs);
+        self.record_round(target, reading, want_facts, verifier, schedule)
+    }
+
+    /// Records one reading of `target` for every plugin naming it; returns whether it was
+    /// healthy.
+    fn record_round(
+        &self,
+        target: &Target,
+        reading: Reading,
+        want_facts: bool,
+        verifier: &Option<Arc<PinVerifier>>,
+        schedule: &mut FactsSchedule,
+    ) -> bool {
+        let healthy = reading.healthy();
+        schedule.record(healthy, want_facts);
+        let fingerprint = match (&reading, verifier) {
+            (Reading::Answered { .. }, Some(v)) => v.accepted(),
+            _ => None,
+        };
+        if let Reading::Failed(kind, message) = &reading {
+            tracing::debug!(address = %target.address, reason = kind.reason(), message, "probe failed");
+        }
+        self.fan_out(target, &reading, fingerprint);
+        healthy
     }
 
     /// Records `reading` for every plugin naming `target` now, and keeps it for those that
@@ -912,15 +988,14 @@ mod tests {
         assert_ne!(plain, Target::of("10.0.0.1:50051", &embedder));
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn probe_soon_cuts_the_wait_of_a_period_short_and_only_for_its_own_target() {
-        // Ports nobody listens on, on loopback: every probe fails at once (refused).
-        let refused = |port: u16| format!("127.0.0.1:{port}");
-        let (a, b) = (refused(9), refused(13));
+        let (a, b) = (serve_quiet().await, serve_quiet().await);
+        let metrics = Arc::new(Metrics::default());
         let prober = Prober::new(
             Arc::new(Mutex::new(Index::default())),
             broadcast::channel(16).0,
-            Arc::new(Metrics::default()),
+            Arc::clone(&metrics),
             TokenSource::none(),
         );
         let key = |name: &str| PluginKey {
@@ -944,47 +1019,166 @@ mod tests {
                 None,
             );
         }
-        let failures = |name: &str, address: &str| {
-            prober
-                .index()
-                .get(&key(name))
-                .and_then(|s| s.endpoints.get(address).map(|e| e.failures))
-                .unwrap_or(0)
-        };
-        let wait_for = |name: &'static str, address: String, n: u32| {
-            let prober = Arc::clone(&prober);
+        let probes = |name: &str| probes_of(&metrics, name);
+        let wait_for = |name: &'static str, n: f64| {
+            let metrics = Arc::clone(&metrics);
             async move {
-                loop {
-                    let seen = prober
-                        .index()
-                        .get(&key(name))
-                        .and_then(|s| s.endpoints.get(&address).map(|e| e.failures))
-                        .unwrap_or(0);
-                    if seen >= n {
-                        return;
-                    }
+                while probes_of(&metrics, name) < n {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
         };
         // Each new target is probed at once, then waits its (hour-long) period.
-        tokio::time::timeout(Duration::from_secs(10), wait_for("a", a.clone(), 1))
+        tokio::time::timeout(Duration::from_secs(20), wait_for("a", 1.0))
             .await
             .expect("first probe of a");
-        tokio::time::timeout(Duration::from_secs(10), wait_for("b", b.clone(), 1))
+        tokio::time::timeout(Duration::from_secs(20), wait_for("b", 1.0))
             .await
             .expect("first probe of b");
         prober.probe_soon(&key("a"), &a);
-        tokio::time::timeout(Duration::from_secs(10), wait_for("a", a.clone(), 2))
+        tokio::time::timeout(Duration::from_secs(20), wait_for("a", 2.0))
             .await
             .expect("a second probe of a, long before its period");
-        assert_eq!(
-            failures("b", &b),
-            1,
-            "the other target still waits its period"
-        );
+        assert_eq!(probes("b"), 1.0, "the other target still waits its period");
         // An endpoint nobody probes is ignored.
         prober.probe_soon(&key("c"), &a);
+        prober.stop_all();
+    }
+
+    /// `hector_operator_probes_total` of plugin `agents/NAME` (-1 when absent).
+    fn probes_of(metrics: &Metrics, name: &str) -> f64 {
+        let series =
+            format!("hector_operator_probes_total{{namespace=\"agents\",plugin=\"{name}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
+            .unwrap_or(-1.0)
+    }
+
+    /// A free loopback address.
+    fn free_address() -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    }
+
+    /// Starts [`Quiet`] at `address` and initializes it.
+    async fn start_quiet(address: std::net::SocketAddr) {
+        tokio::spawn(hector_plugin_sdk::serve_llm(
+            Quiet,
+            hector_plugin_sdk::ServeOptions::new(address),
+        ));
+        let client = loop {
+            if let Ok(c) =
+                hector_plugin_sdk::connect(&address.to_string(), Duration::from_secs(1)).await
+            {
+                break c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        LifecycleClient::new(client, PluginType::LlmProvider)
+            .initialize(Default::default())
+            .await
+            .expect("initialize");
+    }
+
+    /// A running, initialized [`Quiet`] plugin's address.
+    async fn serve_quiet() -> String {
+        let address = free_address();
+        start_quiet(address).await;
+        address.to_string()
+    }
+
+    /// An LLM plugin that reports nothing about itself.
+    struct Quiet;
+
+    impl hector_plugin_sdk::Plugin for Quiet {
+        fn manifest(&self) -> ManifestResponse {
+            ManifestResponse::default()
+        }
+        async fn initialize(&self, _: hector_plugin_sdk::Config) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    impl hector_plugin_sdk::LlmPlugin for Quiet {
+        async fn generate(
+            &self,
+            _: hector_plugin_sdk::proto::GenerateRequest,
+        ) -> Result<hector_plugin_sdk::proto::GenerateResponse, tonic::Status> {
+            Ok(Default::default())
+        }
+        async fn model_info(&self) -> Result<hector_plugin_sdk::proto::ModelInfo, tonic::Status> {
+            Ok(Default::default())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_target_not_yet_answering_is_asked_again_soon_without_counting_failures() {
+        let address = free_address();
+        let metrics = Arc::new(Metrics::default());
+        let prober = Prober::new(
+            Arc::new(Mutex::new(Index::default())),
+            broadcast::channel(16).0,
+            Arc::clone(&metrics),
+            TokenSource::none(),
+        );
+        let key = PluginKey {
+            namespace: "agents".into(),
+            name: "late".into(),
+        };
+        let spec = ProbeSpec {
+            identity: expected(),
+            // Without the retries inside a period, nothing would be probed again in a test.
+            period: Duration::from_secs(3600),
+            timeout: Duration::from_secs(2),
+            secure: false,
+            pod_uids: BTreeMap::new(),
+        };
+        let endpoint = address.to_string();
+        prober.set(
+            &key,
+            spec,
+            1,
+            &BTreeMap::from([(endpoint.clone(), true)]),
+            &[],
+            None,
+        );
+        // The plugin comes up after the first probe was refused.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        start_quiet(address).await;
+        let state = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Some(e) = prober
+                    .index()
+                    .get(&key)
+                    .and_then(|s| s.endpoints.get(&endpoint).cloned())
+                    .filter(|e| e.usable())
+                {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("published within the first period");
+        assert_eq!(state.failures, 0);
+        // Recorded: the first refusal and the healthy answer; the refused retries between
+        // them were sent (RPCs counted) but not recorded as failures.
+        assert_eq!(probes_of(&metrics, "late"), 2.0);
+        let rpcs = metrics
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("hector_operator_probe_rpcs_total ")
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(
+            rpcs > 6.0,
+            "retries went out between the two recorded rounds: {rpcs} RPCs"
+        );
         prober.stop_all();
     }
 
