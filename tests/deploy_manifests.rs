@@ -184,7 +184,7 @@ fn deployment_follows_the_operator_contract() {
     );
     assert_eq!(
         c["resources"],
-        json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})
+        json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}})
     );
     assert_eq!(
         c["securityContext"],
