@@ -514,11 +514,26 @@ async fn an_agent_pod_keeps_calling_across_a_token_rotation() -> TestResult {
         container: Some("hector".into()),
         ..Default::default()
     };
-    eventually("the first call", Duration::from_secs(120), || async {
+    // A loader that exits before its first call ends the wait at once, with what it said
+    // (the Pod and its logs are gone with the namespace afterwards).
+    let first = eventually("the first call", Duration::from_secs(120), || async {
         let logs = pods.logs("agent", &lp).await.ok()?;
-        logs.contains("\"op\":\"generate\"").then_some(())
+        if logs.contains("\"op\":\"generate\"") {
+            return Some(Ok(()));
+        }
+        let status = pods.get("agent").await.ok()?.status?;
+        let done = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        done.then(|| {
+            Err(format!(
+                "the agent Pod ended before its first call: {status:?}\n{logs}"
+            ))
+        })
     })
     .await;
+    if let Err(e) = first {
+        let endpoints = cms.get("hector-plugins").await.ok().and_then(|c| c.data);
+        panic!("{e}\nhector-plugins: {endpoints:?}");
+    }
     let second = mint_token(&ns.name, "agent", AUDIENCE);
     let mut rotated = cms.get("agent-token").await?;
     rotated.data = Some([("token".to_string(), second)].into());
