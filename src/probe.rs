@@ -667,17 +667,11 @@ impl Prober {
             let want_facts = schedule.want(known);
             let round = Instant::now();
             let mut started = round;
-            let mut healthy = self
-                .probe_round(
-                    &target,
-                    channel,
-                    limit,
-                    want_facts,
-                    &token,
-                    &verifier,
-                    &mut schedule,
-                )
+            let reading = self
+                .read_timed(&target, channel, limit, want_facts, &token)
                 .await;
+            let mut healthy =
+                self.record_round(&target, reading, want_facts, &verifier, &mut schedule);
             // A target never found healthy yet (a new Service kube-proxy does not route yet, a
             // plugin still starting) is asked again on a short, doubling backoff within its
             // period instead of a whole period later. Failed retries are not recorded: a
@@ -690,15 +684,9 @@ impl Prober {
                 }
                 retry = retry.saturating_mul(2);
                 started = Instant::now();
-                let (reading, rpcs) = read(
-                    channel,
-                    target.plugin_type,
-                    limit,
-                    want_facts,
-                    token.clone(),
-                )
-                .await;
-                self.metrics.observe_probe_round(started.elapsed(), rpcs);
+                let reading = self
+                    .read_timed(&target, channel, limit, want_facts, &token)
+                    .await;
                 if reading.healthy() {
                     healthy =
                         self.record_round(&target, reading, want_facts, &verifier, &mut schedule);
@@ -714,18 +702,15 @@ impl Prober {
         }
     }
 
-    /// Probes `target` once and records the reading; returns whether it was healthy.
-    #[allow(clippy::too_many_arguments)]
-    async fn probe_round(
+    /// Probes `target` once and counts the round in the metrics.
+    async fn read_timed(
         &self,
         target: &Target,
         channel: &Channel,
         limit: Duration,
         want_facts: bool,
         token: &TokenSource,
-        verifier: &Option<Arc<PinVerifier>>,
-        schedule: &mut FactsSchedule,
-    ) -> bool {
+    ) -> Reading {
         let started = Instant::now();
         let (reading, rpcs) = read(
             channel,
@@ -736,7 +721,7 @@ impl Prober {
         )
         .await;
         self.metrics.observe_probe_round(started.elapsed(), rpcs);
-        self.record_round(target, reading, want_facts, verifier, schedule)
+        reading
     }
 
     /// Records one reading of `target` for every plugin naming it; returns whether it was
