@@ -276,4 +276,13 @@ async fn idle(client: &Client, window: Duration, column: &mut Column) {
         or_na(cpu, " %", 1),
     );
     column.add(&format!("idle {secs} s: probe RPCs/s"), or_na(rpcs, "", 1));
+    // An upper bound: every idle cycle counted against the probes.
+    let per_rpc = match (cpu, rpcs) {
+        (Some(cpu), Some(rpcs)) if rpcs > 0.0 => Some(cpu * 10.0 / rpcs),
+        _ => None,
+    };
+    column.add(
+        &format!("idle {secs} s: CPU per probe RPC, all counted"),
+        or_na(per_rpc, " ms", 2),
+    );
 }
