@@ -22,6 +22,7 @@ pub mod probe;
 pub mod publish;
 pub mod readiness;
 pub mod reconcile;
+pub mod recorder;
 pub mod rollout;
 pub mod run;
 pub mod status;

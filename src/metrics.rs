@@ -92,6 +92,7 @@ pub struct Metrics {
     reconcile_duration: Family<Labels, Histogram>,
     probe_duration: Histogram,
     probe_rpcs: Counter,
+    probe_reconnects: Counter,
     probe_targets: Gauge,
     probes: Family<Labels, Counter>,
     probe_failures: Family<Labels, Counter>,
@@ -159,6 +160,12 @@ impl Default for Metrics {
             "probe_rpcs",
             "RPCs the prober sent, all addresses together",
             probe_rpcs.clone(),
+        );
+        let probe_reconnects = Counter::default();
+        registry.register(
+            "probe_reconnects",
+            "Probes of a new address started over on a new connection because its Pod turned Ready while the first connect was still under way",
+            probe_reconnects.clone(),
         );
         let probe_targets = Gauge::default();
         registry.register(
@@ -256,6 +263,7 @@ impl Default for Metrics {
             reconcile_duration,
             probe_duration,
             probe_rpcs,
+            probe_reconnects,
             probe_targets,
             probes,
             probe_failures,
@@ -299,6 +307,11 @@ impl Metrics {
     pub fn observe_probe_round(&self, took: Duration, rpcs: u64) {
         self.probe_duration.observe(took.as_secs_f64());
         self.probe_rpcs.inc_by(rpcs);
+    }
+
+    /// A probe of a new address started over on a new connection.
+    pub fn probe_reconnected(&self) {
+        self.probe_reconnects.inc();
     }
 
     /// The number of distinct addresses probed.

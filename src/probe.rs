@@ -646,19 +646,17 @@ impl Prober {
                 .map(|(_, s)| s.timeout)
                 .max()
                 .unwrap_or(period);
-            let channel = match &channel_made {
-                Some(c) => c,
-                None => match channel(&target.address, limit, verifier.clone()) {
-                    Ok(c) => channel_made.insert(c),
-                    Err(message) => {
-                        self.fan_out(
-                            &target,
-                            &Reading::Failed(FailureKind::Unreachable, message),
-                            None,
-                        );
-                        return;
-                    }
-                },
+            let make = || channel(&target.address, limit, verifier.clone());
+            let channel = match channel_made.take().map_or_else(make, Ok) {
+                Ok(c) => channel_made.insert(c),
+                Err(message) => {
+                    self.fan_out(
+                        &target,
+                        &Reading::Failed(FailureKind::Unreachable, message),
+                        None,
+                    );
+                    return;
+                }
             };
             let known = {
                 let index = lock(&self.index);
@@ -667,9 +665,13 @@ impl Prober {
             let want_facts = schedule.want(known);
             let round = Instant::now();
             let mut started = round;
-            let reading = self
-                .read_timed(&target, channel, limit, want_facts, &token)
-                .await;
+            let reading = if ever_healthy {
+                self.read_timed(&target, channel, limit, want_facts, &token)
+                    .await
+            } else {
+                self.read_new(&target, channel, &make, &wake, limit, want_facts, &token)
+                    .await
+            };
             let mut healthy =
                 self.record_round(&target, reading, want_facts, &verifier, &mut schedule);
             // A target never found healthy yet (a new Service kube-proxy does not route yet, a
@@ -685,7 +687,7 @@ impl Prober {
                 retry = retry.saturating_mul(2);
                 started = Instant::now();
                 let reading = self
-                    .read_timed(&target, channel, limit, want_facts, &token)
+                    .read_new(&target, channel, &make, &wake, limit, want_facts, &token)
                     .await;
                 if reading.healthy() {
                     healthy =
@@ -698,6 +700,37 @@ impl Prober {
                 // as before (a slow answer does not make probes back to back).
                 () = tokio::time::sleep(jittered(period).saturating_sub(started - round)) => {}
                 () = wake.notified() => {}
+            }
+        }
+    }
+
+    /// Probes a target never found healthy yet. When its wake comes meanwhile (its Pod just
+    /// turned Ready), the read starts over on a new connection: the connect under way may be
+    /// waiting out TCP's one-second retransmission of a first SYN that a NetworkPolicy
+    /// enforcer dropped (it learns a new Pod's address through the API server, late), and
+    /// publication of a Ready Pod should not wait for it.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_new(
+        &self,
+        target: &Target,
+        channel: &mut Channel,
+        make: &(dyn Fn() -> Result<Channel, String> + Sync),
+        wake: &Notify,
+        limit: Duration,
+        want_facts: bool,
+        token: &TokenSource,
+    ) -> Reading {
+        loop {
+            let woken = tokio::select! {
+                reading = self.read_timed(target, channel, limit, want_facts, token) => {
+                    return reading;
+                }
+                () = wake.notified() => true,
+            };
+            if woken && let Ok(fresh) = make() {
+                tracing::debug!(address = %target.address, "woken while probing a new target: probing on a new connection");
+                self.metrics.probe_reconnected();
+                *channel = fresh;
             }
         }
     }
@@ -1096,6 +1129,76 @@ mod tests {
         async fn model_info(&self) -> Result<hector_plugin_sdk::proto::ModelInfo, tonic::Status> {
             Ok(Default::default())
         }
+    }
+
+    /// A loopback listener whose accept queue is full, so that the kernel drops every SYN
+    /// sent to it (as a NetworkPolicy enforcer does before it knows a new Pod); the filling
+    /// connections are returned to keep it full.
+    async fn dropping_syns() -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let address = listener.local_addr().expect("address");
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            {
+                fillers.push(s);
+            }
+        }
+        assert!(!fillers.is_empty(), "no connection filled the accept queue");
+        (listener, fillers)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wake_during_a_connect_whose_syn_was_dropped_probes_on_a_new_connection() {
+        let (listener, _fillers) = dropping_syns().await;
+        let black_hole = listener.local_addr().expect("address").to_string();
+        let plugin = serve_quiet().await;
+        let metrics = Arc::new(Metrics::default());
+        let prober = Prober::new(
+            Arc::new(Mutex::new(Index::default())),
+            broadcast::channel(16).0,
+            Arc::clone(&metrics),
+            TokenSource::none(),
+        );
+        let target = Target {
+            address: black_hole.clone(),
+            transport: Transport::Plain,
+            plugin_type: PluginType::LlmProvider,
+        };
+        // Limits far beyond the test's own guard: only a new connection can answer in time.
+        let limit = Duration::from_secs(120);
+        let mut first = channel(&black_hole, limit, None).expect("channel");
+        let make = || channel(&plugin, limit, None);
+        let wake = Notify::new();
+        let token = TokenSource::none();
+        let read = prober.read_new(&target, &mut first, &make, &wake, limit, false, &token);
+        tokio::pin!(read);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut read)
+                .await
+                .is_err(),
+            "the first connect must be waiting on its dropped SYN"
+        );
+        // The Pod turned Ready.
+        wake.notify_one();
+        let reading = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .expect("the woken read answers on a new connection, not after the old connect");
+        assert!(reading.healthy(), "{:?}", reading.judge(&expected()));
+        assert!(
+            metrics
+                .render()
+                .contains("hector_operator_probe_reconnects_total 1\n"),
+            "the reconnect is counted"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,6 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -38,6 +37,7 @@ use crate::ownership::{self, conflict_message, controlled_by};
 use crate::probe::{Identity, ProbeSpec, Prober};
 use crate::publish;
 use crate::readiness::Readiness;
+use crate::recorder::{Event, EventType, Recorder};
 use crate::rollout::{self, pod_ready};
 use crate::status::{self, ConfigVerdict, Failure, Inputs, Rollout};
 use crate::trim;
@@ -583,7 +583,6 @@ impl Ctx {
                     reason: t.reason.clone(),
                     note: Some(t.note()),
                     action: t.type_.clone(),
-                    secondary: None,
                 };
                 if let Err(e) = recorder.publish(&event, &reference).await {
                     tracing::warn!(plugin = %key, error = %e, "cannot record an event");

@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use kube::Client;
 use kube::client::ClientBuilder;
-use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::{broadcast, watch};
 
 use crate::access::OperatorIdentity;
@@ -25,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::probe::Prober;
 use crate::readiness::{Readiness, Role};
 use crate::reconcile::{Scope, Shared, run_scope};
+use crate::recorder::{Recorder, Reporter};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1212,3 +1212,85 @@ async fn a_slow_plugin_within_a_raised_startup_window_is_not_restarted() -> Test
     assert!(!condition_is(&p, "Stalled", "True", "PodsFailing"));
     Ok(())
 }
+
+/// The operator's Event recorder against the API server: repeats within the window are one
+/// Event whose `series.count` grows; another reason is another Event; a repeat of an Event
+/// that is gone makes a new one.
+#[tokio::test]
+async fn repeated_events_fold_into_one_series() -> TestResult {
+    use hector_operator::recorder::{Event as Record, EventType, Recorder, Reporter};
+    use k8s_openapi::api::core::v1::ObjectReference;
+
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-events").await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "hector-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let regarding = ObjectReference {
+        api_version: Some("hector.dev/v1alpha1".into()),
+        kind: Some("HectorPlugin".into()),
+        namespace: Some(ns.name.clone()),
+        name: Some("flappy".into()),
+        uid: Some("00000000-0000-0000-0000-00000000f1a9".into()),
+        ..Default::default()
+    };
+    let unhealthy = Record {
+        type_: EventType::Warning,
+        reason: "PluginUnhealthy".into(),
+        action: "Healthy".into(),
+        note: Some("probe failed".into()),
+    };
+    for _ in 0..3 {
+        recorder.publish(&unhealthy, &regarding).await?;
+    }
+    let healthy = Record {
+        type_: EventType::Normal,
+        reason: "PluginHealthy".into(),
+        action: "Healthy".into(),
+        note: Some("probe answered".into()),
+    };
+    recorder.publish(&healthy, &regarding).await?;
+    let events = events_of(&client, &ns.name, "flappy").await;
+    let by_reason = |reason: &str| -> Vec<&Event> {
+        events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    };
+    let warnings = by_reason("PluginUnhealthy");
+    assert_eq!(
+        warnings.len(),
+        1,
+        "three repeats are one Event: {events:#?}"
+    );
+    assert_eq!(warnings[0].series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        warnings[0].reporting_controller.as_deref(),
+        Some("hector-operator")
+    );
+    assert_eq!(warnings[0].reporting_instance.as_deref(), Some("test"));
+    let normal = by_reason("PluginHealthy");
+    assert_eq!(normal.len(), 1);
+    assert!(normal[0].series.is_none(), "seen once: no series");
+    assert_eq!(recorder.series_kept(), 2);
+
+    // Someone deletes the Event: the next repeat makes a new one instead of failing.
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let gone = warnings[0].metadata.name.clone().unwrap_or_default();
+    api.delete(&gone, &DeleteParams::default()).await?;
+    recorder.publish(&unhealthy, &regarding).await?;
+    let again: Vec<Event> = events_of(&client, &ns.name, "flappy")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PluginUnhealthy"))
+        .collect();
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert_ne!(again[0].metadata.name.as_deref(), Some(gone.as_str()));
+    assert!(again[0].series.is_none());
+    Ok(())
+}

@@ -83,6 +83,13 @@ async fn one_size(
         },
     );
 
+    column.add(
+        "apply's status writes done, after the apply",
+        match drained(client, applied, config.timeout).await {
+            Some(d) => format!("{:.0} s", d.as_secs_f64()),
+            None => "n/a".into(),
+        },
+    );
     settled(client, baseline.as_ref(), n, column).await;
     if let Err(e) = scale_up(client, config, &layout, column).await {
         column.add("scale-up", format!("failed: {e}"));
@@ -96,6 +103,44 @@ async fn one_size(
         },
     );
     Ok(())
+}
+
+/// How often [`drained`] looks, and how many quiet looks in a row it wants.
+const DRAIN_POLL: Duration = Duration::from_secs(5);
+const DRAIN_QUIET_POLLS: usize = 2;
+
+/// Waits until the leader's API writes stop (the status writes of the apply's reconciles
+/// are done), so that what is measured next is the settled operator, not the queue
+/// draining; returns when they stopped, counted from `since`, or `None` after `timeout`.
+async fn drained(client: &Client, since: Instant, timeout: Duration) -> Option<Duration> {
+    eprintln!("[bench-scale] waiting for the apply's status writes to end");
+    let deadline = Instant::now() + timeout;
+    let mut last = scrape(client).await;
+    let mut quiet = 0;
+    let mut quiet_since = None;
+    while Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+        let now = scrape(client).await;
+        let wrote = match (&last, &now) {
+            (Some(a), Some(b)) if a.leader == b.leader => {
+                metrics::growth(a, b, "hector_operator_api_writes_total")
+            }
+            _ => None,
+        };
+        if wrote == Some(0.0) {
+            quiet += 1;
+            let at = *quiet_since.get_or_insert(last.as_ref().map_or_else(Instant::now, |s| s.at));
+            if quiet >= DRAIN_QUIET_POLLS {
+                return Some(at.saturating_duration_since(since));
+            }
+        } else {
+            quiet = 0;
+            quiet_since = None;
+        }
+        last = now;
+    }
+    eprintln!("[bench-scale] API writes still going after {timeout:?}");
+    None
 }
 
 /// A scrape of the leader, or `None` (said on stderr) when it failed.
