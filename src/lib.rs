@@ -14,6 +14,7 @@ pub mod fence;
 pub mod index;
 pub mod leader;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod mounts;
 pub mod multiwatch;

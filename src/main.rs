@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Some(Command::Run(args)) => *args,
         None => cli.run,
     };
+    hector_operator::memory::configure();
     if let Err(e) = init_logging(args.log_format, &args.log_level) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    runtime.spawn(hector_operator::memory::trim_periodically());
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
