@@ -887,6 +887,39 @@ impl Ctx {
             .set(&key_of(plugin), spec, threshold, &wanted, &carried, facts)
     }
 
+    /// Keeps `status` as the plugin's last written status while the watch cache does not show
+    /// it yet (the cache lags behind our own writes); once it does, the cache is the copy.
+    /// Checked under the lock [`Ctx::caught_up`] takes, after the cache was updated, so an
+    /// event that overtakes the write's response leaves no copy behind.
+    fn remember_written(&self, key: &PluginKey, status: &HectorPluginStatus) {
+        let mut written = lock(&self.shared.written);
+        let cached = self
+            .plugins
+            .get(&ObjectRef::new(&key.name).within(&key.namespace));
+        if still_needed(cached.as_ref().and_then(|p| p.status.as_ref()), status) {
+            written.insert(key.clone(), status.clone());
+        } else {
+            written.remove(key);
+        }
+    }
+
+    /// The watch shows `plugin` (the cache already holds it): the copy of its last written
+    /// status goes once the cache shows that status. Without this, every plugin's status would
+    /// be held twice for good (at 10,000 plugins, tens of MiB).
+    fn caught_up(&self, plugin: &HectorPlugin) {
+        let Some(status) = plugin.status.as_ref() else {
+            return;
+        };
+        let key = key_of(plugin);
+        let mut written = lock(&self.shared.written);
+        if written
+            .get(&key)
+            .is_some_and(|w| !still_needed(Some(status), w))
+        {
+            written.remove(&key);
+        }
+    }
+
     /// Notes when a plugin's new generation (or its deletion) is first seen, for the queue
     /// latency metric.
     fn note_seen(&self, event: &watcher::Event<HectorPlugin>) {
@@ -1056,7 +1089,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
         tracing::debug!(plugin = %key, "reconcile: writing status");
         ctx.write_status(plugin, &desired).await?;
         tracing::info!(plugin = %key, phase = ?desired.phase, endpoints = desired.endpoints.len(), "status updated");
-        lock(&ctx.shared.written).insert(key.clone(), desired.clone());
+        ctx.remember_written(&key, &desired);
         let transitions = status::transitions(baseline.as_ref(), &desired);
         if !transitions.is_empty() {
             tracing::debug!(plugin = %key, events = transitions.len(), "reconcile: queueing events");
@@ -1554,6 +1587,9 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
                 if let Ok(event) = event {
                     ctx.indexes.plugins.apply(event);
                     ctx.note_seen(event);
+                    if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = event {
+                        ctx.caught_up(p);
+                    }
                     match event {
                         watcher::Event::Delete(plugin) => {
                             tracing::info!(plugin = %key_of(plugin), "HectorPlugin deleted");
@@ -1788,6 +1824,11 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
     // The event worker ends once every holder of the context (and so of its queue) is done.
     drop(ctx);
     futures::join!(controller, publisher, gate, probe_publish, events_worker);
+}
+
+/// Whether a copy of the status last `written` is still needed, the cache showing `cached`.
+fn still_needed(cached: Option<&HectorPluginStatus>, written: &HectorPluginStatus) -> bool {
+    cached != Some(written)
 }
 
 /// A broadcast receiver as a stream: `Some` for each value, `None` once for each time the

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use crate::crd::Phase;
 use crate::recorder::{Recorder, Reporter};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{
@@ -150,6 +151,8 @@ async fn shared_addresses(
 
 struct World {
     ctx: Arc<Ctx>,
+    /// The plugin cache's writer, for events a test makes the watch deliver.
+    plugin_writer: Writer<HectorPlugin>,
     plugins: Vec<Arc<HectorPlugin>>,
     namespaces: usize,
     accepted: Arc<Vec<AtomicUsize>>,
@@ -237,8 +240,8 @@ async fn world(n: usize) -> World {
     }
 
     let indexes = Indexes::default();
-    let (plugin_store, mut w) = reflector::store();
-    list(&mut w, Some(&indexes.plugins), plugins.clone());
+    let (plugin_store, mut plugin_writer) = reflector::store();
+    list(&mut plugin_writer, Some(&indexes.plugins), plugins.clone());
     let (pod_store, mut w) = reflector::store();
     list(&mut w, Some(&indexes.pods), pods);
     let (rs_store, mut w) = reflector::store();
@@ -275,6 +278,7 @@ async fn world(n: usize) -> World {
     let plugins = ctx.plugins.scan();
     World {
         ctx,
+        plugin_writer,
         plugins,
         namespaces,
         accepted,
@@ -398,4 +402,54 @@ async fn per_plugin_work_does_not_grow_with_the_number_of_plugins() {
         small_work as f64 / small as f64,
         large_work as f64 / large as f64
     );
+}
+
+/// The copy of a plugin's last written status lives only until the watch cache shows that
+/// status, in either order of the write's response and the watch event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_written_status_is_held_only_until_the_cache_shows_it() {
+    let mut w = world(100).await;
+    let status = |phase| HectorPluginStatus {
+        phase: Some(phase),
+        ..Default::default()
+    };
+    let copies = |w: &World| lock(&w.ctx.shared.written).len();
+    let seen = |w: &mut World, p: &HectorPlugin| {
+        let event = WatchEvent::Apply(p.clone());
+        w.plugin_writer.apply_watcher_event(&event);
+        w.ctx.caught_up(p);
+    };
+
+    // The response first: the copy is kept while the cache shows the old status...
+    let mut a = (*w.plugins[0]).clone();
+    let a_key = key_of(&a);
+    w.ctx.remember_written(&a_key, &status(Phase::Ready));
+    assert_eq!(copies(&w), 1);
+    a.status = Some(status(Phase::Pending));
+    seen(&mut w, &a);
+    assert_eq!(copies(&w), 1, "an older status shown: the copy stays");
+    // ...and goes when the watch shows the written one.
+    a.status = Some(status(Phase::Ready));
+    seen(&mut w, &a);
+    assert_eq!(copies(&w), 0, "the cache shows it: no copy");
+
+    // The watch event first: no copy is made at all.
+    let mut b = (*w.plugins[1]).clone();
+    b.status = Some(status(Phase::Degraded));
+    seen(&mut w, &b);
+    w.ctx
+        .remember_written(&key_of(&b), &status(Phase::Degraded));
+    assert_eq!(copies(&w), 0, "already in the cache: nothing kept");
+
+    // Every plugin written and then seen: nothing is held twice.
+    for p in w.plugins.clone() {
+        w.ctx.remember_written(&key_of(&p), &status(Phase::Failed));
+    }
+    assert_eq!(copies(&w), 100);
+    for p in w.plugins.clone() {
+        let mut p = (*p).clone();
+        p.status = Some(status(Phase::Failed));
+        seen(&mut w, &p);
+    }
+    assert_eq!(copies(&w), 0);
 }
