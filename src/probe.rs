@@ -415,6 +415,11 @@ impl Target {
     }
 }
 
+/// How long the first read of a target never found healthy may take before it starts over on
+/// a new connection (see [`Prober::read_new`]); it doubles each time. A connect and a Health
+/// RPC within a cluster take milliseconds; a dropped SYN is sent again only after a second.
+const FIRST_HEDGE: Duration = Duration::from_millis(250);
+
 /// The first wait before asking a target never found healthy again within one period (see
 /// [`Prober::run`]); it doubles on each retry.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -669,8 +674,17 @@ impl Prober {
                 self.read_timed(&target, channel, limit, want_facts, &token)
                     .await
             } else {
-                self.read_new(&target, channel, &make, &wake, limit, want_facts, &token)
-                    .await
+                self.read_new(
+                    &target,
+                    channel,
+                    &make,
+                    &wake,
+                    limit,
+                    FIRST_HEDGE,
+                    want_facts,
+                    &token,
+                )
+                .await
             };
             let mut healthy =
                 self.record_round(&target, reading, want_facts, &verifier, &mut schedule);
@@ -687,7 +701,16 @@ impl Prober {
                 retry = retry.saturating_mul(2);
                 started = Instant::now();
                 let reading = self
-                    .read_new(&target, channel, &make, &wake, limit, want_facts, &token)
+                    .read_new(
+                        &target,
+                        channel,
+                        &make,
+                        &wake,
+                        limit,
+                        FIRST_HEDGE,
+                        want_facts,
+                        &token,
+                    )
                     .await;
                 if reading.healthy() {
                     healthy =
@@ -704,11 +727,14 @@ impl Prober {
         }
     }
 
-    /// Probes a target never found healthy yet. When its wake comes meanwhile (its Pod just
-    /// turned Ready), the read starts over on a new connection: the connect under way may be
-    /// waiting out TCP's one-second retransmission of a first SYN that a NetworkPolicy
-    /// enforcer dropped (it learns a new Pod's address through the API server, late), and
-    /// publication of a Ready Pod should not wait for it.
+    /// Probes a target never found healthy yet, starting over on a new connection when the
+    /// answer is late or its wake comes (its Pod just turned Ready). The connect under way
+    /// may be waiting out TCP's one-second retransmission of a first SYN that a NetworkPolicy
+    /// enforcer dropped (it learns a new Pod's address through the API server, late, and drops
+    /// packets while it rebuilds its rules): a new socket sends a new SYN at once, so the
+    /// plugin is found healthy before its Pod turns Ready, and publication does not wait.
+    /// The patience doubles from `patience` ([`FIRST_HEDGE`]) until it exceeds `limit`, when
+    /// the read's own timeout ends it.
     #[allow(clippy::too_many_arguments)]
     async fn read_new(
         &self,
@@ -717,18 +743,23 @@ impl Prober {
         make: &(dyn Fn() -> Result<Channel, String> + Sync),
         wake: &Notify,
         limit: Duration,
+        mut patience: Duration,
         want_facts: bool,
         token: &TokenSource,
     ) -> Reading {
         loop {
-            let woken = tokio::select! {
+            let why = tokio::select! {
                 reading = self.read_timed(target, channel, limit, want_facts, token) => {
                     return reading;
                 }
-                () = wake.notified() => true,
+                () = wake.notified() => "woken",
+                () = tokio::time::sleep(patience) => {
+                    patience = patience.saturating_mul(2);
+                    "late"
+                }
             };
-            if woken && let Ok(fresh) = make() {
-                tracing::debug!(address = %target.address, "woken while probing a new target: probing on a new connection");
+            if let Ok(fresh) = make() {
+                tracing::debug!(address = %target.address, why, "probing a new target on a new connection");
                 self.metrics.probe_reconnected();
                 *channel = fresh;
             }
@@ -1156,11 +1187,8 @@ mod tests {
         (listener, fillers)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_wake_during_a_connect_whose_syn_was_dropped_probes_on_a_new_connection() {
-        let (listener, _fillers) = dropping_syns().await;
-        let black_hole = listener.local_addr().expect("address").to_string();
-        let plugin = serve_quiet().await;
+    /// A prober, a target at a black hole and a channel to it, for [`Prober::read_new`].
+    fn first_probe_through(black_hole: &str) -> (Arc<Prober>, Arc<Metrics>, Target, Channel) {
         let metrics = Arc::new(Metrics::default());
         let prober = Prober::new(
             Arc::new(Mutex::new(Index::default())),
@@ -1169,17 +1197,68 @@ mod tests {
             TokenSource::none(),
         );
         let target = Target {
-            address: black_hole.clone(),
+            address: black_hole.to_string(),
             transport: Transport::Plain,
             plugin_type: PluginType::LlmProvider,
         };
-        // Limits far beyond the test's own guard: only a new connection can answer in time.
-        let limit = Duration::from_secs(120);
-        let mut first = channel(&black_hole, limit, None).expect("channel");
-        let make = || channel(&plugin, limit, None);
+        let first = channel(black_hole, LONG, None).expect("channel");
+        (prober, metrics, target, first)
+    }
+
+    /// Limits far beyond the tests' own guards: only a new connection can answer in time.
+    const LONG: Duration = Duration::from_secs(3600);
+
+    fn reconnects(metrics: &Metrics) -> u32 {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("hector_operator_probe_reconnects_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A first probe whose SYN was dropped starts over on a new connection once its answer is
+    /// late, without waiting for TCP to send the SYN again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_first_probe_starts_over_on_a_new_connection() {
+        let (listener, _fillers) = dropping_syns().await;
+        let black_hole = listener.local_addr().expect("address").to_string();
+        let plugin = serve_quiet().await;
+        let (prober, metrics, target, mut first) = first_probe_through(&black_hole);
+        let make = || channel(&plugin, LONG, None);
         let wake = Notify::new();
         let token = TokenSource::none();
-        let read = prober.read_new(&target, &mut first, &make, &wake, limit, false, &token);
+        let reading = tokio::time::timeout(
+            Duration::from_secs(30),
+            prober.read_new(
+                &target,
+                &mut first,
+                &make,
+                &wake,
+                LONG,
+                FIRST_HEDGE,
+                false,
+                &token,
+            ),
+        )
+        .await
+        .expect("a new connection answers; the first one never would");
+        assert!(reading.healthy(), "{:?}", reading.judge(&expected()));
+        assert_eq!(reconnects(&metrics), 1);
+    }
+
+    /// A wake (the Pod turned Ready) starts a first probe over on a new connection at once,
+    /// however patient the probe still was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_woken_first_probe_starts_over_on_a_new_connection() {
+        let (listener, _fillers) = dropping_syns().await;
+        let black_hole = listener.local_addr().expect("address").to_string();
+        let plugin = serve_quiet().await;
+        let (prober, metrics, target, mut first) = first_probe_through(&black_hole);
+        let make = || channel(&plugin, LONG, None);
+        let wake = Notify::new();
+        let token = TokenSource::none();
+        let read = prober.read_new(&target, &mut first, &make, &wake, LONG, LONG, false, &token);
         tokio::pin!(read);
         assert!(
             tokio::time::timeout(Duration::from_millis(500), &mut read)
@@ -1187,18 +1266,13 @@ mod tests {
                 .is_err(),
             "the first connect must be waiting on its dropped SYN"
         );
-        // The Pod turned Ready.
+        assert_eq!(reconnects(&metrics), 0);
         wake.notify_one();
         let reading = tokio::time::timeout(Duration::from_secs(30), read)
             .await
-            .expect("the woken read answers on a new connection, not after the old connect");
+            .expect("the woken read answers on a new connection");
         assert!(reading.healthy(), "{:?}", reading.judge(&expected()));
-        assert!(
-            metrics
-                .render()
-                .contains("hector_operator_probe_reconnects_total 1\n"),
-            "the reconnect is counted"
-        );
+        assert_eq!(reconnects(&metrics), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
