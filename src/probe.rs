@@ -8,6 +8,7 @@
 //! channel (which wakes the reconciler and the publisher).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,78 @@ pub fn channel(
     timeout: Duration,
     tls: Option<Arc<PinVerifier>>,
 ) -> Result<Channel, String> {
+    Ok(Probing::new(address, timeout, tls)?.channel)
+}
+
+/// A probe's channel and whether it has connected: a first probe starts over on a new
+/// connection only while the connect is still under way (see [`Prober::read_new`]).
+pub struct Probing {
+    channel: Channel,
+    connected: Arc<AtomicBool>,
+}
+
+impl Probing {
+    /// A channel as [`channel`] makes it, noting when a connection is made.
+    fn new(
+        address: &str,
+        timeout: Duration,
+        tls: Option<Arc<PinVerifier>>,
+    ) -> Result<Self, String> {
+        let connected = Arc::new(AtomicBool::new(false));
+        let channel = marked_channel(address, timeout, tls, Arc::clone(&connected))?;
+        Ok(Self { channel, connected })
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Sets `connected` once its connector has made a connection.
+#[derive(Clone)]
+struct Marking<C> {
+    inner: C,
+    connected: Arc<AtomicBool>,
+}
+
+impl<C> tower::Service<http::Uri> for Marking<C>
+where
+    C: tower::Service<http::Uri>,
+    C::Future: Send + 'static,
+    C::Response: Send + 'static,
+    C::Error: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = C::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<C::Response, C::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), C::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let made = self.inner.call(uri);
+        let connected = Arc::clone(&self.connected);
+        Box::pin(async move {
+            let made = made.await;
+            if made.is_ok() {
+                connected.store(true, Ordering::Relaxed);
+            }
+            made
+        })
+    }
+}
+
+fn marked_channel(
+    address: &str,
+    timeout: Duration,
+    tls: Option<Arc<PinVerifier>>,
+    connected: Arc<AtomicBool>,
+) -> Result<Channel, String> {
     Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| format!("bad address {address:?}: {e}"))
         .map(|e| {
@@ -122,10 +195,14 @@ pub fn channel(
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true);
             match tls {
-                Some(verifier) => {
-                    e.connect_with_connector_lazy(Connector::new(client_config_for(verifier)))
-                }
-                None => e.connect_with_connector_lazy(TcpKeepalive::default().connector(None)),
+                Some(verifier) => e.connect_with_connector_lazy(Marking {
+                    inner: Connector::new(client_config_for(verifier)),
+                    connected,
+                }),
+                None => e.connect_with_connector_lazy(Marking {
+                    inner: TcpKeepalive::default().connector(None),
+                    connected,
+                }),
             }
         })
 }
@@ -651,7 +728,7 @@ impl Prober {
                 .map(|(_, s)| s.timeout)
                 .max()
                 .unwrap_or(period);
-            let make = || channel(&target.address, limit, verifier.clone());
+            let make = || Probing::new(&target.address, limit, verifier.clone());
             let channel = match channel_made.take().map_or_else(make, Ok) {
                 Ok(c) => channel_made.insert(c),
                 Err(message) => {
@@ -671,7 +748,7 @@ impl Prober {
             let round = Instant::now();
             let mut started = round;
             let reading = if ever_healthy {
-                self.read_timed(&target, channel, limit, want_facts, &token)
+                self.read_timed(&target, &channel.channel, limit, want_facts, &token)
                     .await
             } else {
                 self.read_new(
@@ -728,7 +805,7 @@ impl Prober {
     }
 
     /// Probes a target never found healthy yet, starting over on a new connection when the
-    /// answer is late or its wake comes (its Pod just turned Ready). The connect under way
+    /// connect is late or its wake comes (its Pod just turned Ready) before it connected. The connect under way
     /// may be waiting out TCP's one-second retransmission of a first SYN that a NetworkPolicy
     /// enforcer dropped (it learns a new Pod's address through the API server, late, and drops
     /// packets while it rebuilds its rules): a new socket sends a new SYN at once, so the
@@ -739,8 +816,8 @@ impl Prober {
     async fn read_new(
         &self,
         target: &Target,
-        channel: &mut Channel,
-        make: &(dyn Fn() -> Result<Channel, String> + Sync),
+        probing: &mut Probing,
+        make: &(dyn Fn() -> Result<Probing, String> + Sync),
         wake: &Notify,
         limit: Duration,
         mut patience: Duration,
@@ -748,20 +825,30 @@ impl Prober {
         token: &TokenSource,
     ) -> Reading {
         loop {
-            let why = tokio::select! {
-                reading = self.read_timed(target, channel, limit, want_facts, token) => {
-                    return reading;
-                }
-                () = wake.notified() => "woken",
-                () = tokio::time::sleep(patience) => {
-                    patience = patience.saturating_mul(2);
-                    "late"
+            let why = {
+                let read = self.read_timed(target, &probing.channel, limit, want_facts, token);
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        reading = &mut read => return reading,
+                        // Once connected, a slow answer is the plugin's: a new connection
+                        // would not make it faster, so the read goes on.
+                        () = wake.notified() => if !probing.connected() {
+                            break "woken";
+                        },
+                        () = tokio::time::sleep(patience) => {
+                            patience = patience.saturating_mul(2);
+                            if !probing.connected() {
+                                break "late";
+                            }
+                        }
+                    }
                 }
             };
             if let Ok(fresh) = make() {
                 tracing::debug!(address = %target.address, why, "probing a new target on a new connection");
                 self.metrics.probe_reconnected();
-                *channel = fresh;
+                *probing = fresh;
             }
         }
     }
@@ -1188,7 +1275,7 @@ mod tests {
     }
 
     /// A prober, a target at a black hole and a channel to it, for [`Prober::read_new`].
-    fn first_probe_through(black_hole: &str) -> (Arc<Prober>, Arc<Metrics>, Target, Channel) {
+    fn first_probe_through(black_hole: &str) -> (Arc<Prober>, Arc<Metrics>, Target, Probing) {
         let metrics = Arc::new(Metrics::default());
         let prober = Prober::new(
             Arc::new(Mutex::new(Index::default())),
@@ -1201,7 +1288,7 @@ mod tests {
             transport: Transport::Plain,
             plugin_type: PluginType::LlmProvider,
         };
-        let first = channel(black_hole, LONG, None).expect("channel");
+        let first = Probing::new(black_hole, LONG, None).expect("channel");
         (prober, metrics, target, first)
     }
 
@@ -1225,7 +1312,7 @@ mod tests {
         let black_hole = listener.local_addr().expect("address").to_string();
         let plugin = serve_quiet().await;
         let (prober, metrics, target, mut first) = first_probe_through(&black_hole);
-        let make = || channel(&plugin, LONG, None);
+        let make = || Probing::new(&plugin, LONG, None);
         let wake = Notify::new();
         let token = TokenSource::none();
         let reading = tokio::time::timeout(
@@ -1247,6 +1334,56 @@ mod tests {
         assert_eq!(reconnects(&metrics), 1);
     }
 
+    /// A plugin that accepted the connection but has not answered yet keeps it: the probe
+    /// waits for its answer (here, until the read's limit), on the one connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connected_but_silent_first_probe_keeps_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let silent = listener.local_addr().expect("address").to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        let (prober, metrics, target, mut first) = first_probe_through(&silent);
+        let make = || Probing::new(&silent, LONG, None);
+        // The Pod turns Ready while the plugin is still silent: no reason for a new connection.
+        let wake = Arc::new(Notify::new());
+        let ready = Arc::clone(&wake);
+        let notifier = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            ready.notify_one();
+        });
+        let token = TokenSource::none();
+        let limit = Duration::from_secs(2);
+        let reading = tokio::time::timeout(
+            Duration::from_secs(30),
+            prober.read_new(
+                &target,
+                &mut first,
+                &make,
+                &wake,
+                limit,
+                FIRST_HEDGE,
+                false,
+                &token,
+            ),
+        )
+        .await
+        .expect("the read ends at its limit");
+        assert!(!reading.healthy());
+        assert_eq!(reconnects(&metrics), 0, "no new connection once connected");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert!(notifier.is_finished(), "the wake came during the read");
+        holder.abort();
+    }
+
     /// A wake (the Pod turned Ready) starts a first probe over on a new connection at once,
     /// however patient the probe still was.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1255,7 +1392,7 @@ mod tests {
         let black_hole = listener.local_addr().expect("address").to_string();
         let plugin = serve_quiet().await;
         let (prober, metrics, target, mut first) = first_probe_through(&black_hole);
-        let make = || channel(&plugin, LONG, None);
+        let make = || Probing::new(&plugin, LONG, None);
         let wake = Notify::new();
         let token = TokenSource::none();
         let read = prober.read_new(&target, &mut first, &make, &wake, LONG, LONG, false, &token);
