@@ -681,10 +681,119 @@ async fn an_api_server_outage_costs_no_restart_and_changes_nothing() -> TestResu
         "kube-controller-manager made a ServiceAccount again {:?} after the API server returned",
         settled_at.elapsed()
     );
+    cluster_steady_again(&client, &probe_ns).await?;
     namespaces
         .delete(&probe_ns, &DeleteParams::background())
         .await?;
     Ok(())
+}
+
+/// How long the node and the system Pods must stay Ready after an outage: longer than the
+/// node controller's grace period (50 s), after which a stale view of the node's lease can
+/// no longer mark it NotReady.
+const STEADY: Duration = Duration::from_secs(60);
+
+/// Waits until the rest of the cluster is over an API server outage, so that the tests after
+/// this one do not meet its aftermath. Two were seen: CoreDNS answers NXDOMAIN for a Service
+/// made after the outage for a minute or more (its watches come back at their own pace; an
+/// agent Pod of the next test binary then failed with "Temporary failure in name
+/// resolution"), and the node controller, whose view of the node's lease was stale, marked
+/// the node and every Pod NotReady twice within the minute after the API server returned.
+async fn cluster_steady_again(client: &Client, ns: &str) -> TestResult {
+    use k8s_openapi::api::core::v1::{Node, Service};
+    let started = Instant::now();
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "dns-check"},
+                "spec": {"ports": [{"port": 80}]},
+            }))?,
+        )
+        .await?;
+    let dns: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let dns_ip = dns
+        .get("kube-dns")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .ok_or("kube-dns has no cluster IP")?;
+    let name = format!("dns-check.{ns}.svc.cluster.local");
+    eventually(
+        "CoreDNS to resolve a Service made after the outage",
+        Duration::from_secs(300),
+        || async { resolves(&dns_ip, &name).await.then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "CoreDNS resolved a new Service {:?} after the outage test's end",
+        started.elapsed()
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut ready_since: Option<Instant> = None;
+    loop {
+        let nodes_ready = nodes.list(&ListParams::default()).await.is_ok_and(|l| {
+            !l.items.is_empty()
+                && l.items.iter().all(|n| {
+                    n.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                })
+        });
+        let pods_ready = system
+            .list(&ListParams::default())
+            .await
+            .is_ok_and(|l| l.items.iter().all(pod_ready));
+        if nodes_ready && pods_ready {
+            let since = *ready_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STEADY {
+                break;
+            }
+        } else {
+            ready_since = None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node and kube-system were not Ready for {STEADY:?} within 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!(
+        "the node and kube-system Ready for {STEADY:?}, {:?} after the outage test's end",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Whether the DNS server at `server` answers an A query for `name` with a record.
+async fn resolves(server: &str, name: &str) -> bool {
+    let Ok(socket) = tokio::net::UdpSocket::bind("0.0.0.0:0").await else {
+        return false;
+    };
+    // Header: ID, recursion desired, one question; then the name, type A, class IN.
+    let mut query = vec![0x4e, 0x53, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if socket.send_to(&query, (server, 53)).await.is_err() {
+        return false;
+    }
+    let mut answer = [0u8; 512];
+    match tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut answer)).await {
+        // Same ID, no error (RCODE 0), at least one answer record.
+        Ok(Ok(n)) if n >= 12 => {
+            answer[..2] == query[..2] && answer[3] & 0x0f == 0 && (answer[6], answer[7]) != (0, 0)
+        }
+        _ => false,
+    }
 }
 
 /// Starts the API server again when dropped, so a failing test never leaves it stopped.
