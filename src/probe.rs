@@ -106,17 +106,6 @@ pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A channel to `address` that connects on first use and reconnects by itself; with
-/// `tls`, over TLS checked by that verifier. Sockets get the TCP keepalive of every plugin
-/// connection ([`TcpKeepalive`]).
-pub fn channel(
-    address: &str,
-    timeout: Duration,
-    tls: Option<Arc<PinVerifier>>,
-) -> Result<Channel, String> {
-    Ok(Probing::new(address, timeout, tls)?.channel)
-}
-
 /// A probe's channel and whether it has connected: a first probe starts over on a new
 /// connection only while the connect is still under way (see [`Prober::read_new`]).
 pub struct Probing {
@@ -125,7 +114,9 @@ pub struct Probing {
 }
 
 impl Probing {
-    /// A channel as [`channel`] makes it, noting when a connection is made.
+    /// A channel to `address` that connects on first use and reconnects by itself; with
+    /// `tls`, over TLS checked by that verifier. Sockets get the TCP keepalive of every
+    /// plugin connection ([`TcpKeepalive`]). Notes when a connection is made.
     fn new(
         address: &str,
         timeout: Duration,
@@ -1182,14 +1173,19 @@ mod tests {
     }
 
     /// `hector_operator_probes_total` of plugin `agents/NAME` (-1 when absent).
-    fn probes_of(metrics: &Metrics, name: &str) -> f64 {
-        let series =
-            format!("hector_operator_probes_total{{namespace=\"agents\",plugin=\"{name}\"}} ");
+    /// The value of one series (name and labels, as rendered) in `metrics`.
+    fn series(metrics: &Metrics, series: &str) -> Option<f64> {
+        let prefix = format!("{series} ");
         metrics
             .render()
             .lines()
-            .find_map(|l| l.strip_prefix(&series).and_then(|v| v.parse().ok()))
-            .unwrap_or(-1.0)
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.parse().ok()))
+    }
+
+    fn probes_of(metrics: &Metrics, name: &str) -> f64 {
+        let name =
+            format!("hector_operator_probes_total{{namespace=\"agents\",plugin=\"{name}\"}}");
+        series(metrics, &name).unwrap_or(-1.0)
     }
 
     /// A free loopback address.
@@ -1295,13 +1291,8 @@ mod tests {
     /// Limits far beyond the tests' own guards: only a new connection can answer in time.
     const LONG: Duration = Duration::from_secs(3600);
 
-    fn reconnects(metrics: &Metrics) -> u32 {
-        metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix("hector_operator_probe_reconnects_total "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+    fn reconnects(metrics: &Metrics) -> f64 {
+        series(metrics, "hector_operator_probe_reconnects_total").unwrap_or(0.0)
     }
 
     /// A first probe whose SYN was dropped starts over on a new connection once its answer is
@@ -1331,7 +1322,7 @@ mod tests {
         .await
         .expect("a new connection answers; the first one never would");
         assert!(reading.healthy(), "{:?}", reading.judge(&expected()));
-        assert_eq!(reconnects(&metrics), 1);
+        assert_eq!(reconnects(&metrics), 1.0);
     }
 
     /// A plugin that accepted the connection but has not answered yet keeps it: the probe
@@ -1378,7 +1369,11 @@ mod tests {
         .await
         .expect("the read ends at its limit");
         assert!(!reading.healthy());
-        assert_eq!(reconnects(&metrics), 0, "no new connection once connected");
+        assert_eq!(
+            reconnects(&metrics),
+            0.0,
+            "no new connection once connected"
+        );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert!(notifier.is_finished(), "the wake came during the read");
         holder.abort();
@@ -1403,13 +1398,13 @@ mod tests {
                 .is_err(),
             "the first connect must be waiting on its dropped SYN"
         );
-        assert_eq!(reconnects(&metrics), 0);
+        assert_eq!(reconnects(&metrics), 0.0);
         wake.notify_one();
         let reading = tokio::time::timeout(Duration::from_secs(30), read)
             .await
             .expect("the woken read answers on a new connection");
         assert!(reading.healthy(), "{:?}", reading.judge(&expected()));
-        assert_eq!(reconnects(&metrics), 1);
+        assert_eq!(reconnects(&metrics), 1.0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1465,15 +1460,7 @@ mod tests {
         // Recorded: the first refusal and the healthy answer; the refused retries between
         // them were sent (RPCs counted) but not recorded as failures.
         assert_eq!(probes_of(&metrics, "late"), 2.0);
-        let rpcs = metrics
-            .render()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("hector_operator_probe_rpcs_total ")
-                    .map(str::to_string)
-            })
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let rpcs = series(&metrics, "hector_operator_probe_rpcs_total").unwrap_or(0.0);
         assert!(
             rpcs > 6.0,
             "retries went out between the two recorded rounds: {rpcs} RPCs"
