@@ -118,6 +118,26 @@ impl Facts {
     }
 }
 
+/// How far an endpoint's Pod has come (an external endpoint is always `Ready`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Its containers run but have not all passed their startup probes. It is probed all the
+    /// same, so that a healthy reading is at hand when the Pod turns Ready (the kubelet often
+    /// reports "started" and "Ready" in one status update); its failures are not counted,
+    /// because the plugin may still be starting.
+    Starting,
+    /// Started, not Ready.
+    Started,
+    /// Ready.
+    Ready,
+}
+
+impl From<bool> for Stage {
+    fn from(ready: bool) -> Self {
+        if ready { Self::Ready } else { Self::Started }
+    }
+}
+
 /// One endpoint's probe history.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointState {
@@ -131,6 +151,8 @@ pub struct EndpointState {
     pub last_failure: Option<(FailureKind, String)>,
     /// Whether its Pod's Ready condition is true (always true for an external endpoint).
     pub ready: bool,
+    /// Whether its Pod's containers have not all started yet (failed probes are not counted).
+    pub starting: bool,
     /// `sha256:…` of the TLS certificate its last healthy probe verified (launcher-run
     /// plugins); agents pin it.
     pub fingerprint: Option<String>,
@@ -149,15 +171,24 @@ pub enum EndpointView {
 
 impl EndpointState {
     /// A new endpoint; `was_published` carries the state the status recorded.
-    pub fn new(was_published: bool, ready: bool) -> Self {
+    pub fn new(was_published: bool, stage: Stage) -> Self {
         Self {
             probed: false,
             published: was_published,
             failures: 0,
             last_failure: None,
-            ready,
+            ready: stage == Stage::Ready,
+            starting: stage == Stage::Starting,
             fingerprint: None,
         }
+    }
+
+    /// Sets how far its Pod has come; returns whether that changed whether agents may use it.
+    pub fn set_stage(&mut self, stage: Stage) -> bool {
+        let before = self.usable();
+        self.ready = stage == Stage::Ready;
+        self.starting = stage == Stage::Starting;
+        before != self.usable()
     }
 
     /// Whether agents may use it: its Pod is ready and its probes pass.
@@ -167,6 +198,9 @@ impl EndpointState {
 
     /// Applies one probe outcome; returns whether what others see changed.
     pub fn record(&mut self, outcome: &ProbeOutcome, threshold: u32) -> bool {
+        if self.starting && matches!(outcome, ProbeOutcome::Failed(..)) {
+            return false;
+        }
         let before = (self.view(threshold), self.probed);
         self.probed = true;
         match outcome {
@@ -266,7 +300,7 @@ impl Index {
     pub fn set_endpoints(
         &mut self,
         key: &PluginKey,
-        wanted: &BTreeMap<String, bool>,
+        wanted: &BTreeMap<String, Stage>,
         threshold: u32,
         carried: &[String],
         facts: Option<Facts>,
@@ -284,13 +318,15 @@ impl Index {
             }
             keep
         });
-        for (addr, ready) in wanted {
+        for (addr, stage) in wanted {
             match state.endpoints.get_mut(addr) {
-                Some(e) => e.ready = *ready,
+                Some(e) => {
+                    e.set_stage(*stage);
+                }
                 None => {
                     state.endpoints.insert(
                         addr.clone(),
-                        EndpointState::new(carried.contains(addr), *ready),
+                        EndpointState::new(carried.contains(addr), *stage),
                     );
                     changes.added.push(addr.clone());
                 }
@@ -333,21 +369,33 @@ impl Index {
         changed
     }
 
-    /// Sets the Pod readiness of an endpoint already known; returns whether that changed
-    /// whether agents may use it.
-    pub fn set_ready(&mut self, key: &PluginKey, address: &str, ready: bool) -> bool {
-        let Some(e) = self.endpoint_mut(key, address) else {
-            return false;
-        };
-        let before = e.usable();
-        e.ready = ready;
-        before != e.usable()
+    /// Sets how far the Pod of an endpoint already known has come; returns whether that
+    /// changed whether agents may use it.
+    pub fn set_stage(&mut self, key: &PluginKey, address: &str, stage: Stage) -> bool {
+        self.endpoint_mut(key, address)
+            .is_some_and(|e| e.set_stage(stage))
     }
 
     fn endpoint_mut(&mut self, key: &PluginKey, address: &str) -> Option<&mut EndpointState> {
         self.plugins
             .get_mut(key)
             .and_then(|s| s.endpoints.get_mut(address))
+    }
+
+    /// Whether the Pod of `address` of `key` is known to be Ready.
+    pub fn is_ready(&self, key: &PluginKey, address: &str) -> bool {
+        self.plugins
+            .get(key)
+            .and_then(|s| s.endpoints.get(address))
+            .is_some_and(|e| e.ready)
+    }
+
+    /// Whether the Pod of `address` of `key` has containers that have not started yet.
+    pub fn is_starting(&self, key: &PluginKey, address: &str) -> bool {
+        self.plugins
+            .get(key)
+            .and_then(|s| s.endpoints.get(address))
+            .is_some_and(|e| e.starting)
     }
 
     /// Whether agents may use `address` of `key` now.
@@ -412,8 +460,11 @@ mod tests {
         }
     }
 
-    fn ready(addrs: &[&str]) -> BTreeMap<String, bool> {
-        addrs.iter().map(|a| (a.to_string(), true)).collect()
+    fn ready(addrs: &[&str]) -> BTreeMap<String, Stage> {
+        addrs
+            .iter()
+            .map(|a| (a.to_string(), Stage::Ready))
+            .collect()
     }
 
     fn fail(kind: FailureKind) -> ProbeOutcome {
@@ -500,18 +551,52 @@ mod tests {
     #[test]
     fn a_healthy_endpoint_of_an_unready_pod_is_not_published() {
         let mut index = Index::default();
-        let mut wanted = BTreeMap::from([("a:1".to_string(), false)]);
+        let mut wanted = BTreeMap::from([("a:1".to_string(), Stage::Started)]);
         index.set_endpoints(&key(), &wanted, 3, &[], None);
         index.record(&key(), "a:1", &ProbeOutcome::Healthy(None));
         let state = index.get(&key()).expect("known");
         assert!(state.published().is_empty());
         assert_eq!(state.views()[0].1, EndpointView::Pending);
-        assert!(index.set_ready(&key(), "a:1", true), "usable now");
-        assert!(!index.set_ready(&key(), "a:1", true), "no change");
-        assert!(!index.set_ready(&key(), "b:1", true), "unknown endpoint");
-        wanted.insert("a:1".into(), true);
+        assert!(index.set_stage(&key(), "a:1", Stage::Ready), "usable now");
+        assert!(!index.set_stage(&key(), "a:1", Stage::Ready), "no change");
+        assert!(
+            !index.set_stage(&key(), "b:1", Stage::Ready),
+            "unknown endpoint"
+        );
+        wanted.insert("a:1".into(), Stage::Ready);
         let changes = index.set_endpoints(&key(), &wanted, 3, &[], None);
         assert!(changes.added.is_empty(), "same endpoint, now ready");
+        assert_eq!(index.get(&key()).expect("known").published(), ["a:1"]);
+    }
+
+    #[test]
+    fn a_starting_pod_counts_no_failure_and_a_healthy_reading_waits_for_ready() {
+        let mut index = Index::default();
+        let wanted = BTreeMap::from([("a:1".to_string(), Stage::Starting)]);
+        index.set_endpoints(&key(), &wanted, 1, &[], None);
+        let refused = fail(FailureKind::Unreachable);
+        assert!(!index.record(&key(), "a:1", &refused), "not counted");
+        let state = index.get(&key()).expect("known");
+        assert_eq!(state.views()[0].1, EndpointView::Pending);
+        assert_eq!(state.endpoints["a:1"].failures, 0);
+        index.record(&key(), "a:1", &ProbeOutcome::Healthy(None));
+        assert!(index.get(&key()).expect("known").published().is_empty());
+        assert!(
+            !index.set_stage(&key(), "a:1", Stage::Started),
+            "not Ready yet"
+        );
+        // Started: failures count again (threshold 1 here).
+        index.record(&key(), "a:1", &refused);
+        assert!(matches!(
+            index.get(&key()).expect("known").views()[0].1,
+            EndpointView::Unhealthy(FailureKind::Unreachable, _)
+        ));
+        index.record(&key(), "a:1", &ProbeOutcome::Healthy(None));
+        // The healthy reading taken before Ready publishes the moment the Pod turns Ready.
+        assert!(
+            index.set_stage(&key(), "a:1", Stage::Ready),
+            "usable at once"
+        );
         assert_eq!(index.get(&key()).expect("known").published(), ["a:1"]);
     }
 

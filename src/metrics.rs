@@ -93,6 +93,7 @@ pub struct Metrics {
     probe_duration: Histogram,
     probe_rpcs: Counter,
     probe_reconnects: Counter,
+    ready_before_healthy: Counter,
     probe_targets: Gauge,
     probes: Family<Labels, Counter>,
     probe_failures: Family<Labels, Counter>,
@@ -164,8 +165,14 @@ impl Default for Metrics {
         let probe_reconnects = Counter::default();
         registry.register(
             "probe_reconnects",
-            "Probes of a new address started over on a new connection because its Pod turned Ready while the first connect was still under way",
+            "Probes of a new address started over on a new connection because the connect was late or its Pod turned Ready before it connected",
             probe_reconnects.clone(),
+        );
+        let ready_before_healthy = Counter::default();
+        registry.register(
+            "pods_ready_before_healthy",
+            "Plugin Pods seen turning Ready before a probe of theirs had passed, so that their publication waited for a probe",
+            ready_before_healthy.clone(),
         );
         let probe_targets = Gauge::default();
         registry.register(
@@ -264,6 +271,7 @@ impl Default for Metrics {
             probe_duration,
             probe_rpcs,
             probe_reconnects,
+            ready_before_healthy,
             probe_targets,
             probes,
             probe_failures,
@@ -312,6 +320,11 @@ impl Metrics {
     /// A probe of a new address started over on a new connection.
     pub fn probe_reconnected(&self) {
         self.probe_reconnects.inc();
+    }
+
+    /// A plugin Pod turned Ready before any probe of it had passed.
+    pub fn ready_before_healthy(&self) {
+        self.ready_before_healthy.inc();
     }
 
     /// The number of distinct addresses probed.

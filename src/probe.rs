@@ -28,7 +28,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::index::{EndpointChanges, Facts, FailureKind, Index, PluginKey, ProbeOutcome};
+use crate::index::{EndpointChanges, Facts, FailureKind, Index, PluginKey, ProbeOutcome, Stage};
 use crate::metrics::Metrics;
 
 /// What a plugin must report about itself.
@@ -590,7 +590,7 @@ impl Prober {
         key: &PluginKey,
         spec: ProbeSpec,
         threshold: u32,
-        wanted: &BTreeMap<String, bool>,
+        wanted: &BTreeMap<String, Stage>,
         carried: &[String],
         facts: Option<Facts>,
     ) -> bool {
@@ -929,12 +929,22 @@ impl Prober {
                 (key.clone(), outcome)
             })
             .collect();
+        // A failure of a Pod still starting is not counted, in the metrics either (an alert
+        // on failed probes must not fire for a plugin that is merely loading).
+        let starting: Vec<bool> = {
+            let index = lock(&self.index);
+            outcomes
+                .iter()
+                .map(|(key, _)| index.is_starting(key, &target.address))
+                .collect()
+        };
         {
             // Under the specs lock: once `forget` has removed the spec, no probe still in
             // flight brings the deleted plugin's series back.
             let specs = lock(&self.specs);
-            for (key, outcome) in &outcomes {
-                if specs.contains_key(key) {
+            for ((key, outcome), starting) in outcomes.iter().zip(starting) {
+                let uncounted = starting && matches!(outcome, ProbeOutcome::Failed(..));
+                if specs.contains_key(key) && !uncounted {
                     self.metrics.observe_probe(
                         key,
                         match outcome {
@@ -1141,7 +1151,7 @@ mod tests {
                 &key(name),
                 spec.clone(),
                 3,
-                &BTreeMap::from([(address.clone(), true)]),
+                &BTreeMap::from([(address.clone(), Stage::Ready)]),
                 &[],
                 None,
             );
@@ -1434,7 +1444,7 @@ mod tests {
             &key,
             spec,
             1,
-            &BTreeMap::from([(endpoint.clone(), true)]),
+            &BTreeMap::from([(endpoint.clone(), Stage::Ready)]),
             &[],
             None,
         );
@@ -1465,6 +1475,82 @@ mod tests {
             rpcs > 6.0,
             "retries went out between the two recorded rounds: {rpcs} RPCs"
         );
+        prober.stop_all();
+    }
+
+    /// A Pod whose containers run but have not started is probed: its refusals count
+    /// nowhere (not in its state, not in the metrics), and the healthy answer that follows is
+    /// at hand when the Pod turns Ready.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_starting_pod_is_probed_without_counting_its_refusals() {
+        let address = free_address();
+        let metrics = Arc::new(Metrics::default());
+        let prober = Prober::new(
+            Arc::new(Mutex::new(Index::default())),
+            broadcast::channel(16).0,
+            Arc::clone(&metrics),
+            TokenSource::none(),
+        );
+        let key = PluginKey {
+            namespace: "agents".into(),
+            name: "loading".into(),
+        };
+        let spec = ProbeSpec {
+            identity: expected(),
+            period: Duration::from_secs(3600),
+            timeout: Duration::from_secs(2),
+            secure: false,
+            pod_uids: BTreeMap::new(),
+        };
+        let endpoint = address.to_string();
+        // Threshold 1: a single counted refusal would make the endpoint unhealthy.
+        prober.set(
+            &key,
+            spec,
+            1,
+            &BTreeMap::from([(endpoint.clone(), Stage::Starting)]),
+            &[],
+            None,
+        );
+        let rpcs = || series(&metrics, "hector_operator_probe_rpcs_total").unwrap_or(0.0);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while rpcs() < 2.0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("refused probes went out");
+        let state = |prober: &Prober| {
+            prober
+                .index()
+                .get(&key)
+                .and_then(|s| s.endpoints.get(&endpoint).cloned())
+                .expect("known")
+        };
+        let refused = state(&prober);
+        assert_eq!(refused.failures, 0);
+        assert_eq!(refused.view(1), crate::index::EndpointView::Pending);
+        assert_eq!(probes_of(&metrics, "loading"), -1.0, "no probe counted");
+        assert!(
+            !metrics
+                .render()
+                .contains("hector_operator_probe_failures_total{")
+        );
+
+        start_quiet(address).await;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !state(&prober).published {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("a healthy answer while starting");
+        assert!(!state(&prober).usable(), "not Ready yet");
+        assert!(
+            prober.index().set_stage(&key, &endpoint, Stage::Ready),
+            "usable the moment its Pod turns Ready"
+        );
+        assert_eq!(probes_of(&metrics, "loading"), 1.0, "the healthy probe");
         prober.stop_all();
     }
 

@@ -522,7 +522,7 @@ pub type WrittenByNamespace = HashMap<String, Written>;
 mod tests {
     use super::*;
     use crate::build::fixtures;
-    use crate::index::{Index, PluginKey, ProbeOutcome};
+    use crate::index::{Index, PluginKey, ProbeOutcome, Stage};
 
     fn state(published: &[&str]) -> PluginState {
         let mut index = Index::default();
@@ -530,8 +530,10 @@ mod tests {
             namespace: "agents".into(),
             name: "x".into(),
         };
-        let wanted: BTreeMap<String, bool> =
-            published.iter().map(|s| (s.to_string(), true)).collect();
+        let wanted: BTreeMap<String, Stage> = published
+            .iter()
+            .map(|s| (s.to_string(), Stage::Ready))
+            .collect();
         index.set_endpoints(&key, &wanted, 3, &[], None);
         for a in wanted.keys() {
             index.record(&key, a, &ProbeOutcome::Healthy(None));
@@ -594,9 +596,9 @@ mod tests {
             name: "x".into(),
         };
         let mut index = Index::default();
-        let both: BTreeMap<String, bool> = [
-            ("10.0.0.1:1".to_string(), true),
-            ("10.0.0.2:1".to_string(), true),
+        let both: BTreeMap<String, Stage> = [
+            ("10.0.0.1:1".to_string(), Stage::Ready),
+            ("10.0.0.2:1".to_string(), Stage::Ready),
         ]
         .into();
         index.set_endpoints(&key, &both, 3, &[], None);

@@ -29,7 +29,7 @@ use crate::cache_index::{self, Cache, CacheIndex};
 use crate::config::{ConfigError, ResolvedConfig, resolve};
 use crate::crd::{HectorPlugin, HectorPluginStatus};
 use crate::event_queue::{self, EventQueue};
-use crate::index::{Facts, PluginKey};
+use crate::index::{Facts, PluginKey, Stage};
 use crate::metrics::{Metrics, PluginState};
 use crate::mounts;
 use crate::multiwatch;
@@ -216,8 +216,8 @@ impl Default for Indexes {
 /// What the prober is told for one plugin.
 struct ProbePlan {
     spec: ProbeSpec,
-    /// Endpoint addresses, with whether each one's Pod is Ready.
-    wanted: BTreeMap<String, bool>,
+    /// Endpoint addresses, with how far each one's Pod has come.
+    wanted: BTreeMap<String, Stage>,
     /// Failed probes before an endpoint is unpublished.
     threshold: u32,
 }
@@ -408,12 +408,23 @@ fn endpoint_address(ip: &str, port: i32) -> String {
     }
 }
 
-/// Whether a Pod's containers passed their startup probes (its endpoint can be probed).
-fn pod_started(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.started == Some(true)))
+/// How far a Pod has come, if its endpoint is to be probed at all: once every container runs
+/// (its Ready condition may turn true in the same update that says its containers started).
+fn pod_stage(p: &Pod) -> Option<Stage> {
+    if pod_ready(p) {
+        return Some(Stage::Ready);
+    }
+    let containers = p.status.as_ref()?.container_statuses.as_ref()?;
+    if containers.is_empty() {
+        return None;
+    }
+    if containers.iter().all(|c| c.started == Some(true)) {
+        return Some(Stage::Started);
+    }
+    containers
+        .iter()
+        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .then_some(Stage::Starting)
 }
 
 impl Ctx {
@@ -509,14 +520,14 @@ impl Ctx {
         out
     }
 
-    /// Endpoints of the plugin's started Pods, with whether each Pod is Ready.
-    fn pod_endpoints(&self, plugin: &HectorPlugin) -> BTreeMap<String, bool> {
+    /// Endpoints of the plugin's running Pods, with how far each Pod has come.
+    fn pod_endpoints(&self, plugin: &HectorPlugin) -> BTreeMap<String, Stage> {
         self.plugin_pods(plugin)
             .iter()
-            .filter(|p| pod_ready(p) || pod_started(p))
             .filter_map(|p| {
+                let stage = pod_stage(p)?;
                 let ip = p.status.as_ref()?.pod_ip.as_ref()?;
-                Some((endpoint_address(ip, plugin.spec.port), pod_ready(p)))
+                Some((endpoint_address(ip, plugin.spec.port), stage))
             })
             .collect()
     }
@@ -546,7 +557,7 @@ impl Ctx {
                 },
             },
             wanted: match &spec.endpoint {
-                Some(endpoint) => BTreeMap::from([(endpoint.clone(), true)]),
+                Some(endpoint) => BTreeMap::from([(endpoint.clone(), Stage::Ready)]),
                 None => self.pod_endpoints(plugin),
             },
             threshold: u32::try_from(spec.health.failure_threshold).unwrap_or(3),
@@ -819,13 +830,19 @@ impl Ctx {
     /// The fast path of publication: a Pod turning Ready (or not) changes what is published
     /// at once, without waiting for its plugin's reconcile.
     fn pod_readiness(&self, event: &Result<watcher::Event<Pod>, watcher::Error>) {
-        let (pod, ready) = match event {
+        let (pod, stage) = match event {
             Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                (p, pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+                let stage = pod_stage(p);
+                if p.metadata.deletion_timestamp.is_some() && stage == Some(Stage::Ready) {
+                    (p, Some(Stage::Started))
+                } else {
+                    (p, stage)
+                }
             }
-            Ok(watcher::Event::Delete(p)) => (p, false),
+            Ok(watcher::Event::Delete(p)) => (p, None),
             _ => return,
         };
+        let ready = stage == Some(Stage::Ready);
         let (Some(ns), Some(name)) = (pod.namespace(), pod.labels().get(PLUGIN_LABEL)) else {
             return;
         };
@@ -849,15 +866,20 @@ impl Ctx {
         let key = key_of(&plugin);
         let address = endpoint_address(ip, plugin.spec.port);
         let known = self.shared.prober.index().wants(&key, &address);
-        if !known && (ready || pod_started(pod)) {
-            // A Pod whose containers just started is probed now, not after its plugin's
+        if !known && stage.is_some() {
+            // A Pod whose containers just began to run is probed now, not after its plugin's
             // reconcile has come round: the probe is what publication waits for.
             let _ = self.probe_now(&plugin);
         }
         let (became_usable, usable) = {
             let mut index = self.shared.prober.index();
-            let changed = index.set_ready(&key, &address, ready);
-            (changed, index.usable(&key, &address))
+            let was_ready = index.is_ready(&key, &address);
+            let changed = index.set_stage(&key, &address, stage.unwrap_or(Stage::Started));
+            let usable = index.usable(&key, &address);
+            if ready && !was_ready && !usable {
+                self.shared.metrics.ready_before_healthy();
+            }
+            (changed, usable)
         };
         if became_usable {
             let _ = self.publish.send(ns);
@@ -1852,6 +1874,74 @@ mod scale_tests;
 mod tests {
     use super::*;
     use crate::build::fixtures;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
+        PodCondition, PodStatus,
+    };
+
+    fn pod_with(containers: Vec<(bool, bool)>, ready: bool) -> Pod {
+        Pod {
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                container_statuses: Some(
+                    containers
+                        .into_iter()
+                        .map(|(running, started)| ContainerStatus {
+                            started: Some(started),
+                            state: Some(if running {
+                                ContainerState {
+                                    running: Some(ContainerStateRunning::default()),
+                                    ..Default::default()
+                                }
+                            } else {
+                                ContainerState {
+                                    waiting: Some(ContainerStateWaiting::default()),
+                                    ..Default::default()
+                                }
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A Pod is probed once every container runs; it counts as started once every container
+    /// has passed its startup probe, and Ready wins over both.
+    #[test]
+    fn a_pods_stage_follows_its_containers() {
+        assert_eq!(pod_stage(&Pod::default()), None);
+        assert_eq!(pod_stage(&pod_with(vec![], false)), None);
+        assert_eq!(pod_stage(&pod_with(vec![(false, false)], false)), None);
+        assert_eq!(
+            pod_stage(&pod_with(vec![(true, false), (false, false)], false)),
+            None,
+            "a sidecar still waiting"
+        );
+        assert_eq!(
+            pod_stage(&pod_with(vec![(true, false)], false)),
+            Some(Stage::Starting)
+        );
+        assert_eq!(
+            pod_stage(&pod_with(vec![(true, true), (true, false)], false)),
+            Some(Stage::Starting)
+        );
+        assert_eq!(
+            pod_stage(&pod_with(vec![(true, true), (true, true)], false)),
+            Some(Stage::Started)
+        );
+        assert_eq!(
+            pod_stage(&pod_with(vec![(true, true)], true)),
+            Some(Stage::Ready)
+        );
+    }
 
     /// A receiver that fell behind says so once (the controller then reconciles every
     /// plugin), and goes on with the values still held.

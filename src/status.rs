@@ -637,7 +637,7 @@ pub fn transitions(old: Option<&HectorPluginStatus>, new: &HectorPluginStatus) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Facts, Index, PluginKey, ProbeOutcome};
+    use crate::index::{Facts, Index, PluginKey, ProbeOutcome, Stage};
     use std::collections::BTreeMap;
 
     fn now() -> Timestamp {
@@ -692,7 +692,7 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("10.0.0.1:50051".to_string(), true)]),
+            &BTreeMap::from([("10.0.0.1:50051".to_string(), Stage::Ready)]),
             3,
             &[],
             None,
@@ -806,7 +806,7 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("10.0.0.1:50051".to_string(), true)]),
+            &BTreeMap::from([("10.0.0.1:50051".to_string(), Stage::Ready)]),
             3,
             &[],
             None,
@@ -829,7 +829,10 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("a:1".to_string(), true), ("b:1".to_string(), true)]),
+            &BTreeMap::from([
+                ("a:1".to_string(), Stage::Ready),
+                ("b:1".to_string(), Stage::Ready),
+            ]),
             1,
             &[],
             None,
@@ -858,7 +861,7 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("a:1".to_string(), true)]),
+            &BTreeMap::from([("a:1".to_string(), Stage::Ready)]),
             3,
             &[],
             None,
@@ -888,7 +891,7 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("a:1".to_string(), true)]),
+            &BTreeMap::from([("a:1".to_string(), Stage::Ready)]),
             3,
             &[],
             None,
@@ -938,7 +941,10 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &addresses.iter().map(|a| (a.to_string(), true)).collect(),
+            &addresses
+                .iter()
+                .map(|a| (a.to_string(), Stage::Ready))
+                .collect(),
             3,
             &[],
             None,
@@ -995,7 +1001,7 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("a:1".to_string(), true)]),
+            &BTreeMap::from([("a:1".to_string(), Stage::Ready)]),
             3,
             &[],
             None,
@@ -1157,7 +1163,7 @@ mod tests {
         let mut index = Index::default();
         index.set_endpoints(
             &key(),
-            &BTreeMap::from([("a:1".to_string(), false)]),
+            &BTreeMap::from([("a:1".to_string(), Stage::Started)]),
             1,
             &[],
             None,

@@ -1210,6 +1210,18 @@ async fn a_slow_plugin_within_a_raised_startup_window_is_not_restarted() -> Test
     assert_eq!(pods.len(), 1);
     assert_eq!(restarts(&pods[0]), 0);
     assert!(!condition_is(&p, "Stalled", "True", "PodsFailing"));
+    // It was probed from the moment its container ran, about 20 periods before it served:
+    // none of those failures counted, so nothing said it was unhealthy.
+    let failures: Vec<String> = events_of(&client, &ns.name, "slow")
+        .await
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .filter(|r| r == "Unreachable" || r == "PluginUnhealthy")
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "failures counted while loading: {failures:?}"
+    );
     Ok(())
 }
 

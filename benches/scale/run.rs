@@ -232,9 +232,42 @@ async fn scale_up(
         namespaces::wait_default_account(client, ns, config.timeout).await?;
     }
     wait_services(client, layout.real().count(), config.timeout).await?;
+    let before = scrape(client).await;
     let l = latency::scale_up(client, layout, config.timeout).await?;
+    let after = scrape(client).await;
     report_latency(&l, column);
+    report_publication_path(before.as_ref(), after.as_ref(), column);
     Ok(())
+}
+
+/// What the operator's side of the scale-up's publications consisted of: Pods that turned
+/// Ready before a probe of theirs had passed (their publication waited for one), first probes
+/// started over, and the time from a request to publish to the ConfigMap written.
+fn report_publication_path(a: Option<&Sample>, b: Option<&Sample>, column: &mut Column) {
+    let grew = |name| a.zip(b).and_then(|(a, b)| metrics::growth(a, b, name));
+    column.add(
+        "scale-up: Pods Ready before a passing probe",
+        or_na(
+            grew("hector_operator_pods_ready_before_healthy_total"),
+            "",
+            0,
+        ),
+    );
+    column.add(
+        "scale-up: first probes started over",
+        or_na(grew("hector_operator_probe_reconnects_total"), "", 0),
+    );
+    let q = |q| {
+        a.zip(b).and_then(|(a, b)| {
+            metrics::quantile_between(a, b, "hector_operator_publication_duration_seconds", q)
+                .ok()
+                .map(|s| s * 1000.0)
+        })
+    };
+    column.add(
+        "scale-up: publish request → ConfigMap written p50 / p99",
+        format!("{} / {}", or_na(q(0.5), " ms", 1), or_na(q(0.99), " ms", 1)),
+    );
 }
 
 async fn wait_services(client: &Client, want: usize, timeout: Duration) -> Result<(), Error> {
