@@ -507,6 +507,42 @@ pub fn needs_write(
     }
 }
 
+/// The resourceVersion a replace of the ConfigMap must be conditioned on: the one the watch
+/// shows, unless the watch still shows the version our own last write replaced (it lags
+/// behind our writes), in which case the version that write produced.
+pub fn base_version(cached: &str, written: Option<&Written>) -> String {
+    match written {
+        Some(w) if !w.caught_up && w.before.as_deref() == Some(cached) => w.after.clone(),
+        _ => cached.to_string(),
+    }
+}
+
+/// The ConfigMap to replace `live` with: `live` as it is (others' keys, labels and
+/// annotations stay), with `rendered` under [`OWN_KEYS`], `labels` added, conditioned on
+/// `resource_version`. No managedFields are sent, so the API server keeps its own record.
+pub fn replacement(
+    live: &ConfigMap,
+    rendered: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    resource_version: String,
+) -> ConfigMap {
+    let mut cm = live.clone();
+    cm.metadata.managed_fields = None;
+    cm.metadata.resource_version = Some(resource_version);
+    cm.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let data = cm.data.get_or_insert_with(BTreeMap::new);
+    for key in OWN_KEYS {
+        match rendered.get(key) {
+            Some(v) => data.insert(key.to_string(), v.clone()),
+            None => data.remove(key),
+        };
+    }
+    cm
+}
+
 /// A parsed endpoints document from a ConfigMap, if it holds a readable one.
 pub fn parse_existing(cm: &ConfigMap) -> Option<EndpointsFile> {
     cm.data
@@ -785,6 +821,65 @@ mod tests {
             Some(("10", &data("edited"))),
             Some(&mut created)
         ));
+    }
+
+    #[test]
+    fn a_replace_is_conditioned_on_our_own_write_while_the_watch_lags() {
+        let written = |caught_up| Written {
+            before: Some("10".into()),
+            after: "12".into(),
+            data: BTreeMap::new(),
+            caught_up,
+        };
+        assert_eq!(base_version("10", None), "10");
+        // The watch still shows the version our write replaced.
+        assert_eq!(base_version("10", Some(&written(false))), "12");
+        // It shows our write, or someone else's after it: the watch's version.
+        assert_eq!(base_version("12", Some(&written(true))), "12");
+        assert_eq!(base_version("15", Some(&written(false))), "15");
+    }
+
+    #[test]
+    fn a_replacement_keeps_what_others_added_and_sends_no_managed_fields() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let live = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                name: Some("hector-plugins".into()),
+                namespace: Some("agents".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("7".into()),
+                labels: Some(BTreeMap::from([("team".to_string(), "a".to_string())])),
+                annotations: Some(BTreeMap::from([(
+                    "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                    "{}".to_string(),
+                )])),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([
+                (ENDPOINTS_KEY.to_string(), "old".to_string()),
+                (PLUGINS_YAML_KEY.to_string(), "old".to_string()),
+                ("notes".to_string(), "by hand".to_string()),
+            ])),
+            ..Default::default()
+        };
+        let rendered = BTreeMap::from([
+            (ENDPOINTS_KEY.to_string(), "new".to_string()),
+            (PLUGINS_YAML_KEY.to_string(), "new".to_string()),
+        ]);
+        let ours = BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "x".to_string())]);
+        let cm = replacement(&live, &rendered, &ours, "9".into());
+        let data = cm.data.as_ref().expect("data");
+        assert_eq!(data[ENDPOINTS_KEY], "new");
+        assert_eq!(data[PLUGINS_YAML_KEY], "new");
+        assert_eq!(data["notes"], "by hand");
+        let labels = cm.metadata.labels.as_ref().expect("labels");
+        assert_eq!(labels["team"], "a");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "x");
+        assert_eq!(cm.metadata.annotations, live.metadata.annotations);
+        assert_eq!(cm.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(cm.metadata.resource_version.as_deref(), Some("9"));
+        assert!(cm.metadata.managed_fields.is_none());
     }
 
     #[test]

@@ -1483,14 +1483,38 @@ async fn publish_namespace(
             api.create(&params, &cm).await?
         }
         Some(live) => {
-            let mut cm = cm;
-            cm.metadata.uid = live.metadata.uid.clone();
-            api.patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&cm),
-            )
-            .await?
+            // A replace conditioned on the version we know costs the API server less than a
+            // server-side apply of the whole object (no field sets to merge), and this write
+            // is on the path from a Pod turning Ready to agents seeing it. It keeps what others
+            // added to the object; if someone wrote since the version we know, it is refused
+            // and the apply below merges into whatever is there, as it always did.
+            let base = publish::base_version(
+                live.metadata
+                    .resource_version
+                    .as_deref()
+                    .unwrap_or_default(),
+                lock(written).get(ns),
+            );
+            let replacement = publish::replacement(live, &data, &endpoints_labels(), base);
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match api.replace(name, &params, &replacement).await {
+                Ok(after) => after,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::debug!(namespace = %ns, configmap = %name, "endpoints ConfigMap changed by someone else; applying");
+                    let mut cm = cm;
+                    cm.metadata.uid = live.metadata.uid.clone();
+                    api.patch(
+                        name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&cm),
+                    )
+                    .await?
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     ctx.shared.metrics.configmap_written(ns);
@@ -1728,7 +1752,9 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         managed,
         configmaps_writer,
         "configmaps",
-        trim::object,
+        // Kept whole but for managedFields: the endpoints ConfigMap is replaced from this
+        // copy, which must not lose anything someone else put on it.
+        trim::managed_fields,
     );
     let configmap_stream = configmap_events.touched_objects().inspect(move |cm| {
         // Someone else changed or deleted the endpoints ConfigMap: render it again.

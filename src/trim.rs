@@ -20,6 +20,12 @@ pub fn metadata(meta: &mut ObjectMeta) {
     }
 }
 
+/// Only `managedFields`: for objects the operator writes back whole (the endpoints
+/// ConfigMap, replaced from the cached copy), so that nothing else of theirs is lost.
+pub fn managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// Any object, by its metadata.
 pub fn object<K: kube::Resource>(obj: &mut K) {
     metadata(obj.meta_mut());
@@ -74,5 +80,24 @@ mod tests {
         };
         metadata(&mut only_last_applied);
         assert_eq!(only_last_applied.annotations, None);
+    }
+
+    #[test]
+    fn an_object_written_back_whole_loses_only_its_managed_fields() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let meta = ObjectMeta {
+            name: Some("hector-plugins".into()),
+            annotations: Some([(LAST_APPLIED.to_string(), "{}".to_string())].into()),
+            ..Default::default()
+        };
+        let mut cm = ConfigMap {
+            metadata: ObjectMeta {
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..meta.clone()
+            },
+            ..Default::default()
+        };
+        managed_fields(&mut cm);
+        assert_eq!(cm.metadata, meta);
     }
 }

@@ -13,7 +13,7 @@ use hector_plugin_sdk::endpoints::EndpointsFile;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -221,6 +221,100 @@ async fn a_foreign_endpoints_configmap_is_not_taken_over() -> TestResult {
     assert_eq!(
         serde_json::to_value(cms.get("hector-plugins").await?)?,
         before
+    );
+    Ok(())
+}
+
+/// What someone adds to the operator's own endpoints ConfigMap (a key, a label, kubectl's
+/// last-applied annotation) survives the operator's next publication, which replaces the
+/// object conditioned on the version it knows (no server-side apply on that path).
+#[tokio::test]
+async fn what_others_add_to_the_endpoints_configmap_survives_publication() -> TestResult {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "trust-keep").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("echo", echo_spec())).await;
+    let endpoints = |n: usize| {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        move || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                endpoints_file(&client, &ns).await.filter(|f| {
+                    f.plugins
+                        .get("echo")
+                        .is_some_and(|p| p.endpoints.len() == n)
+                })
+            }
+        }
+    };
+    eventually("echo published", Duration::from_secs(120), endpoints(1)).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let last_applied = r#"{"data":{"notes":"by hand"}}"#;
+    cms.patch(
+        "hector-plugins",
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {
+                "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": last_applied},
+            },
+            "data": {"notes": "by hand"},
+        })),
+    )
+    .await?;
+    // A second endpoint: a publication.
+    api.patch(
+        "echo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 2}})),
+    )
+    .await?;
+    eventually(
+        "two endpoints published",
+        Duration::from_secs(120),
+        endpoints(2),
+    )
+    .await;
+    let cm = cms.get("hector-plugins").await?;
+    assert_eq!(cm.labels().get("team").map(String::as_str), Some("a"));
+    assert_eq!(
+        cm.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("hector-operator")
+    );
+    assert_eq!(
+        cm.annotations()
+            .get("kubectl.kubernetes.io/last-applied-configuration")
+            .map(String::as_str),
+        Some(last_applied)
+    );
+    let data = cm.data.clone().unwrap_or_default();
+    assert_eq!(data.get("notes").map(String::as_str), Some("by hand"));
+    assert!(data.contains_key("plugins.yaml"));
+    let operations: Vec<(String, String)> = cm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.manager.clone().unwrap_or_default(),
+                m.operation.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        operations
+            .iter()
+            .any(|(m, o)| m == "hector-operator" && o == "Update"),
+        "{operations:?}"
+    );
+    assert!(
+        !operations
+            .iter()
+            .any(|(m, o)| m == "hector-operator" && o == "Apply"),
+        "published by a server-side apply: {operations:?}"
     );
     Ok(())
 }

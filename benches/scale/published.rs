@@ -45,12 +45,15 @@ pub fn watch(client: &Client) -> (Task, mpsc::UnboundedReceiver<Seen>) {
     let api: Api<ConfigMap> = Api::all(client.clone());
     let config = watcher::Config::default().fields(&format!("metadata.name={CONFIG_MAP}"));
     let task = tokio::spawn(watcher(api, config).applied_objects().for_each(move |cm| {
+        // Stamped before parsing, as the Pod and EndpointSlice events are: what this program
+        // does with an event is not the operator's latency.
+        let at = Instant::now();
         if let Ok(cm) = cm
             && let Some(namespace) = cm.namespace().filter(|n| namespaces::is_plugins(n))
             && let Some(file) = endpoints_file(&cm)
         {
             let _ = tx.send(Seen {
-                at: Instant::now(),
+                at,
                 namespace,
                 file,
             });

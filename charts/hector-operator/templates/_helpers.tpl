@@ -115,10 +115,15 @@ differs, so the default rendering runs the same command line as deploy/.
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["list", "watch"]
-# Plugin Services, plugin config ConfigMaps and the endpoints ConfigMap.
+# Plugin Services.
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
+  resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Plugin config ConfigMaps and the endpoints ConfigMap (replaced, conditioned on its
+# resourceVersion, when it is published: cheaper for the API server than an apply).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
