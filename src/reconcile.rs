@@ -865,7 +865,11 @@ impl Ctx {
         }
         let key = key_of(&plugin);
         let address = endpoint_address(ip, plugin.spec.port);
-        let known = self.shared.prober.index().wants(&key, &address);
+        // Read before `probe_now`, which adds a new endpoint with the stage it has now.
+        let (known, was_ready) = {
+            let index = self.shared.prober.index();
+            (index.wants(&key, &address), index.is_ready(&key, &address))
+        };
         if !known && stage.is_some() {
             // A Pod whose containers just began to run is probed now, not after its plugin's
             // reconcile has come round: the probe is what publication waits for.
@@ -873,7 +877,6 @@ impl Ctx {
         }
         let (became_usable, usable) = {
             let mut index = self.shared.prober.index();
-            let was_ready = index.is_ready(&key, &address);
             let changed = index.set_stage(&key, &address, stage.unwrap_or(Stage::Started));
             let usable = index.usable(&key, &address);
             if ready && !was_ready && !usable {

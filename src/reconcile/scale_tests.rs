@@ -153,6 +153,8 @@ struct World {
     ctx: Arc<Ctx>,
     /// The plugin cache's writer, for events a test makes the watch deliver.
     plugin_writer: Writer<HectorPlugin>,
+    /// The Pod cache's writer, likewise.
+    pod_writer: Writer<Pod>,
     plugins: Vec<Arc<HectorPlugin>>,
     namespaces: usize,
     accepted: Arc<Vec<AtomicUsize>>,
@@ -242,8 +244,8 @@ async fn world(n: usize) -> World {
     let indexes = Indexes::default();
     let (plugin_store, mut plugin_writer) = reflector::store();
     list(&mut plugin_writer, Some(&indexes.plugins), plugins.clone());
-    let (pod_store, mut w) = reflector::store();
-    list(&mut w, Some(&indexes.pods), pods);
+    let (pod_store, mut pod_writer) = reflector::store();
+    list(&mut pod_writer, Some(&indexes.pods), pods);
     let (rs_store, mut w) = reflector::store();
     list(&mut w, Some(&indexes.replicasets), sets);
     let (event_store, mut w) = reflector::store();
@@ -279,6 +281,7 @@ async fn world(n: usize) -> World {
     World {
         ctx,
         plugin_writer,
+        pod_writer,
         plugins,
         namespaces,
         accepted,
@@ -452,4 +455,78 @@ async fn a_written_status_is_held_only_until_the_cache_shows_it() {
         seen(&mut w, &p);
     }
     assert_eq!(copies(&w), 0);
+}
+
+/// `hector_operator_pods_ready_before_healthy_total` counts a Pod first seen already Ready (no
+/// probe of it can have passed), and not one whose probe passed while it was starting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_first_seen_ready_counts_as_ready_before_a_passing_probe() {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning};
+    let mut w = world(100).await;
+    // As the Pod watch does: the cache and its index first, then the fast path.
+    let deliver = |w: &mut World, pod: Pod| {
+        let event = WatchEvent::Apply(pod);
+        w.pod_writer.apply_watcher_event(&event);
+        w.ctx.indexes.pods.apply(&event);
+        w.ctx.pod_readiness(&Ok(event));
+    };
+    let counted = |w: &World| {
+        w.ctx
+            .shared
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("hector_operator_pods_ready_before_healthy_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let run = w
+        .ctx
+        .plugins
+        .get(&ObjectRef::new("run").within("team-0"))
+        .expect("plugin run");
+    let key = key_of(&run);
+    assert_eq!(counted(&w), 0.0);
+
+    // Seen for the first time already Ready: publication has to wait for a probe.
+    let ready = pod("team-0", "run", 7, "rs-team-0", "127.0.200.1");
+    deliver(&mut w, ready);
+    assert_eq!(counted(&w), 1.0);
+
+    // Seen starting, found healthy, then Ready: published at once, not counted.
+    let mut starting = pod("team-0", "run", 8, "rs-team-0", "127.0.200.2");
+    if let Some(status) = starting.status.as_mut() {
+        status.conditions = Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            ..Default::default()
+        }]);
+        status.container_statuses = Some(vec![ContainerStatus {
+            name: "plugin".into(),
+            started: Some(false),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+    }
+    deliver(&mut w, starting);
+    let address = endpoint_address("127.0.200.2", run.spec.port);
+    assert!(w.ctx.shared.prober.index().is_starting(&key, &address));
+    w.ctx
+        .shared
+        .prober
+        .index()
+        .record(&key, &address, &crate::index::ProbeOutcome::Healthy(None));
+    w.ctx.pod_readiness(&Ok(WatchEvent::Apply(pod(
+        "team-0",
+        "run",
+        8,
+        "rs-team-0",
+        "127.0.200.2",
+    ))));
+    assert!(w.ctx.shared.prober.index().usable(&key, &address));
+    assert_eq!(counted(&w), 1.0);
+    w.ctx.shared.prober.stop_all();
 }
