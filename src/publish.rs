@@ -463,8 +463,10 @@ fn fit_exact(full: EndpointsFile, plugin_dir: &str, budget: usize) -> Bounded {
 /// What the writer last wrote to one namespace's ConfigMap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
-    /// The resourceVersion the ConfigMap had before the write (`None`: it did not exist).
-    pub before: Option<String>,
+    /// The versions the watch may still show while it has not caught up with this write: the
+    /// one the first of our unseen writes replaced (`None`: it did not exist), and each one a
+    /// later write of ours replaced. Any other version is someone else's write.
+    pub behind: Vec<Option<String>>,
     /// The resourceVersion the write produced.
     pub after: String,
     /// The data written.
@@ -501,19 +503,45 @@ pub fn needs_write(
     match written {
         Some(w) if !w.caught_up && same_own_keys(&w.data, rendered) => {
             // Unchanged since our write, unless a third party wrote in between.
-            current.map(|(rv, _)| rv.to_string()) != w.before
+            !w.behind.contains(&current.map(|(rv, _)| rv.to_string()))
         }
         _ => true,
     }
 }
 
-/// The resourceVersion a replace of the ConfigMap must be conditioned on: the one the watch
-/// shows, unless the watch still shows the version our own last write replaced (it lags
-/// behind our writes), in which case the version that write produced.
-pub fn base_version(cached: &str, written: Option<&Written>) -> String {
+/// The versions of [`Written::behind`] kept at most (a watch lagging further makes at worst
+/// one refused replace and an apply).
+const MAX_BEHIND: usize = 32;
+
+/// What the next write of a ConfigMap is conditioned on, and its [`Written::behind`].
+#[derive(Debug, PartialEq)]
+pub struct Chain {
+    /// The resourceVersion to replace (`None`: there is none to replace).
+    pub base: Option<String>,
+    /// See [`Written::behind`].
+    pub behind: Vec<Option<String>>,
+}
+
+/// The version the watch shows, unless it is one our unseen writes went through (the watch
+/// lags behind our writes): then the version our last write produced, which extends the chain.
+pub fn chain(cached: Option<&str>, written: Option<&Written>) -> Chain {
+    let cached = cached.map(str::to_string);
     match written {
-        Some(w) if !w.caught_up && w.before.as_deref() == Some(cached) => w.after.clone(),
-        _ => cached.to_string(),
+        Some(w) if !w.caught_up && w.behind.contains(&cached) => {
+            let mut behind = w.behind.clone();
+            behind.push(Some(w.after.clone()));
+            if behind.len() > MAX_BEHIND {
+                behind.remove(0);
+            }
+            Chain {
+                base: Some(w.after.clone()),
+                behind,
+            }
+        }
+        _ => Chain {
+            base: cached.clone(),
+            behind: vec![cached],
+        },
     }
 }
 
@@ -792,7 +820,7 @@ mod tests {
         assert!(needs_write(&data("two"), Some(("5", &v1)), None));
         // After writing "two" (5 -> 6) the watch still shows 5: no second write.
         let mut w = Written {
-            before: Some("5".into()),
+            behind: vec![Some("5".into())],
             after: "6".into(),
             data: data("two"),
             caught_up: false,
@@ -809,7 +837,7 @@ mod tests {
         assert!(needs_write(&data("two"), None, Some(&mut w)));
         // A created ConfigMap the watch has not shown yet is not created twice...
         let mut created = Written {
-            before: None,
+            behind: vec![None],
             after: "9".into(),
             data: data("x"),
             caught_up: false,
@@ -824,19 +852,48 @@ mod tests {
     }
 
     #[test]
-    fn a_replace_is_conditioned_on_our_own_write_while_the_watch_lags() {
-        let written = |caught_up| Written {
-            before: Some("10".into()),
-            after: "12".into(),
+    fn a_replace_is_conditioned_on_our_own_writes_while_the_watch_lags() {
+        let some = |v: &str| Some(v.to_string());
+        let after = |c: &Chain, rv: &str| Written {
+            behind: c.behind.clone(),
+            after: rv.into(),
             data: BTreeMap::new(),
-            caught_up,
+            caught_up: false,
         };
-        assert_eq!(base_version("10", None), "10");
-        // The watch still shows the version our write replaced.
-        assert_eq!(base_version("10", Some(&written(false))), "12");
-        // It shows our write, or someone else's after it: the watch's version.
-        assert_eq!(base_version("12", Some(&written(true))), "12");
-        assert_eq!(base_version("15", Some(&written(false))), "15");
+        // Nothing written: the watch's version.
+        let first = chain(Some("10"), None);
+        assert_eq!(first.base, some("10"));
+        let w1 = after(&first, "12");
+        // The watch still shows 10: conditioned on our 12.
+        let second = chain(Some("10"), Some(&w1));
+        assert_eq!(second.base, some("12"));
+        let w2 = after(&second, "14");
+        // Three writes in a row while the watch shows 10, then 12 (our first): always on our
+        // last one, never refused.
+        assert_eq!(chain(Some("10"), Some(&w2)).base, some("14"));
+        let third = chain(Some("12"), Some(&w2));
+        assert_eq!(third.base, some("14"));
+        assert_eq!(third.behind, vec![some("10"), some("12"), some("14")]);
+        // Someone else's version, or the watch caught up: the watch's version.
+        assert_eq!(chain(Some("13"), Some(&w2)).base, some("13"));
+        let mut seen = after(&third, "16");
+        seen.caught_up = true;
+        assert_eq!(chain(Some("16"), Some(&seen)).base, some("16"));
+        // A watch that lags one write behind, write after write: every write is conditioned on
+        // the last one, and what is remembered stays bounded.
+        let mut long = w2;
+        let mut shown = "12".to_string();
+        for i in 0..100 {
+            let next = chain(Some(&shown), Some(&long));
+            assert_eq!(next.base, some(&long.after));
+            shown = long.after.clone();
+            long = after(&next, &format!("{}", 100 + i));
+        }
+        assert_eq!(long.behind.len(), MAX_BEHIND);
+        // One so far behind that its version was forgotten counts as someone else's.
+        assert_eq!(chain(Some("10"), Some(&long)).base, some("10"));
+        // Written while the ConfigMap did not exist yet.
+        assert_eq!(chain(None, None).behind, vec![None]);
     }
 
     #[test]
@@ -893,7 +950,7 @@ mod tests {
         assert!(!needs_write(&ours, Some(("7", &live)), None));
         // Not while our own write is still in flight either.
         let mut w = Written {
-            before: Some("5".into()),
+            behind: vec![Some("5".into())],
             after: "6".into(),
             data: ours.clone(),
             caught_up: false,

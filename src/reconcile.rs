@@ -1476,6 +1476,12 @@ async fn publish_namespace(
         data: Some(data.clone()),
         ..Default::default()
     };
+    let chain = publish::chain(
+        current
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.as_deref()),
+        lock(written).get(ns),
+    );
     let after = match &current {
         // A plain create: it fails, instead of merging, if someone made the name meanwhile.
         None => {
@@ -1491,13 +1497,7 @@ async fn publish_namespace(
             // is on the path from a Pod turning Ready to agents seeing it. It keeps what others
             // added to the object; if someone wrote since the version we know, it is refused
             // and the apply below merges into whatever is there, as it always did.
-            let base = publish::base_version(
-                live.metadata
-                    .resource_version
-                    .as_deref()
-                    .unwrap_or_default(),
-                lock(written).get(ns),
-            );
+            let base = chain.base.clone().unwrap_or_default();
             let replacement = publish::replacement(live, &data, &endpoints_labels(), base);
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
@@ -1525,7 +1525,7 @@ async fn publish_namespace(
     lock(written).insert(
         ns.to_string(),
         publish::Written {
-            before: current.and_then(|c| c.metadata.resource_version.clone()),
+            behind: chain.behind,
             after: after.metadata.resource_version.unwrap_or_default(),
             data,
             caught_up: false,
