@@ -1417,8 +1417,13 @@ mod tests {
         assert_eq!(reconnects(&metrics), 1.0);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_target_not_yet_answering_is_asked_again_soon_without_counting_failures() {
+    /// A prober of plugin `agents/NAME` at a free loopback address nothing listens on yet, at
+    /// `stage`, with a failure threshold of 1 and a period of an hour (without the retries
+    /// inside a period, nothing would be probed again in a test).
+    fn hour_long_target(
+        name: &str,
+        stage: Stage,
+    ) -> (std::net::SocketAddr, Arc<Metrics>, Arc<Prober>, PluginKey) {
         let address = free_address();
         let metrics = Arc::new(Metrics::default());
         let prober = Prober::new(
@@ -1429,25 +1434,30 @@ mod tests {
         );
         let key = PluginKey {
             namespace: "agents".into(),
-            name: "late".into(),
+            name: name.into(),
         };
         let spec = ProbeSpec {
             identity: expected(),
-            // Without the retries inside a period, nothing would be probed again in a test.
             period: Duration::from_secs(3600),
             timeout: Duration::from_secs(2),
             secure: false,
             pod_uids: BTreeMap::new(),
         };
-        let endpoint = address.to_string();
         prober.set(
             &key,
             spec,
             1,
-            &BTreeMap::from([(endpoint.clone(), Stage::Ready)]),
+            &BTreeMap::from([(address.to_string(), stage)]),
             &[],
             None,
         );
+        (address, metrics, prober, key)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_target_not_yet_answering_is_asked_again_soon_without_counting_failures() {
+        let (address, metrics, prober, key) = hour_long_target("late", Stage::Ready);
+        let endpoint = address.to_string();
         // The plugin comes up after the first probe was refused.
         tokio::time::sleep(Duration::from_millis(300)).await;
         start_quiet(address).await;
@@ -1483,35 +1493,9 @@ mod tests {
     /// at hand when the Pod turns Ready.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_starting_pod_is_probed_without_counting_its_refusals() {
-        let address = free_address();
-        let metrics = Arc::new(Metrics::default());
-        let prober = Prober::new(
-            Arc::new(Mutex::new(Index::default())),
-            broadcast::channel(16).0,
-            Arc::clone(&metrics),
-            TokenSource::none(),
-        );
-        let key = PluginKey {
-            namespace: "agents".into(),
-            name: "loading".into(),
-        };
-        let spec = ProbeSpec {
-            identity: expected(),
-            period: Duration::from_secs(3600),
-            timeout: Duration::from_secs(2),
-            secure: false,
-            pod_uids: BTreeMap::new(),
-        };
-        let endpoint = address.to_string();
         // Threshold 1: a single counted refusal would make the endpoint unhealthy.
-        prober.set(
-            &key,
-            spec,
-            1,
-            &BTreeMap::from([(endpoint.clone(), Stage::Starting)]),
-            &[],
-            None,
-        );
+        let (address, metrics, prober, key) = hour_long_target("loading", Stage::Starting);
+        let endpoint = address.to_string();
         let rpcs = || series(&metrics, "hector_operator_probe_rpcs_total").unwrap_or(0.0);
         tokio::time::timeout(Duration::from_secs(20), async {
             while rpcs() < 2.0 {
