@@ -384,26 +384,22 @@ impl Index {
 
     /// Whether the Pod of `address` of `key` is known to be Ready.
     pub fn is_ready(&self, key: &PluginKey, address: &str) -> bool {
-        self.plugins
-            .get(key)
-            .and_then(|s| s.endpoints.get(address))
-            .is_some_and(|e| e.ready)
+        self.endpoint(key, address).is_some_and(|e| e.ready)
     }
 
     /// Whether the Pod of `address` of `key` has containers that have not started yet.
     pub fn is_starting(&self, key: &PluginKey, address: &str) -> bool {
-        self.plugins
-            .get(key)
-            .and_then(|s| s.endpoints.get(address))
-            .is_some_and(|e| e.starting)
+        self.endpoint(key, address).is_some_and(|e| e.starting)
     }
 
     /// Whether agents may use `address` of `key` now.
     pub fn usable(&self, key: &PluginKey, address: &str) -> bool {
-        self.plugins
-            .get(key)
-            .and_then(|s| s.endpoints.get(address))
+        self.endpoint(key, address)
             .is_some_and(EndpointState::usable)
+    }
+
+    fn endpoint(&self, key: &PluginKey, address: &str) -> Option<&EndpointState> {
+        self.plugins.get(key).and_then(|s| s.endpoints.get(address))
     }
 
     /// Whether `address` of `key` is still wanted.
