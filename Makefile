@@ -52,7 +52,7 @@ bench: ## Benchmarks: launcher overhead, direct vs proxied (prints figures)
 bench-operator: ## Publication latency vs the endpoint controller, idle writes, memory (needs make deploy)
 	KUBECONFIG="$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)}" $(CARGO) bench -p hector-operator --bench operator
 
-bench-scale: ## Operator cost and publication with 100, 1,000, 10,000 plugins (needs make deploy; BENCH_SCALE_SIZES, BENCH_SCALE_IDLE_SECS)
+bench-scale: ## Operator cost and publication with 100, 1,000, 10,000 plugins (needs make deploy; BENCH_SCALE_SIZES, BENCH_SCALE_IDLE_SECS, BENCH_SCALE_ROUNDS)
 	KUBECONFIG="$${KUBECONFIG:-$$($(CLUSTER) kubeconfig)}" $(CARGO) bench -p hector-operator --bench scale
 
 demo: deps $(if $(filter-out $(shell $(CLUSTER) kubeconfig),$(KUBECONFIG)),,cluster-up) images ## Helm-install the operator (local cluster, or KUBECONFIG's) + example plugin, ending with a remote call

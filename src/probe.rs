@@ -492,6 +492,23 @@ const FIRST_HEDGE: Duration = Duration::from_millis(250);
 /// [`Prober::run`]); it doubles on each retry.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
+/// The longest wait between reads of a target behind a starting Pod. The kubelet's startup
+/// probe asks every 2 s (the Pod template's startup period) and the Pod turns Ready right
+/// after it passes; found healthy first, the Pod is published on its
+/// Ready event alone, without a probe at Ready on the way. A starting Pod's refusals are not
+/// counted, and starting ends with the startup window, so the extra reads are bounded.
+const STARTING_RETRY: Duration = Duration::from_millis(200);
+
+/// How long to wait before reading a target never found healthy again: `retry` (which
+/// doubles), but never more than [`STARTING_RETRY`] while its Pod is starting.
+fn retry_wait(retry: Duration, starting: bool) -> Duration {
+    if starting {
+        retry.min(STARTING_RETRY)
+    } else {
+        retry
+    }
+}
+
 /// `period` stretched or shrunk by up to a tenth at random, so that targets started together
 /// (a new leader, a bulk apply) spread their probes over the period instead of in bursts.
 pub fn jittered(period: Duration) -> Duration {
@@ -684,6 +701,18 @@ impl Prober {
         self.metrics.set_probe_targets(0);
     }
 
+    /// Whether a Pod behind `target` is starting: its containers run and the kubelet's
+    /// startup probe has not passed yet.
+    fn starting(&self, target: &Target) -> bool {
+        let keys: Vec<PluginKey> = lock(&self.targets)
+            .live
+            .get(target)
+            .map(|s| s.subscribers.iter().cloned().collect())
+            .unwrap_or_default();
+        let index = lock(&self.index);
+        keys.iter().any(|k| index.is_starting(k, &target.address))
+    }
+
     /// The plugins naming `target` now, with their probe specs.
     fn subscribers(&self, target: &Target) -> Vec<(PluginKey, Arc<ProbeSpec>)> {
         let keys: Vec<PluginKey> = lock(&self.targets)
@@ -761,9 +790,13 @@ impl Prober {
             // period instead of a whole period later. Failed retries are not recorded: a
             // failure counts once per period, as always; the first healthy answer is.
             let mut retry = FIRST_RETRY;
-            while !ever_healthy && !healthy && round.elapsed() + retry < period {
+            loop {
+                let wait = retry_wait(retry, self.starting(&target));
+                if ever_healthy || healthy || round.elapsed() + wait >= period {
+                    break;
+                }
                 tokio::select! {
-                    () = tokio::time::sleep(retry) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = wake.notified() => {}
                 }
                 retry = retry.saturating_mul(2);
@@ -1536,6 +1569,44 @@ mod tests {
         );
         assert_eq!(probes_of(&metrics, "loading"), 1.0, "the healthy probe");
         prober.stop_all();
+    }
+
+    #[test]
+    fn a_starting_pods_retries_stop_doubling_at_the_cap() {
+        let waits = |starting: bool| -> Vec<Duration> {
+            (0..6)
+                .map(|i| retry_wait(FIRST_RETRY.saturating_mul(1 << i), starting))
+                .collect()
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(
+            waits(false),
+            [ms(100), ms(200), ms(400), ms(800), ms(1600), ms(3200)]
+        );
+        assert_eq!(
+            waits(true),
+            [ms(100), ms(200), ms(200), ms(200), ms(200), ms(200)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_starting_pod_is_read_more_often_than_one_that_has_started() {
+        // Neither answers (nothing listens): the starting one is read every 200 ms; the
+        // started one (startup passed, not Ready) on the doubling backoff, at most 6 reads
+        // in 4 s (0, 0.1, 0.3, 0.7, 1.5, 3.1 s).
+        let (_, starting_metrics, starting, _) = hour_long_target("loading", Stage::Starting);
+        let (_, started_metrics, started, _) = hour_long_target("unready", Stage::Started);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let reads =
+            |m: &Metrics| series(m, "hector_operator_probe_duration_seconds_count").unwrap_or(0.0);
+        let (fast, slow) = (reads(&starting_metrics), reads(&started_metrics));
+        starting.stop_all();
+        started.stop_all();
+        assert!(slow <= 6.0, "started: {slow} reads");
+        assert!(
+            fast >= slow + 3.0,
+            "starting: {fast} reads, started: {slow}"
+        );
     }
 
     #[test]

@@ -225,12 +225,67 @@ struct ProbePlan {
 /// Requests to publish a namespace, each stamped with when it was made: the publisher
 /// reports how long its oldest unserved request waited for the ConfigMap write.
 #[derive(Clone)]
-struct PublishRequests(mpsc::UnboundedSender<(String, Instant)>);
+struct PublishRequests {
+    requests: mpsc::UnboundedSender<(String, Instant)>,
+    /// Namespaces with a publication on a Pod's readiness not yet written (see
+    /// [`PublishRequests::written_first`]).
+    urgent: Arc<watch::Sender<HashSet<String>>>,
+}
+
+/// The longest a status write waits for its namespace's publication (see
+/// [`PublishRequests::written_first`]): a ConfigMap write takes milliseconds, so only a
+/// publication that fails or hangs runs into it.
+const PUBLICATION_FIRST: Duration = Duration::from_secs(1);
 
 impl PublishRequests {
+    fn new(requests: mpsc::UnboundedSender<(String, Instant)>) -> Self {
+        Self {
+            requests,
+            urgent: Arc::new(watch::Sender::new(HashSet::new())),
+        }
+    }
+
     /// Asks the publisher to render `namespace` again.
     fn send(&self, namespace: String) -> Result<(), mpsc::error::SendError<(String, Instant)>> {
-        self.0.send((namespace, Instant::now()))
+        self.requests.send((namespace, Instant::now()))
+    }
+
+    /// Asks for a publication that a Pod turning Ready (or not) made: what agents wait for.
+    /// The namespace's status writes wait for it ([`PublishRequests::written_first`]).
+    fn send_urgent(
+        &self,
+        namespace: String,
+    ) -> Result<(), mpsc::error::SendError<(String, Instant)>> {
+        self.urgent
+            .send_if_modified(|u| u.insert(namespace.clone()));
+        self.send(namespace)
+    }
+
+    /// Waits (at most [`PUBLICATION_FIRST`]) until no publication a Pod's readiness asked for
+    /// in `namespace` is left to write. The status write and Events that the same Pod event
+    /// causes would otherwise reach the API server in the same instant as the ConfigMap
+    /// write and slow it, on the path from a Pod turning Ready to agents seeing it.
+    async fn written_first(&self, namespace: &str) {
+        let mut urgent = self.urgent.subscribe();
+        let _ = tokio::time::timeout(
+            PUBLICATION_FIRST,
+            urgent.wait_for(|u| !u.contains(namespace)),
+        )
+        .await;
+    }
+
+    /// The publisher served `namespace` (written, found unchanged, or failed).
+    fn served(&self, namespace: &str) {
+        self.urgent.send_if_modified(|u| u.remove(namespace));
+    }
+
+    /// The publisher stopped: nobody waits for it any more.
+    fn stopped(&self) {
+        self.urgent.send_if_modified(|u| {
+            let had = !u.is_empty();
+            u.clear();
+            had
+        });
     }
 }
 
@@ -843,6 +898,7 @@ impl Ctx {
             _ => return,
         };
         let ready = stage == Some(Stage::Ready);
+        let listed = matches!(event, Ok(watcher::Event::InitApply(_)));
         let (Some(ns), Some(name)) = (pod.namespace(), pod.labels().get(PLUGIN_LABEL)) else {
             return;
         };
@@ -879,13 +935,15 @@ impl Ctx {
             let mut index = self.shared.prober.index();
             let changed = index.set_stage(&key, &address, stage.unwrap_or(Stage::Started));
             let usable = index.usable(&key, &address);
-            if ready && !was_ready && !usable {
+            // A Pod listed already Ready was not seen turning Ready: counted, every Pod of a
+            // new leader would be, though what their statuses carry stays published.
+            if ready && !was_ready && !usable && !listed {
                 self.shared.metrics.ready_before_healthy();
             }
             (changed, usable)
         };
         if became_usable {
-            let _ = self.publish.send(ns);
+            let _ = self.publish.send_urgent(ns);
         } else if ready && !usable {
             // Ready but no healthy probe yet (the last one found the plugin still starting):
             // probe now rather than a period later.
@@ -1111,6 +1169,7 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
             .get(&key)
             .cloned()
             .or(current.clone());
+        ctx.publish.written_first(&key.namespace).await;
         tracing::debug!(plugin = %key, "reconcile: writing status");
         ctx.write_status(plugin, &desired).await?;
         tracing::info!(plugin = %key, phase = ?desired.phase, endpoints = desired.endpoints.len(), "status updated");
@@ -1191,6 +1250,14 @@ async fn publish_loop(
     mut dirty: mpsc::UnboundedReceiver<(String, Instant)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    /// Frees every status write waiting for a publication when the publisher stops.
+    struct Stopped(PublishRequests);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.stopped();
+        }
+    }
+    let _stopped = Stopped(ctx.publish.clone());
     if !ctx.caches_ready().await {
         return;
     }
@@ -1207,6 +1274,7 @@ async fn publish_loop(
     let mut writing: HashSet<String> = HashSet::new();
     let mut in_flight: futures::stream::FuturesUnordered<BoxFuture<'static, Written>> =
         futures::stream::FuturesUnordered::new();
+    let mut finished: Vec<String> = Vec::new();
     loop {
         let retry_at = retries.next();
         tokio::select! {
@@ -1237,6 +1305,7 @@ async fn publish_loop(
             } => pending.extend(retries.ready()),
             Some((ns, asked_at, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 writing.remove(&ns);
+                finished.push(ns.clone());
                 match result {
                     Ok(wrote) => {
                         retries.succeeded(&ns);
@@ -1257,6 +1326,12 @@ async fn publish_loop(
         while let Ok((ns, at)) = dirty.try_recv() {
             asked.entry(ns.clone()).or_insert(at);
             pending.insert(ns);
+        }
+        // Served once no request of it is left: one that came during the write is not.
+        for ns in finished.drain(..) {
+            if !pending.contains(&ns) {
+                ctx.publish.served(&ns);
+            }
         }
         let now = tokio::time::Instant::now();
         let startable: Vec<String> = pending
@@ -1616,7 +1691,7 @@ pub async fn run_scope(shared: Arc<Shared>, scope: Scope, shutdown: watch::Recei
         indexes: Indexes::default(),
         seen: Mutex::default(),
         requested: Mutex::default(),
-        publish: PublishRequests(publish_tx),
+        publish: PublishRequests::new(publish_tx),
         events,
         synced,
     });
@@ -2038,6 +2113,51 @@ mod tests {
             message.contains("spec.podTemplate.container.volumeMounts[0].name: \"nope\""),
             "{message}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_write_waits_for_the_publication_a_pod_asked_for_and_no_longer() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let requests = PublishRequests::new(tx);
+        let started = tokio::time::Instant::now();
+        // Nothing asked for: no wait.
+        requests.written_first("team-a").await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // A Pod turned Ready in team-a: its status writes wait until the publisher served it;
+        // team-b's do not wait at all; a plain request (a reconcile's) makes nobody wait.
+        requests.send_urgent("team-a".into()).expect("send");
+        requests.send("team-b".into()).expect("send");
+        assert_eq!(rx.recv().await.map(|(ns, _)| ns).as_deref(), Some("team-a"));
+        assert_eq!(rx.recv().await.map(|(ns, _)| ns).as_deref(), Some("team-b"));
+        requests.written_first("team-b").await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let waiting = tokio::spawn({
+            let requests = requests.clone();
+            async move {
+                let from = tokio::time::Instant::now();
+                requests.written_first("team-a").await;
+                from.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        requests.served("team-a");
+        let waited = waiting.await.expect("joined");
+        assert_eq!(waited, Duration::from_millis(30));
+
+        // A publication that never comes holds a status write up for PUBLICATION_FIRST only.
+        requests.send_urgent("team-a".into()).expect("send");
+        let from = tokio::time::Instant::now();
+        requests.written_first("team-a").await;
+        assert_eq!(from.elapsed(), PUBLICATION_FIRST);
+
+        // A publisher that stops frees everyone.
+        requests.send_urgent("team-c".into()).expect("send");
+        requests.stopped();
+        let from = tokio::time::Instant::now();
+        requests.written_first("team-a").await;
+        requests.written_first("team-c").await;
+        assert_eq!(from.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,9 @@ pub struct Config {
     pub timeout: Duration,
     /// The idle window.
     pub idle: Duration,
+    /// How many times the real plugins are scaled up (and down again between rounds): each
+    /// round adds one sample per real plugin to the publication latencies.
+    pub rounds: usize,
 }
 
 impl Config {
@@ -28,6 +31,7 @@ impl Config {
             backends: number("BENCH_SCALE_BACKENDS", 5)?.max(1) as usize,
             timeout: Duration::from_secs(number("BENCH_SCALE_TIMEOUT_SECS", 600)?),
             idle: Duration::from_secs(number("BENCH_SCALE_IDLE_SECS", 300)?),
+            rounds: number("BENCH_SCALE_ROUNDS", 3)?.max(1) as usize,
         })
     }
 }

@@ -39,8 +39,30 @@ pub struct Latency {
     pub slice_ms: Vec<f64>,
     /// Milliseconds from Ready to `hector-plugins`, sorted.
     pub published_ms: Vec<f64>,
-    /// From the scale-up to the last address seen.
+    /// Pods seen in `hector-plugins` no later than in their EndpointSlice.
+    pub published_first: usize,
+    /// Pods seen in both.
+    pub in_both: usize,
+    /// From the scale-up to the last address seen (the longest round).
     pub took: Duration,
+}
+
+impl Latency {
+    /// The samples of `self` and `other` together.
+    pub fn merge(mut self, other: Latency) -> Latency {
+        self.ready += other.ready;
+        self.expected += other.expected;
+        self.in_slice += other.in_slice;
+        self.published += other.published;
+        self.slice_ms.extend(other.slice_ms);
+        self.slice_ms.sort_by(f64::total_cmp);
+        self.published_ms.extend(other.published_ms);
+        self.published_ms.sort_by(f64::total_cmp);
+        self.published_first += other.published_first;
+        self.in_both += other.in_both;
+        self.took = self.took.max(other.took);
+        self
+    }
 }
 
 fn ready(p: &Pod) -> bool {
@@ -112,11 +134,14 @@ fn forward_published(
 }
 
 /// Scales every real plugin of `layout` to 1 replica at once and measures until every Pod
-/// is Ready, in its EndpointSlice and published, or until `timeout`.
+/// is Ready, in its EndpointSlice and published, or until `timeout`. Addresses in `used`
+/// (those of earlier rounds, which a new Pod may be given again) are left out, so that no
+/// sample is an address still published from before.
 pub async fn scale_up(
     client: &Client,
     layout: &Layout,
     timeout: Duration,
+    used: &mut HashSet<String>,
 ) -> Result<Latency, Error> {
     let expected = layout.real().count();
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -160,10 +185,23 @@ pub async fn scale_up(
             }
         }
     }
+    let reused = ready_at.keys().filter(|ip| used.contains(*ip)).count();
+    if reused > 0 {
+        eprintln!("[bench-scale] {reused} Pods had an address of an earlier round: left out");
+    }
+    let fresh: Vec<String> = ready_at.keys().cloned().collect();
+    ready_at.retain(|ip, _| !used.contains(ip));
+    used.extend(fresh);
     let ready_ips: HashSet<&String> = ready_at.keys().collect();
+    let both: Vec<(&Instant, &Instant)> = ready_ips
+        .iter()
+        .filter_map(|ip| Some((cm_at.get(*ip)?, slice_at.get(*ip)?)))
+        .collect();
     Ok(Latency {
+        published_first: both.iter().filter(|(cm, slice)| cm <= slice).count(),
+        in_both: both.len(),
         ready: ready_at.len(),
-        expected,
+        expected: expected.saturating_sub(reused),
         in_slice: ready_ips
             .iter()
             .filter(|ip| slice_at.contains_key(**ip))

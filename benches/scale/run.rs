@@ -1,9 +1,10 @@
 //! One run per size: make the plugins, wait for them to be published, then measure the
 //! settled operator, the scale-up of the real plugins and the idle window.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
@@ -233,7 +234,45 @@ async fn scale_up(
     }
     wait_services(client, layout.real().count(), config.timeout).await?;
     let before = scrape(client).await;
-    let l = latency::scale_up(client, layout, config.timeout).await?;
+    let mut used = HashSet::new();
+    let mut merged: Option<Latency> = None;
+    let mut previous = scrape(client).await;
+    for round in 1..=config.rounds {
+        if round > 1 {
+            plugins::scale_real(client, layout, 0).await?;
+            wait_no_real_pods(client, config.timeout).await?;
+        }
+        eprintln!("[bench-scale] round {round} of {}", config.rounds);
+        let l = latency::scale_up(client, layout, config.timeout, &mut used).await?;
+        let now = scrape(client).await;
+        let grew = |name| {
+            previous
+                .as_ref()
+                .zip(now.as_ref())
+                .and_then(|(a, b)| metrics::growth(a, b, name))
+        };
+        let p50 = |v: &[f64]| or_na(latency::percentile(v, 0.5), " ms", 0);
+        eprintln!(
+            "[bench-scale] round {round}: Ready → EndpointSlice p50 {}, → hector-plugins p50 {}, first in hector-plugins {} of {}, Ready before a passing probe {}",
+            p50(&l.slice_ms),
+            p50(&l.published_ms),
+            l.published_first,
+            l.in_both,
+            or_na(
+                grew("hector_operator_pods_ready_before_healthy_total"),
+                "",
+                0
+            ),
+        );
+        previous = now;
+        merged = Some(match merged {
+            Some(m) => m.merge(l),
+            None => l,
+        });
+    }
+    let Some(l) = merged else {
+        return Err("no scale-up round ran".into());
+    };
     let after = scrape(client).await;
     report_latency(&l, column);
     report_publication_path(before.as_ref(), after.as_ref(), column);
@@ -269,6 +308,34 @@ fn report_publication_path(a: Option<&Sample>, b: Option<&Sample>, column: &mut 
         format!("{} / {}", or_na(q(0.5), " ms", 1), or_na(q(0.99), " ms", 1)),
     );
 }
+
+/// Waits until every real plugin's Pod is gone, and a little longer, so that the next round
+/// starts from a cluster where no plugin Pod is starting or stopping.
+async fn wait_no_real_pods(client: &Client, timeout: Duration) -> Result<(), Error> {
+    let api: Api<Pod> = Api::all(client.clone());
+    let selector = ListParams::default().labels("app.kubernetes.io/component=hector-plugin");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = api
+            .list(&selector)
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.namespace().is_some_and(|n| namespaces::is_plugins(&n)))
+            .count();
+        if left == 0 {
+            tokio::time::sleep(ROUND_SETTLE).await;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{left} plugin Pods still there after {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The pause between the last Pod of a round gone and the next round's scale-up.
+const ROUND_SETTLE: Duration = Duration::from_secs(5);
 
 async fn wait_services(client: &Client, want: usize, timeout: Duration) -> Result<(), Error> {
     let api: Api<Service> = Api::all(client.clone());
@@ -316,6 +383,10 @@ fn report_latency(l: &Latency, column: &mut Column) {
     column.add(
         "scale-up: p50 ratio hector-plugins / EndpointSlice",
         or_na(ratio, "", 2),
+    );
+    column.add(
+        "scale-up: Pods in hector-plugins no later than in their EndpointSlice",
+        format!("{} of {}", l.published_first, l.in_both),
     );
     let all = l.ready == l.expected && l.in_slice == l.ready && l.published == l.ready;
     column.add(

@@ -273,7 +273,7 @@ async fn world(n: usize) -> World {
         indexes,
         seen: Mutex::default(),
         requested: Mutex::default(),
-        publish: PublishRequests(publish_tx),
+        publish: PublishRequests::new(publish_tx),
         events: crate::event_queue::EventQueue::new(1, 1).0,
         synced,
     });
@@ -458,7 +458,8 @@ async fn a_written_status_is_held_only_until_the_cache_shows_it() {
 }
 
 /// `hector_operator_pods_ready_before_healthy_total` counts a Pod first seen already Ready (no
-/// probe of it can have passed), and not one whose probe passed while it was starting.
+/// probe of it can have passed), and not one whose probe passed while it was starting, nor
+/// one listed already Ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_first_seen_ready_counts_as_ready_before_a_passing_probe() {
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning};
@@ -527,6 +528,15 @@ async fn a_pod_first_seen_ready_counts_as_ready_before_a_passing_probe() {
         "127.0.200.2",
     ))));
     assert!(w.ctx.shared.prober.index().usable(&key, &address));
+    assert_eq!(counted(&w), 1.0);
+
+    // Listed already Ready (a new leader's first list, or a list again after the watch
+    // lost its place): it was not seen turning Ready, and what its status carries stays
+    // published meanwhile, so it is not counted.
+    let listed = WatchEvent::InitApply(pod("team-0", "run", 9, "rs-team-0", "127.0.200.3"));
+    w.pod_writer.apply_watcher_event(&listed);
+    w.ctx.indexes.pods.apply(&listed);
+    w.ctx.pod_readiness(&Ok(listed));
     assert_eq!(counted(&w), 1.0);
     w.ctx.shared.prober.stop_all();
 }
