@@ -233,9 +233,10 @@ struct PublishRequests {
 }
 
 /// The longest a status write waits for its namespace's publication (see
-/// [`PublishRequests::written_first`]): a ConfigMap write takes milliseconds, so only a
-/// publication that fails or hangs runs into it.
-const PUBLICATION_FIRST: Duration = Duration::from_secs(1);
+/// [`PublishRequests::written_first`]). A ConfigMap write takes milliseconds, and a failed one
+/// frees the waiters at once, so only a write the API server does not answer runs into it
+/// (well within a reconcile's own deadline).
+const PUBLICATION_FIRST: Duration = Duration::from_secs(5);
 
 impl PublishRequests {
     fn new(requests: mpsc::UnboundedSender<(String, Instant)>) -> Self {
@@ -258,13 +259,18 @@ impl PublishRequests {
     ) -> Result<(), mpsc::error::SendError<(String, Instant)>> {
         self.urgent
             .send_if_modified(|u| u.insert(namespace.clone()));
-        self.send(namespace)
+        self.send(namespace).inspect_err(|e| {
+            // No publisher (stopped): nothing will serve the namespace, so nobody waits.
+            self.served(&e.0.0);
+        })
     }
 
-    /// Waits (at most [`PUBLICATION_FIRST`]) until no publication a Pod's readiness asked for
-    /// in `namespace` is left to write. The status write and Events that the same Pod event
-    /// causes would otherwise reach the API server in the same instant as the ConfigMap
-    /// write and slow it, on the path from a Pod turning Ready to agents seeing it.
+    /// Waits (at most [`PUBLICATION_FIRST`]) until no urgent publication of `namespace` is
+    /// left to write. The status write and Events that a Pod event causes would otherwise
+    /// reach the API server in the same instant as the ConfigMap write and slow it, on the
+    /// path from a Pod turning Ready to agents seeing it; and a status that adds an endpoint
+    /// asks for a publication itself first, so it never names an endpoint before
+    /// `hector-plugins` does.
     async fn written_first(&self, namespace: &str) {
         let mut urgent = self.urgent.subscribe();
         let _ = tokio::time::timeout(
@@ -1169,6 +1175,15 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
             .get(&key)
             .cloned()
             .or(current.clone());
+        // Agents learn of an endpoint before the status names it: a publication rendered
+        // from the index as it is now (or later) is written first.
+        let adds = desired
+            .endpoints
+            .iter()
+            .any(|e| !current.as_ref().is_some_and(|c| c.endpoints.contains(e)));
+        if adds {
+            let _ = ctx.publish.send_urgent(key.namespace.clone());
+        }
         ctx.publish.written_first(&key.namespace).await;
         tracing::debug!(plugin = %key, "reconcile: writing status");
         ctx.write_status(plugin, &desired).await?;
@@ -2151,12 +2166,15 @@ mod tests {
         requests.written_first("team-a").await;
         assert_eq!(from.elapsed(), PUBLICATION_FIRST);
 
-        // A publisher that stops frees everyone.
+        // A publisher that stops frees everyone, and nobody waits for one that is gone.
         requests.send_urgent("team-c".into()).expect("send");
         requests.stopped();
+        drop(rx);
+        assert!(requests.send_urgent("team-d".into()).is_err());
         let from = tokio::time::Instant::now();
         requests.written_first("team-a").await;
         requests.written_first("team-c").await;
+        requests.written_first("team-d").await;
         assert_eq!(from.elapsed(), Duration::ZERO);
     }
 

@@ -481,6 +481,118 @@ async fn replicas_are_reflected_in_the_published_endpoints() -> TestResult {
     Ok(())
 }
 
+/// Agents learn of an endpoint before the plugin's status names it: for each new endpoint, the
+/// first version of `hector-plugins` that publishes it is older than the first version of the
+/// HectorPlugin whose status lists it (resourceVersions are etcd revisions, one counter for
+/// both objects).
+#[tokio::test]
+async fn hector_plugins_names_an_endpoint_before_the_status_does() -> TestResult {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "op-order").await;
+    let api: Api<HectorPlugin> = Api::namespaced(client.clone(), &ns.name);
+    apply(&api, plugin("order", echo_spec(json!({})))).await;
+    let before: BTreeSet<String> = eventually(
+        "one endpoint published",
+        Duration::from_secs(120),
+        || async {
+            let entry = published(&client, &ns.name, "order").await?;
+            (entry.endpoints.len() == 1).then(|| entry.endpoints.into_iter().collect())
+        },
+    )
+    .await;
+
+    // endpoint → the resourceVersion of the first version seen naming it.
+    type FirstSeen = Arc<Mutex<BTreeMap<String, u64>>>;
+    let note = |seen: &FirstSeen, rv: Option<String>, endpoints: Vec<String>| {
+        let rv: u64 = rv
+            .and_then(|v| v.parse().ok())
+            .expect("numeric resourceVersion");
+        let mut seen = seen.lock().expect("lock");
+        for e in endpoints {
+            seen.entry(e).or_insert(rv);
+        }
+    };
+    let (in_configmap, in_status): (FirstSeen, FirstSeen) = Default::default();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let cm_watch = tokio::spawn({
+        let seen = Arc::clone(&in_configmap);
+        let config = watcher::Config::default().fields(&format!("metadata.name={ENDPOINTS_CM}"));
+        watcher(cms, config).applied_objects().for_each(move |cm| {
+            if let Ok(cm) = cm {
+                let endpoints = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("endpoints.json"))
+                    .and_then(|j| EndpointsFile::parse(j).ok())
+                    .and_then(|f| f.plugins.get("order").cloned())
+                    .map(|p| p.endpoints)
+                    .unwrap_or_default();
+                note(&seen, cm.metadata.resource_version.clone(), endpoints);
+            }
+            futures::future::ready(())
+        })
+    });
+    let status_watch = tokio::spawn({
+        let seen = Arc::clone(&in_status);
+        let config = watcher::Config::default().fields("metadata.name=order");
+        watcher(api.clone(), config)
+            .applied_objects()
+            .for_each(move |p| {
+                if let Ok(p) = p {
+                    let endpoints = p.status.as_ref().map(|s| s.endpoints.clone());
+                    note(
+                        &seen,
+                        p.metadata.resource_version.clone(),
+                        endpoints.unwrap_or_default(),
+                    );
+                }
+                futures::future::ready(())
+            })
+    });
+    api.patch(
+        "order",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 6}})),
+    )
+    .await?;
+    let new_endpoints = |seen: &FirstSeen| -> BTreeMap<String, u64> {
+        let seen = seen.lock().expect("lock");
+        seen.iter()
+            .filter(|(e, _)| !before.contains(*e))
+            .map(|(e, rv)| (e.clone(), *rv))
+            .collect()
+    };
+    eventually(
+        "five new endpoints in both",
+        Duration::from_secs(180),
+        || async {
+            (new_endpoints(&in_configmap).len() == 5 && new_endpoints(&in_status).len() == 5)
+                .then_some(())
+        },
+    )
+    .await;
+    cm_watch.abort();
+    status_watch.abort();
+    let (published_at, listed_at) = (new_endpoints(&in_configmap), new_endpoints(&in_status));
+    assert_eq!(
+        published_at.keys().collect::<Vec<_>>(),
+        listed_at.keys().collect::<Vec<_>>()
+    );
+    for (endpoint, published) in &published_at {
+        let listed = listed_at[endpoint];
+        assert!(
+            *published < listed,
+            "{endpoint}: in the status at version {listed}, in hector-plugins only at {published}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn deleting_the_plugin_unpublishes_it_and_collects_its_objects() -> TestResult {
     let client = client().await;
