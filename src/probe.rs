@@ -704,26 +704,27 @@ impl Prober {
     /// Whether a Pod behind `target` is starting: its containers run and the kubelet's
     /// startup probe has not passed yet.
     fn starting(&self, target: &Target) -> bool {
-        let keys: Vec<PluginKey> = lock(&self.targets)
-            .live
-            .get(target)
-            .map(|s| s.subscribers.iter().cloned().collect())
-            .unwrap_or_default();
+        let keys = self.subscriber_keys(target);
         let index = lock(&self.index);
         keys.iter().any(|k| index.is_starting(k, &target.address))
     }
 
     /// The plugins naming `target` now, with their probe specs.
     fn subscribers(&self, target: &Target) -> Vec<(PluginKey, Arc<ProbeSpec>)> {
-        let keys: Vec<PluginKey> = lock(&self.targets)
-            .live
-            .get(target)
-            .map(|s| s.subscribers.iter().cloned().collect())
-            .unwrap_or_default();
+        let keys = self.subscriber_keys(target);
         let specs = lock(&self.specs);
         keys.into_iter()
             .filter_map(|k| specs.get(&k).map(|s| (k, Arc::clone(s))))
             .collect()
+    }
+
+    /// The plugins naming `target` now.
+    fn subscriber_keys(&self, target: &Target) -> Vec<PluginKey> {
+        lock(&self.targets)
+            .live
+            .get(target)
+            .map(|s| s.subscribers.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     async fn run(self: Arc<Self>, target: Target, wake: Arc<Notify>) {

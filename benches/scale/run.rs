@@ -312,48 +312,46 @@ fn report_publication_path(a: Option<&Sample>, b: Option<&Sample>, column: &mut 
 /// Waits until every real plugin's Pod is gone, and a little longer, so that the next round
 /// starts from a cluster where no plugin Pod is starting or stopping.
 async fn wait_no_real_pods(client: &Client, timeout: Duration) -> Result<(), Error> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let selector = ListParams::default().labels("app.kubernetes.io/component=hector-plugin");
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = api
-            .list(&selector)
-            .await?
-            .items
-            .iter()
-            .filter(|p| p.namespace().is_some_and(|n| namespaces::is_plugins(&n)))
-            .count();
-        if left == 0 {
-            tokio::time::sleep(ROUND_SETTLE).await;
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{left} plugin Pods still there after {timeout:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_plugin_objects::<Pod>(client, timeout, "plugin Pods left", |left| left == 0).await?;
+    tokio::time::sleep(ROUND_SETTLE).await;
+    Ok(())
 }
 
 /// The pause between the last Pod of a round gone and the next round's scale-up.
 const ROUND_SETTLE: Duration = Duration::from_secs(5);
 
 async fn wait_services(client: &Client, want: usize, timeout: Duration) -> Result<(), Error> {
-    let api: Api<Service> = Api::all(client.clone());
+    let what = format!("plugin Services, of {want}");
+    wait_plugin_objects::<Service>(client, timeout, &what, |have| have >= want).await
+}
+
+/// Counts the plugins' objects of kind `K` in the bench's namespaces every 500 ms until
+/// `done` accepts the count; after `timeout`, an error with `what` and the last count.
+async fn wait_plugin_objects<K>(
+    client: &Client,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(usize) -> bool,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
     let selector = ListParams::default().labels("app.kubernetes.io/component=hector-plugin");
     let deadline = Instant::now() + timeout;
     loop {
-        let have = api
+        let count = api
             .list(&selector)
             .await?
             .items
             .iter()
-            .filter(|s| s.namespace().is_some_and(|n| namespaces::is_plugins(&n)))
+            .filter(|o| o.namespace().is_some_and(|n| namespaces::is_plugins(&n)))
             .count();
-        if have >= want {
+        if done(count) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{have}/{want} plugin Services after {timeout:?}").into());
+            return Err(format!("{what}: {count} after {timeout:?}").into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
