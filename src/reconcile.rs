@@ -1166,24 +1166,25 @@ async fn reconcile_plugin(plugin: &HectorPlugin, ctx: &Ctx) -> Result<Action, Re
     // own periodic pass), so a resync that finds nothing new renders nothing.
     let version = plugin.metadata.resource_version.clone().unwrap_or_default();
     let new_version = lock(&ctx.requested).insert(key.clone(), version.clone()) != Some(version);
-    if endpoints_changed || new_version {
+    let already_written = lock(&ctx.shared.written).get(&key) == Some(&desired);
+    let writes_status = current.as_ref() != Some(&desired) && !already_written;
+    // Agents learn of an endpoint before the status names it: a publication rendered from
+    // the index as it is now (or later) is written first.
+    let adds = writes_status
+        && desired
+            .endpoints
+            .iter()
+            .any(|e| !current.as_ref().is_some_and(|c| c.endpoints.contains(e)));
+    if adds {
+        let _ = ctx.publish.send_urgent(key.namespace.clone());
+    } else if endpoints_changed || new_version {
         let _ = ctx.publish.send(key.namespace.clone());
     }
-    let already_written = lock(&ctx.shared.written).get(&key) == Some(&desired);
-    if current.as_ref() != Some(&desired) && !already_written {
+    if writes_status {
         let baseline = lock(&ctx.shared.written)
             .get(&key)
             .cloned()
             .or(current.clone());
-        // Agents learn of an endpoint before the status names it: a publication rendered
-        // from the index as it is now (or later) is written first.
-        let adds = desired
-            .endpoints
-            .iter()
-            .any(|e| !current.as_ref().is_some_and(|c| c.endpoints.contains(e)));
-        if adds {
-            let _ = ctx.publish.send_urgent(key.namespace.clone());
-        }
         ctx.publish.written_first(&key.namespace).await;
         tracing::debug!(plugin = %key, "reconcile: writing status");
         ctx.write_status(plugin, &desired).await?;

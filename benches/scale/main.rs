@@ -7,9 +7,9 @@
 //! servers it runs in `bench-scale-backends`, and 50 run their own Pods (created at 0
 //! replicas). It then measures the time until every endpoint plugin is published, the
 //! operator's memory, CPU, reconcile queue latency and probe connections once settled, the
-//! publication latency of the 50 real plugins scaled 0 → 1 at once (several rounds) against the EndpointSlice
-//! controller's, the API writes, CPU and probe RPCs while idle, and the largest
-//! `hector-plugins` ConfigMap. Every wait has a timeout and reports what was missing.
+//! publication latency of the 50 real plugins scaled 0 → 1 at once (several rounds) against
+//! the EndpointSlice controller's, the API writes, CPU and probe RPCs while idle, and the
+//! largest `hector-plugins` ConfigMap. Every wait has a timeout and reports what was missing.
 //!
 //! Environment: `BENCH_SCALE_SIZES`, `BENCH_SCALE_BACKENDS` (default 5),
 //! `BENCH_SCALE_TIMEOUT_SECS` (each wait, default 600), `BENCH_SCALE_IDLE_SECS` (default 300),

@@ -16,6 +16,7 @@ pub const OPERATOR_NAMESPACE: &str = "hector-system";
 const LEASE: &str = "hector-operator";
 
 /// One scrape of the leader.
+#[derive(Clone)]
 pub struct Sample {
     /// The leader's Pod name.
     pub leader: String,

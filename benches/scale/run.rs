@@ -236,7 +236,7 @@ async fn scale_up(
     let before = scrape(client).await;
     let mut used = HashSet::new();
     let mut merged: Option<Latency> = None;
-    let mut previous = scrape(client).await;
+    let mut previous = before.clone();
     for round in 1..=config.rounds {
         if round > 1 {
             plugins::scale_real(client, layout, 0).await?;
